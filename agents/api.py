@@ -1,0 +1,130 @@
+"""The agent API: ``@agent`` turns a typed async function into an :class:`AgentSpec`.
+
+Decorating registers nothing globally (STYLE.md 10): a worker collects the specs
+of the modules it is told to load, or a :class:`~agents.registry.Registry` is
+built from them explicitly::
+
+    class Echo(msgspec.Struct):
+        text: str
+
+    @agent(kind="echo", input=Echo, output=Echo, max_inflight=64, timeout_s=5)
+    async def echo(ctx: Context, task: Echo) -> Echo:
+        return task
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+import msgspec
+
+from agentbus.errors import ConfigError
+from bus.publisher import TaskRef
+from bus.subjects import check_token
+
+__all__ = ["AgentSpec", "Context", "Handler", "agent"]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class _Submit(Protocol):
+    async def __call__(
+        self, tenant: str, kind: str, payload: Any, *, task_id: str | None = ..., deadline: float | None = ...
+    ) -> TaskRef: ...
+
+
+class Context:
+    """What a handler knows about its task; the tenant is fixed by the subject."""
+
+    __slots__ = ("_submit", "attempt", "deadline", "kind", "log", "task_id", "tenant")
+
+    def __init__(
+        self,
+        *,
+        tenant: str,
+        kind: str,
+        task_id: str,
+        attempt: int,
+        deadline: float | None,
+        log: logging.LoggerAdapter[logging.Logger],
+        submit: _Submit,
+    ) -> None:
+        self.tenant = tenant
+        self.kind = kind
+        self.task_id = task_id
+        self.attempt = attempt
+        """1 on the first delivery, 2 on the first retry, and so on."""
+        self.deadline = deadline
+        self.log = log
+        self._submit = submit
+
+    async def publish(
+        self, kind: str, payload: Any, *, task_id: str | None = None, deadline: float | None = None
+    ) -> TaskRef:
+        """Queue a follow-up task of ``kind`` for the same tenant; returns once it is stored."""
+        return await self._submit(self.tenant, kind, payload, task_id=task_id, deadline=deadline)
+
+
+Handler = Callable[[Context, In], Awaitable[Out]]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AgentSpec(Generic[In, Out]):
+    """A registered agent: its kind, types, limits and handler."""
+
+    kind: str
+    input: type[In]
+    output: type[Out] | None
+    handler: Handler[In, Out]
+    max_inflight: int = 64
+    timeout_s: float = 60.0
+    max_payload_bytes: int = 256 * 1024
+
+    def __post_init__(self) -> None:
+        check_token("kind", self.kind)
+        if self.max_inflight < 1:
+            raise ConfigError(f"agent {self.kind}: max_inflight must be >= 1")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"agent {self.kind}: timeout_s must be > 0")
+        try:
+            msgspec.json.Decoder(self.input)
+        except TypeError as exc:
+            raise ConfigError(f"agent {self.kind}: input type is not msgspec-decodable: {exc}") from exc
+
+    @property
+    def name(self) -> str:
+        """The handler's qualified name, for logs."""
+        return getattr(self.handler, "__qualname__", self.kind)
+
+
+def agent(
+    *,
+    kind: str,
+    input: type[In],
+    output: type[Out] | None = None,
+    max_inflight: int = 64,
+    timeout_s: float = 60.0,
+    max_payload_bytes: int = 256 * 1024,
+) -> Callable[[Handler[In, Out]], AgentSpec[In, Out]]:
+    """Declare an agent for tasks on ``tasks.<tenant>.<kind>``.
+
+    ``max_inflight`` is the number of tasks one worker process runs at once (and
+    the most messages it holds unacked); ``timeout_s`` bounds one attempt.
+    """
+
+    def wrap(handler: Handler[In, Out]) -> AgentSpec[In, Out]:
+        return AgentSpec(
+            kind=kind,
+            input=input,
+            output=output,
+            handler=handler,
+            max_inflight=max_inflight,
+            timeout_s=timeout_s,
+            max_payload_bytes=max_payload_bytes,
+        )
+
+    return wrap

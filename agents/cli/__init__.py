@@ -1,0 +1,44 @@
+"""The ``agentbus`` command: ``up``, ``worker``, ``publish``, ``status``, ``demo``, ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from agentbus import __version__
+from agentbus.errors import AgentbusError
+
+__all__ = ["main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand (used by ``--help`` tests too)."""
+    from agents.cli import bench, demo, publish, status, up, worker
+
+    parser = argparse.ArgumentParser(prog="agentbus", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"agentbus {__version__}")
+    parser.add_argument("--log-level", default="WARNING", help="logging level (default %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (up, worker, publish, status, demo, bench):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.run(args)
+    except AgentbusError as exc:
+        print(f"agentbus: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,98 @@
+"""``agentbus worker``: one worker process (what the Helm chart runs)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from agents.config import WorkerConfig, resolve_nats_url
+from agents.registry import Registry
+from agents.worker import run_worker
+
+__all__ = ["WORKER_OPTIONS", "add_worker_options", "config_from_args", "register", "worker_argv"]
+
+
+def register(sub: Any) -> None:
+    """Add the subcommand."""
+    p: argparse.ArgumentParser = sub.add_parser("worker", help="run one worker process")
+    p.add_argument("--nats-url", help="NATS server (default: $AGENTBUS_NATS_URL or a running `agentbus up`)")
+    p.add_argument("--worker-id", help="name reported in results and metrics")
+    p.add_argument("--http-host", help="address of /healthz, /readyz, /metrics (default 127.0.0.1)")
+    p.add_argument("--http-port", type=int, help="port of the HTTP endpoint; 0 picks one, -1 disables")
+    add_worker_options(p)
+    p.set_defaults(run=run)
+
+
+WORKER_OPTIONS = (
+    "agents",
+    "kinds",
+    "max_inflight",
+    "drain_timeout_s",
+    "ack_wait_s",
+    "max_deliver",
+    "retry_base_s",
+    "unrouted_grace_s",
+    "sweep_interval_s",
+)
+"""Options ``agentbus up`` passes through to its workers unchanged."""
+
+
+def add_worker_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``worker`` and ``up`` (which hands them to its workers)."""
+    p.add_argument(
+        "--agents", action="append", metavar="MODULE", help="module defining @agent specs (repeatable)"
+    )
+    p.add_argument("--kind", action="append", dest="kinds", metavar="KIND", help="serve only this kind")
+    p.add_argument("--max-inflight", type=int, help="override every agent's max_inflight")
+    p.add_argument("--drain-timeout-s", type=float, help="grace for in-flight tasks on SIGTERM")
+    p.add_argument("--ack-wait-s", type=float, help="consumer ack wait (redelivery of a dead worker's task)")
+    p.add_argument("--max-deliver", type=int, help="deliveries before a failing task is dead-lettered")
+    p.add_argument("--retry-base-s", type=float, help="first retry delay (doubles, jittered)")
+    p.add_argument(
+        "--unrouted-grace-s", type=float, help="age before tasks of unknown kinds are dead-lettered"
+    )
+    p.add_argument("--sweep-interval-s", type=float, help="how often unknown kinds are looked for")
+    p.add_argument("--no-provision", action="store_true", help="do not create streams and consumers")
+
+
+def worker_argv(args: argparse.Namespace) -> list[str]:
+    """The worker options of ``args`` as command-line arguments again."""
+    argv: list[str] = []
+    for name in WORKER_OPTIONS:
+        value = getattr(args, name, None)
+        flag = "--" + ("kind" if name == "kinds" else name).replace("_", "-")
+        if isinstance(value, list):
+            for item in value:
+                argv += [flag, str(item)]
+        elif value is not None:
+            argv += [flag, str(value)]
+    if getattr(args, "no_provision", False):
+        argv.append("--no-provision")
+    return argv
+
+
+def config_from_args(args: argparse.Namespace) -> WorkerConfig:
+    """Environment defaults, overridden by flags."""
+    base = WorkerConfig.from_env()
+    return base.with_(
+        nats_url=resolve_nats_url(args.nats_url),
+        agent_modules=tuple(args.agents) if args.agents else None,
+        kinds=tuple(args.kinds) if args.kinds else None,
+        worker_id=args.worker_id,
+        max_inflight=args.max_inflight,
+        http_host=args.http_host,
+        http_port=args.http_port,
+        drain_timeout_s=args.drain_timeout_s,
+        ack_wait_s=args.ack_wait_s,
+        max_deliver=args.max_deliver,
+        retry_base_s=args.retry_base_s,
+        unrouted_grace_s=args.unrouted_grace_s,
+        sweep_interval_s=args.sweep_interval_s,
+        provision=False if args.no_provision else None,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run until SIGTERM; exit 0 after a clean drain."""
+    config = config_from_args(args)
+    return run_worker(config, Registry.from_modules(config.agent_modules))

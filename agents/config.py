@@ -1,0 +1,120 @@
+"""Worker configuration: typed, keyword-only, read from the environment once, at the edge.
+
+Every ``AGENTBUS_*`` variable is read here and nowhere else; the CLI layers its
+flags on top. Units are in the names (``_s``, ``_bytes``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from agentbus.errors import ConfigError
+from bus.topology import StreamLimits
+
+__all__ = ["DEFAULT_NATS_URL", "UP_STATE_FILE", "WorkerConfig", "read_up_state", "resolve_nats_url"]
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkerConfig:
+    """Everything one worker process needs to know."""
+
+    nats_url: str = DEFAULT_NATS_URL
+    agent_modules: tuple[str, ...] = ("agents.builtin",)
+    kinds: tuple[str, ...] = ()  # empty: every kind the modules define
+    worker_id: str = ""  # empty: <hostname>-<pid>
+    max_inflight: int | None = None  # overrides every agent's max_inflight when set
+    http_host: str = "127.0.0.1"  # the chart sets 0.0.0.0
+    http_port: int = 0  # 0: a free port; -1: no HTTP endpoint
+    drain_timeout_s: float = 25.0  # < the pod's terminationGracePeriodSeconds (30 s default)
+    ack_wait_s: float = 30.0  # JetStream redelivers a dead worker's task after this
+    max_deliver: int = 5  # deliveries before max_deliveries dead-lettering
+    retry_base_s: float = 1.0  # first nak delay; doubles per delivery, jittered
+    retry_max_s: float = 60.0
+    provision: bool = True  # create/update streams and consumers at start
+    tenants: frozenset[str] | None = None  # None: any tenant; else others are dead-lettered
+    unrouted_grace_s: float = 60.0  # age before a task of an unserved kind is dead-lettered
+    sweep_interval_s: float = 10.0
+    consumer_info_interval_s: float = 5.0  # how often pending counts are read for /metrics
+    stream_limits: StreamLimits = field(default_factory=StreamLimits)
+
+    def __post_init__(self) -> None:
+        if self.drain_timeout_s < 0 or self.ack_wait_s <= 0 or self.max_deliver < 1:
+            raise ConfigError("drain_timeout_s >= 0, ack_wait_s > 0 and max_deliver >= 1 are required")
+        if self.retry_base_s < 0 or self.retry_max_s < self.retry_base_s:
+            raise ConfigError("need 0 <= retry_base_s <= retry_max_s")
+        if self.max_inflight is not None and self.max_inflight < 1:
+            raise ConfigError("max_inflight must be >= 1")
+
+    @property
+    def worker_name(self) -> str:
+        """The id this worker reports (results, dead letters, logs)."""
+        return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    def with_(self, **changes: Any) -> WorkerConfig:
+        """A copy with ``changes`` (None values are ignored, so CLI flags left unset keep defaults)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerConfig:
+        """Defaults overlaid with ``AGENTBUS_*`` variables."""
+        env = os.environ if environ is None else environ
+        out: dict[str, Any] = {}
+        conv: dict[str, tuple[str, type]] = {
+            "AGENTBUS_NATS_URL": ("nats_url", str),
+            "AGENTBUS_WORKER_ID": ("worker_id", str),
+            "AGENTBUS_HTTP_HOST": ("http_host", str),
+            "AGENTBUS_HTTP_PORT": ("http_port", int),
+            "AGENTBUS_MAX_INFLIGHT": ("max_inflight", int),
+            "AGENTBUS_DRAIN_TIMEOUT_S": ("drain_timeout_s", float),
+            "AGENTBUS_ACK_WAIT_S": ("ack_wait_s", float),
+            "AGENTBUS_MAX_DELIVER": ("max_deliver", int),
+        }
+        for var, (name, typ) in conv.items():
+            if var in env:
+                try:
+                    out[name] = typ(env[var])
+                except ValueError as exc:
+                    raise ConfigError(f"{var}={env[var]!r}: {exc}") from exc
+        if "AGENTBUS_AGENTS" in env:
+            out["agent_modules"] = tuple(m for m in env["AGENTBUS_AGENTS"].split(",") if m)
+        if "AGENTBUS_KINDS" in env:
+            out["kinds"] = tuple(k for k in env["AGENTBUS_KINDS"].split(",") if k)
+        if env.get("AGENTBUS_TENANTS"):
+            out["tenants"] = frozenset(env["AGENTBUS_TENANTS"].split(","))
+        return cls(**out)
+
+
+UP_STATE_FILE = ".agentbus/up.json"
+"""Where ``agentbus up`` records its NATS URL and workers, for the other commands."""
+
+
+def resolve_nats_url(flag: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """``--nats-url``, else ``AGENTBUS_NATS_URL``, else a running ``agentbus up``, else the default."""
+    if flag:
+        return flag
+    env = os.environ if environ is None else environ
+    if env.get("AGENTBUS_NATS_URL"):
+        return env["AGENTBUS_NATS_URL"]
+    state = read_up_state()
+    if state is not None:
+        return str(state["nats_url"])
+    return DEFAULT_NATS_URL
+
+
+def read_up_state() -> dict[str, Any] | None:
+    """The state file of a live ``agentbus up`` in this directory, if any."""
+    import json
+
+    try:
+        with open(UP_STATE_FILE) as f:
+            state: dict[str, Any] = json.load(f)
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state

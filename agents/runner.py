@@ -1,0 +1,363 @@
+"""One agent kind inside a worker: decode, run the handler in the tenant scope, decide the fate.
+
+Fates (DESIGN.md, "The flow of one task"):
+
+* success: result to ``results.<tenant>.<task_id>`` (when the agent declares an
+  output) and to the publisher's inbox when it waits, then ``+ACK``;
+* retryable error (any exception, a timeout, :class:`~agentbus.errors.Retry`):
+  ``-NAK`` with a jittered exponential delay, computed here because the server
+  ignores the consumer's BackOff for naks;
+* invalid input, unknown tenant, expired deadline, :class:`~agentbus.errors.Reject`,
+  or the last allowed delivery failing: dead letter (stored first), then ``+TERM``.
+
+Each message is processed by one coroutine started eagerly (see ``_eager``), so a
+handler that never suspends costs no Task. Suspended ones are tracked for
+``+WPI`` heartbeats, timeouts and the drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import random
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from agentbus.errors import Reject, Retry
+from agents._eager import start_eager
+from agents.api import AgentSpec, Context
+from agents.metrics import KindStats, Outcome
+from agents.tenancy import _tenant
+from bus.consumer import AckKind, PullConsumer, ack, delivery_count, stream_seq
+from bus.dlq import DeadLetterQueue
+from bus.messages import (
+    DLQ_MAX_DATA_BYTES,
+    HDR_MSG_ID,
+    HDR_REPLY,
+    DeadLetter,
+    DlqReason,
+    Result,
+    Task,
+    decoder_for,
+    encode,
+    now,
+)
+from bus.publisher import Publisher
+from bus.subjects import result_subject, split_task_subject
+from bus.topology import TASKS_STREAM, consumer_name
+
+__all__ = ["KindRunner", "RetryPolicy"]
+
+log = logging.getLogger("agentbus.worker")
+
+
+class RetryPolicy:
+    """Nak delays: ``base * 2**(attempt-1)`` capped at ``max``, with equal jitter."""
+
+    __slots__ = ("base_s", "max_s")
+
+    def __init__(self, base_s: float, max_s: float) -> None:
+        self.base_s = base_s
+        self.max_s = max_s
+
+    def delay_s(self, attempt: int) -> float:
+        """Delay before redelivering a task that failed on delivery ``attempt``."""
+        ceiling: float = min(self.max_s, self.base_s * 2.0 ** min(attempt - 1, 30))
+        return ceiling / 2 + random.random() * ceiling / 2
+
+
+class _Slot:
+    """A message being processed whose handler suspended (tracked for heartbeats and the drain)."""
+
+    __slots__ = ("in_handler", "msg", "started", "task", "timed_out", "timeout_s", "timer")
+
+    def __init__(self, msg: Msg) -> None:
+        self.msg = msg
+        self.started = time.monotonic()
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timeout_s = 0.0
+        self.in_handler = False
+        self.timed_out = False
+
+    def expire(self) -> None:
+        """The attempt ran out of time: cancel it and remember why."""
+        self.timed_out = True
+        if self.task is not None:
+            self.task.cancel()
+
+
+class KindRunner:
+    """Consumes one kind's durable consumer with at most ``max_inflight`` tasks at once."""
+
+    def __init__(
+        self,
+        spec: AgentSpec[Any, Any],
+        *,
+        nc: Client,
+        publisher: Publisher,
+        dlq: DeadLetterQueue,
+        stats: KindStats,
+        worker: str,
+        max_deliver: int,
+        retry: RetryPolicy,
+        tenants: frozenset[str] | None,
+        slots: int,
+    ) -> None:
+        self.spec = spec
+        self.kind = spec.kind
+        self._nc = nc
+        self._publisher = publisher
+        self._dlq = dlq
+        self.stats = stats
+        self._worker = worker
+        self._max_deliver = max_deliver
+        self._retry = retry
+        self._tenants = tenants
+        self._decoder = decoder_for(spec.input)
+        self._handler = spec.handler
+        self._timeout_s = spec.timeout_s
+        self._publish_results = spec.output is not None
+        self._log = logging.LoggerAdapter(log, {"kind": spec.kind})
+        self.slots: dict[asyncio.Task[None], _Slot] = {}
+        self.draining = False
+        self.consumer = PullConsumer(
+            nc,
+            stream=TASKS_STREAM,
+            consumer=consumer_name(spec.kind),
+            slots=slots,
+            on_message=self._on_message,
+        )
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def _on_message(self, msg: Msg) -> None:
+        self.stats.fetched += 1
+        slot = _Slot(msg)
+        coro = self._release_after(self._hand_back(msg)) if self.draining else self._process(msg, slot)
+        task = start_eager(coro, contextvars.copy_context())
+        if task is not None:
+            slot.task = task
+            self.slots[task] = slot
+            task.add_done_callback(self._forget)
+            if slot.in_handler:  # the handler suspended: from now on it can time out
+                slot.timer = asyncio.get_running_loop().call_later(slot.timeout_s, slot.expire)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        slot = self.slots.pop(task, None)
+        if slot is not None and slot.timer is not None:
+            slot.timer.cancel()
+
+    async def _process(self, msg: Msg, slot: _Slot) -> None:
+        try:
+            await self._run(msg, slot)
+        except Exception:  # a bug here must not kill the loop; the message returns after ack_wait
+            self._log.exception("unexpected error processing a message")
+        finally:
+            self.consumer.release()
+
+    async def _release_after(self, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        finally:
+            self.consumer.release()
+
+    def cancel_handlers(self) -> int:
+        """Cancel every task whose handler is still running (end of the drain); returns how many."""
+        running = [s for s in self.slots.values() if s.in_handler and s.task is not None]
+        for slot in running:
+            assert slot.task is not None
+            slot.task.cancel()
+        return len(running)
+
+    async def _run(self, msg: Msg, slot: _Slot) -> None:
+        tenant, kind = split_task_subject(msg.subject)
+        attempt = delivery_count(msg)
+        stats = self.stats
+        if attempt > 1:
+            stats.redelivered += 1
+        data = msg.data
+        if len(data) > self.spec.max_payload_bytes:
+            detail = f"{len(data)} bytes > max_payload_bytes {self.spec.max_payload_bytes}"
+            return await self._dead_letter(msg, tenant, _header_id(msg), DlqReason.OVERSIZED, detail, attempt)
+        if self._tenants is not None and tenant not in self._tenants:
+            detail = f"tenant {tenant!r} is not served here"
+            return await self._dead_letter(
+                msg, tenant, _header_id(msg), DlqReason.UNKNOWN_TENANT, detail, attempt
+            )
+        try:
+            task: Task[Any] = self._decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            reason = DlqReason.INVALID_PAYLOAD if "$.payload" in str(exc) else DlqReason.INVALID_ENVELOPE
+            return await self._dead_letter(msg, tenant, _header_id(msg), reason, str(exc), attempt)
+        except msgspec.DecodeError as exc:
+            return await self._dead_letter(
+                msg, tenant, _header_id(msg), DlqReason.MALFORMED, str(exc), attempt
+            )
+        if (task.tenant is not None and task.tenant != tenant) or (
+            task.kind is not None and task.kind != kind
+        ):
+            detail = f"envelope says {task.tenant}/{task.kind}, subject says {tenant}/{kind}"
+            return await self._dead_letter(msg, tenant, task.id, DlqReason.INVALID_ENVELOPE, detail, attempt)
+        timeout_s = self._timeout_s
+        if task.deadline is not None:
+            left = task.deadline - now()
+            if left <= 0:
+                detail = f"deadline passed {-left:.3f}s before attempt {attempt}"
+                return await self._dead_letter(
+                    msg, tenant, task.id, DlqReason.DEADLINE_EXCEEDED, detail, attempt
+                )
+            timeout_s = min(timeout_s, left)
+
+        _tenant.set(tenant)
+        ctx = Context(
+            tenant=tenant,
+            kind=kind,
+            task_id=task.id,
+            attempt=attempt,
+            deadline=task.deadline,
+            log=self._log,
+            submit=self._publisher.submit,
+        )
+        slot.timeout_s = timeout_s
+        slot.in_handler = True
+        started = time.perf_counter()
+        try:
+            try:
+                output = await self._handler(ctx, task.payload)
+            finally:
+                stats.observe(time.perf_counter() - started)
+                slot.in_handler = False
+                if slot.timer is not None:
+                    slot.timer.cancel()
+        except Reject as exc:
+            return await self._dead_letter(
+                msg, tenant, task.id, DlqReason.REJECTED, exc.reason, attempt, task
+            )
+        except Retry as exc:
+            return await self._retry_later(msg, tenant, task, attempt, exc.reason, exc.delay_s)
+        except asyncio.CancelledError:
+            if not slot.timed_out:  # the drain ran out of time: hand the task to another replica
+                await self._hand_back(msg)
+                return None
+            return await self._retry_later(
+                msg, tenant, task, attempt, f"timed out after {timeout_s:g}s", None
+            )
+        except Exception as exc:
+            return await self._retry_later(msg, tenant, task, attempt, f"{type(exc).__name__}: {exc}", None)
+        result = Result(
+            task_id=task.id,
+            tenant=tenant,
+            kind=kind,
+            ok=True,
+            output=output,
+            attempts=attempt,
+            worker=self._worker,
+            created_at=task.created_at,
+            finished_at=now(),
+        )
+        await self._send_result(msg, tenant, task.id, result)
+        await ack(self._nc, msg, AckKind.ACK)
+        stats.tasks[(tenant, Outcome.OK)] += 1
+        return None
+
+    # -- fates ------------------------------------------------------------------------------
+
+    async def _send_result(self, msg: Msg, tenant: str, task_id: str, result: Result[Any]) -> None:
+        reply = msg.headers.get(HDR_REPLY) if msg.headers else None
+        if not (self._publish_results or reply):
+            return
+        data = encode(result)
+        if self._publish_results:
+            await self._nc.publish(result_subject(tenant, task_id), data)
+        if reply:
+            await self._nc.publish(reply, data)
+
+    async def _retry_later(
+        self, msg: Msg, tenant: str, task: Task[Any], attempt: int, reason: str, delay_s: float | None
+    ) -> None:
+        if attempt >= self._max_deliver:
+            detail = f"failed on all {attempt} deliveries; last: {reason}"
+            return await self._dead_letter(
+                msg, tenant, task.id, DlqReason.MAX_DELIVERIES, detail, attempt, task
+            )
+        delay = self._retry.delay_s(attempt) if delay_s is None else delay_s
+        if task.deadline is not None and now() + delay >= task.deadline:
+            detail = f"retry in {delay:.2f}s would pass the deadline; last: {reason}"
+            return await self._dead_letter(
+                msg, tenant, task.id, DlqReason.DEADLINE_EXCEEDED, detail, attempt, task
+            )
+        self._log.info("task %s attempt %d failed, retry in %.2fs: %s", task.id, attempt, delay, reason)
+        await ack(self._nc, msg, AckKind.nak(delay))
+        self.stats.tasks[(tenant, Outcome.RETRIED)] += 1
+        return None
+
+    async def _dead_letter(
+        self,
+        msg: Msg,
+        tenant: str,
+        task_id: str,
+        reason: DlqReason,
+        detail: str,
+        attempt: int,
+        task: Task[Any] | None = None,
+    ) -> None:
+        data = msg.data
+        letter = DeadLetter(
+            reason=reason,
+            detail=detail,
+            tenant=tenant,
+            kind=self.kind,
+            task_id=task_id,
+            attempts=attempt,
+            stream_seq=stream_seq(msg),
+            data=data[:DLQ_MAX_DATA_BYTES],
+            data_truncated=len(data) > DLQ_MAX_DATA_BYTES,
+        )
+        try:
+            await self._dlq.dead_letter(msg, letter)
+        except Exception as exc:  # not stored: keep the task and try again later
+            self._log.warning("dead-lettering %s failed (%s); retrying later", task_id, exc)
+            await ack(self._nc, msg, AckKind.nak(self._retry.max_s))
+            return
+        self._log.warning("task %s dead-lettered: %s: %s", task_id, reason, detail)
+        self.stats.tasks[(tenant, Outcome.DEAD_LETTERED)] += 1
+        self.stats.dead_letters[(tenant, reason)] += 1
+        failed: Result[None] = Result(
+            task_id=task_id,
+            tenant=tenant,
+            kind=self.kind,
+            ok=False,
+            error=f"{reason}: {detail}",
+            attempts=attempt,
+            worker=self._worker,
+            created_at=task.created_at if task else 0.0,
+            finished_at=now(),
+        )
+        if task_id:
+            await self._send_result(msg, tenant, task_id, failed)
+
+    async def _hand_back(self, msg: Msg) -> None:
+        """Nak without delay so another replica takes the task at once (drain)."""
+        await ack(self._nc, msg, AckKind.nak(0))
+        tenant, _ = split_task_subject(msg.subject)
+        self.stats.tasks[(tenant, Outcome.HANDED_BACK)] += 1
+
+    # -- upkeep -----------------------------------------------------------------------------
+
+    async def heartbeat(self, older_than_s: float) -> None:
+        """``+WPI`` for every task running longer than ``older_than_s`` (resets the ack wait)."""
+        limit = time.monotonic() - older_than_s
+        for slot in list(self.slots.values()):
+            if slot.started < limit:
+                await ack(self._nc, slot.msg, AckKind.IN_PROGRESS)
+
+
+def _header_id(msg: Msg) -> str:
+    return (msg.headers or {}).get(HDR_MSG_ID, "")

@@ -1,0 +1,260 @@
+"""The worker process: connect, provision, run one :class:`KindRunner` per kind, drain on SIGTERM.
+
+Drain (DESIGN.md step 5): stop fetching; tasks that arrive from pull requests
+already in flight are handed back at once (``-NAK`` without delay); running
+handlers get ``drain_timeout_s`` to finish; whatever still runs then is cancelled
+and handed back, so another replica takes it at once instead of after ack_wait;
+acks are flushed, the connection drained, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError
+from prometheus_client import ProcessCollector
+from prometheus_client.registry import CollectorRegistry
+
+from agentbus.errors import ConfigError
+from agents.config import WorkerConfig
+from agents.http import HealthServer
+from agents.lifecycle import Lifecycle, State
+from agents.metrics import StatsCollector, WorkerStats
+from agents.registry import Registry
+from agents.runner import KindRunner, RetryPolicy
+from bus.connection import connect
+from bus.dlq import DeadLetterQueue
+from bus.publisher import Publisher
+from bus.topology import TASKS_STREAM, ConsumerSpec, consumer_name, ensure_consumer, ensure_streams
+
+__all__ = ["Worker", "run_worker"]
+
+log = logging.getLogger("agentbus.worker")
+
+
+class Worker:
+    """One worker process's runtime (usable in-process by tests and embedders)."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        registry: Registry,
+        *,
+        metrics_registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.config = config
+        self.registry = registry.only(config.kinds) if config.kinds else registry
+        if not len(self.registry):
+            raise ConfigError("no agents to run")
+        self.name = config.worker_name
+        self.lifecycle = Lifecycle()
+        self.stats = WorkerStats(self.name)
+        self.metrics = metrics_registry or CollectorRegistry()
+        if metrics_registry is None:
+            ProcessCollector(registry=self.metrics)  # process_cpu_seconds_total for the scaler
+        StatsCollector(self.stats, self.metrics)
+        self.runners: list[KindRunner] = []
+        self.http: HealthServer | None = None
+        self._nc: Client | None = None
+        self._background: list[asyncio.Task[Any]] = []
+        self._dlq: DeadLetterQueue | None = None
+        self._stop = asyncio.Event()
+
+    # -- probes -----------------------------------------------------------------------------
+
+    def _ready(self) -> tuple[bool, str]:
+        state = self.lifecycle.state
+        connected = self._nc is not None and self._nc.is_connected
+        ok = state is State.RUNNING and connected
+        return ok, f"state={state} nats={'connected' if connected else 'disconnected'}"
+
+    def _alive(self) -> tuple[bool, str]:
+        return self.lifecycle.state is not State.STOPPED, f"state={self.lifecycle.state}"
+
+    def _move(self, state: State) -> None:
+        if self.lifecycle.move(state):
+            self.stats.state = str(state)
+            log.info("worker %s is %s", self.name, state)
+
+    # -- life -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, provision, start consuming. Returns once running."""
+        cfg = self.config
+        if cfg.http_port >= 0:
+            self.http = HealthServer(
+                registry=self.metrics,
+                ready=self._ready,
+                alive=self._alive,
+                host=cfg.http_host,
+                port=cfg.http_port,
+            )
+            await self.http.start()
+        self._nc = nc = await connect(
+            cfg.nats_url,
+            name=f"agentbus-worker-{self.name}",
+            on_disconnect=self._on_disconnect,
+            on_reconnect=self._on_reconnect,
+        )
+        self.stats.connected = True
+        js = nc.jetstream()
+        if cfg.provision:
+            await ensure_streams(js, cfg.stream_limits)
+        publisher = Publisher(nc, max_msg_bytes=cfg.stream_limits.max_msg_bytes)
+        dlq = DeadLetterQueue(nc, worker=self.name)
+        retry = RetryPolicy(cfg.retry_base_s, cfg.retry_max_s)
+        for spec in self.registry:
+            if cfg.provision:
+                await ensure_consumer(js, self._consumer_spec(spec.kind))
+            runner = KindRunner(
+                spec,
+                nc=nc,
+                publisher=publisher,
+                dlq=dlq,
+                stats=self.stats.kind(spec.kind),
+                worker=self.name,
+                max_deliver=cfg.max_deliver,
+                retry=retry,
+                tenants=cfg.tenants,
+                slots=cfg.max_inflight or spec.max_inflight,
+            )
+            runner.stats.inflight = lambda r=runner: r.consumer.held  # type: ignore[misc]
+            self.runners.append(runner)
+        await dlq.watch_max_deliveries()
+        self._dlq = dlq
+        for runner in self.runners:
+            await runner.consumer.start()
+        served = {r.kind for r in self.runners}
+        self._background = [
+            asyncio.create_task(self._heartbeats(), name="agentbus-heartbeats"),
+            asyncio.create_task(self._consumer_info(), name="agentbus-consumer-info"),
+            asyncio.create_task(
+                dlq.sweep_forever(served, interval_s=cfg.sweep_interval_s, grace_s=cfg.unrouted_grace_s),
+                name="agentbus-unrouted-sweep",
+            ),
+        ]
+        self._move(State.RUNNING)
+
+    def _consumer_spec(self, kind: str) -> ConsumerSpec:
+        cfg = self.config
+        return ConsumerSpec(kind=kind, ack_wait_s=cfg.ack_wait_s, max_deliver=cfg.max_deliver)
+
+    def request_stop(self) -> None:
+        """Begin the drain (signal handlers call this)."""
+        self._stop.set()
+
+    async def run_until_stopped(self) -> None:
+        """Wait for :meth:`request_stop`, then drain and stop."""
+        await self._stop.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Drain: stop fetching, let handlers finish within the grace period, hand back the rest."""
+        if self.lifecycle.state in (State.STOPPING, State.STOPPED):
+            return
+        self._move(State.STOPPING)
+        for runner in self.runners:
+            runner.draining = True
+            runner.consumer.stop_fetching()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.drain_timeout_s
+        while any(r.slots for r in self.runners) and loop.time() < deadline:
+            pending = [t for r in self.runners for t in r.slots]
+            await asyncio.wait(pending, timeout=min(0.5, max(0.0, deadline - loop.time())))
+        cancelled = sum(r.cancel_handlers() for r in self.runners)
+        if cancelled:
+            log.warning("drain timeout: handing back %d running tasks", cancelled)
+        leftovers = [t for r in self.runners for t in r.slots]
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=5.0)
+        for task in self._background:
+            task.cancel()
+        if self._dlq is not None:
+            await self._dlq.close()
+        for runner in self.runners:
+            await runner.consumer.close()
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await asyncio.wait_for(self._nc.drain(), 10.0)  # flushes the last acks
+            except Exception as exc:
+                log.warning("nats drain failed: %s", exc)
+        self.stats.connected = False
+        self._move(State.STOPPED)
+        if self.http is not None:
+            await self.http.close()
+
+    # -- background -------------------------------------------------------------------------
+
+    async def _on_disconnect(self) -> None:
+        self.stats.connected = False
+
+    async def _on_reconnect(self) -> None:
+        self.stats.connected = True
+        for runner in self.runners:
+            runner.consumer.reset_credit()
+
+    async def _heartbeats(self) -> None:
+        every_s = self.config.ack_wait_s / 4  # two heartbeats fit in half an ack wait
+        while True:
+            await asyncio.sleep(every_s)
+            for runner in self.runners:
+                try:
+                    await runner.heartbeat(older_than_s=every_s)
+                except Exception as exc:
+                    log.debug("heartbeat failed: %s", exc)
+
+    async def _consumer_info(self) -> None:
+        """Refresh pending counts from the consumer leader; recreate a consumer that vanished."""
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        while True:
+            for runner in self.runners:
+                try:
+                    info = await js.consumer_info(TASKS_STREAM, consumer_name(runner.kind), timeout=2.0)
+                except NotFoundError:
+                    if self.config.provision:
+                        log.warning("consumer of %s is gone: recreating it", runner.kind)
+                        await _quietly(ensure_consumer(js, self._consumer_spec(runner.kind)))
+                        runner.consumer.reset_credit()
+                    continue
+                except Exception as exc:
+                    log.debug("consumer info failed: %s", exc)
+                    continue
+                runner.stats.pending = info.num_pending or 0
+                runner.stats.ack_pending = info.num_ack_pending or 0
+            await asyncio.sleep(self.config.consumer_info_interval_s)
+
+
+async def _quietly(coro: Any) -> None:
+    try:
+        await coro
+    except Exception as exc:
+        log.warning("%s", exc)
+
+
+def run_worker(config: WorkerConfig, registry: Registry) -> int:
+    """Run a worker until SIGTERM/SIGINT, on uvloop; returns the exit code (0 after a clean drain)."""
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        runner = asyncio.Runner()
+
+    async def main() -> int:
+        worker = Worker(config, registry)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.request_stop)
+        await worker.start()
+        if worker.http is not None:
+            log.info("worker %s serving /metrics on port %d", worker.name, worker.http.port)
+        await worker.run_until_stopped()
+        return 0
+
+    with runner:
+        return runner.run(main())

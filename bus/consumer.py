@@ -1,0 +1,214 @@
+"""A credit-based pull consumer: the worker only ever asks for messages it has room for.
+
+This is the backpressure of agentbus. The consumer keeps ``credit``, the number of
+messages requested from JetStream and not yet delivered or expired, and ``held``,
+the messages handed to the worker and not yet released. It maintains::
+
+    held + credit <= slots
+
+and asks for more (one pull request for the free amount) only when at least
+``threshold`` slots are free. A worker with 8 slots therefore never holds more
+than 8 unacked messages, however deep the queue (FastStream #2563 is what happens
+without this).
+
+Pull requests carry an expiry and an idle heartbeat. Credit is returned by the
+server's 408/409 status replies (header ``Nats-Pending-Messages``), reset after a
+reconnect (the server forgets a disconnected client's pull requests: the trap of
+nats.py #504), and reset when heartbeats stop arriving, so the loop can never
+wedge waiting on a request the server no longer has.
+
+Messages are delivered to the ``on_message`` callback, synchronously, in order;
+the worker calls :meth:`release` once per message when it has acked, nakked or
+terminated it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+__all__ = ["AckKind", "PullConsumer", "ack", "delivery_count", "stream_seq"]
+
+log = logging.getLogger("agentbus.bus")
+
+_STATUS = "Status"
+_PENDING_MSGS = "Nats-Pending-Messages"
+
+
+class AckKind:
+    """The JetStream acknowledgement payloads."""
+
+    ACK = b"+ACK"
+    IN_PROGRESS = b"+WPI"
+    TERM = b"+TERM"
+
+    @staticmethod
+    def nak(delay_s: float) -> bytes:
+        """``-NAK`` with a redelivery delay (the server ignores the consumer BackOff for naks)."""
+        if delay_s <= 0:
+            return b"-NAK"
+        return b'-NAK {"delay": %d}' % int(delay_s * 1e9)
+
+
+async def ack(nc: Client, msg: Msg, kind: bytes) -> None:
+    """Send an acknowledgement of ``kind`` for ``msg`` (fire and forget, like ``msg.ack()``)."""
+    await nc.publish(msg.reply, kind)
+
+
+def delivery_count(msg: Msg) -> int:
+    """How many times JetStream has delivered this message (1 on the first delivery)."""
+    tokens = msg.reply.split(".")
+    # v1: $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+    # v2: $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>... (11 or 12 tokens)
+    return int(tokens[4] if len(tokens) == 9 else tokens[6])
+
+
+def stream_seq(msg: Msg) -> int:
+    """The message's sequence in the stream."""
+    tokens = msg.reply.split(".")
+    return int(tokens[5] if len(tokens) == 9 else tokens[7])
+
+
+class PullConsumer:
+    """Pulls from one durable consumer into at most ``slots`` concurrently held messages."""
+
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        stream: str,
+        consumer: str,
+        slots: int,
+        on_message: Callable[[Msg], None],
+        expires_s: float = 30.0,
+        heartbeat_s: float = 5.0,
+        max_batch: int = 256,
+    ) -> None:
+        if slots < 1:
+            raise ValueError("slots must be >= 1")
+        self._nc = nc
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self.slots = slots
+        self._on_message = on_message
+        self._expires_ns = int(expires_s * 1e9)
+        self._heartbeat_ns = int(heartbeat_s * 1e9)
+        self._heartbeat_s = heartbeat_s
+        self._threshold = max(1, min(slots // 2, max_batch))
+        self._max_batch = max_batch
+        self.held = 0
+        self.credit = 0
+        self.fetching = False
+        self._inbox = ""
+        self._sub: Subscription | None = None
+        self._last_seen = time.monotonic()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._pull_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Subscribe the delivery inbox and start pulling."""
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_inbox, pending_msgs_limit=-1)
+        self.fetching = True
+        self._watchdog = asyncio.create_task(self._watch(), name="agentbus-pull-watchdog")
+        await self._pull()
+
+    def release(self, n: int = 1) -> None:
+        """The worker finished with ``n`` messages: their slots are free again."""
+        self.held -= n
+        if self.fetching and self.slots - self.held - self.credit >= self._threshold:
+            self._schedule_pull()
+
+    def stop_fetching(self) -> None:
+        """Ask for nothing more (drain). Messages of outstanding requests may still arrive."""
+        self.fetching = False
+
+    def reset_credit(self) -> None:
+        """Forget outstanding pull requests (after a reconnect) and ask again."""
+        self.credit = 0
+        self._last_seen = time.monotonic()
+        if self.fetching:
+            self._schedule_pull()
+
+    async def close(self) -> None:
+        """Stop pulling and unsubscribe; undelivered requested messages return after ack_wait."""
+        self.fetching = False
+        for task in (self._watchdog, self._pull_task):
+            if task is not None:
+                task.cancel()
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception as exc:  # a closed connection has nothing to unsubscribe
+                log.debug("unsubscribe failed: %s", exc)
+            self._sub = None
+
+    def _schedule_pull(self) -> None:
+        if self._pull_task is None or self._pull_task.done():
+            self._pull_task = asyncio.get_running_loop().create_task(self._pull())
+
+    async def _pull(self) -> None:
+        while self.fetching and self._nc.is_connected:
+            free = self.slots - self.held - self.credit
+            if free < self._threshold and not (free > 0 and self.credit == 0):
+                return
+            batch = min(free, self._max_batch)
+            self.credit += batch
+            request = b'{"batch":%d,"expires":%d,"idle_heartbeat":%d}' % (
+                batch,
+                self._expires_ns,
+                self._heartbeat_ns,
+            )
+            try:
+                await self._nc.publish(self._next_subject, request, reply=self._inbox)
+            except Exception as exc:
+                self.credit -= batch
+                log.warning("pull request failed: %s", exc)
+                return
+
+    async def _on_inbox(self, msg: Msg) -> None:
+        self._last_seen = time.monotonic()
+        if msg.reply:
+            self.credit = max(0, self.credit - 1)
+            self.held += 1
+            self._on_message(msg)
+            return
+        headers = msg.headers or {}
+        status = headers.get(_STATUS, "")
+        if status == "100":  # idle heartbeat: the request is alive
+            return
+        if status in ("408", "409", "404"):
+            pending = headers.get(_PENDING_MSGS)
+            if pending is not None:
+                self.credit = max(0, self.credit - int(pending))
+            elif status == "409":
+                log.warning("pull request refused: %s", headers.get("Description", ""))
+                self.credit = 0
+            if self.fetching:
+                self._schedule_pull()
+            return
+        log.warning("unexpected message on pull inbox: status=%r %r", status, _short(msg.data))
+
+    async def _watch(self) -> None:
+        """Reset credit when the server went silent for three heartbeats (lost requests)."""
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            silent_s = time.monotonic() - self._last_seen
+            if self.credit > 0 and silent_s > 3 * self._heartbeat_s:
+                log.warning("no heartbeat for %.1fs: re-issuing pull requests", silent_s)
+                self.reset_credit()
+            elif self.fetching and self.credit == 0 and self.held < self.slots:
+                self._schedule_pull()
+
+
+def _short(data: bytes) -> str:
+    try:
+        return json.dumps(data[:120].decode("utf-8", "replace"))
+    except Exception:
+        return repr(data[:120])

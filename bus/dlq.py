@@ -1,0 +1,164 @@
+"""The dead-letter queue: NATS has none of its own, so this one is part of the product.
+
+A task that will not be processed is copied to ``dlq.<tenant>.<kind>`` (stream
+``DLQ``) as a :class:`~bus.messages.DeadLetter` with a typed reason *before* the
+original is terminated: if the copy cannot be stored, the original is kept and
+retried later, so nothing acknowledged is ever lost. The copy's ``Nats-Msg-Id``
+is derived from the original's stream sequence, so two replicas (or a retry)
+dead-lettering the same message store it once.
+
+Two paths catch what no handler sees:
+
+* :meth:`DeadLetterQueue.watch_max_deliveries` follows JetStream's
+  ``MAX_DELIVERIES`` advisory: a task whose last delivery died with its worker
+  (kill -9, OOM) would otherwise sit in the work queue forever (nats-server #5564).
+* :meth:`DeadLetterQueue.sweep_unrouted` moves tasks whose kind has no consumer at
+  all (``unknown_kind``) once they are older than a grace period, so a typo in a
+  kind is reported instead of silently filling the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from bus.consumer import AckKind, ack
+from bus.messages import HDR_MSG_ID, DeadLetter, DlqReason, encode, now
+from bus.subjects import TASKS_PREFIX, dlq_subject
+from bus.topology import DLQ_STREAM, TASKS_STREAM
+
+__all__ = ["DeadLetterQueue"]
+
+log = logging.getLogger("agentbus.dlq")
+
+_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + TASKS_STREAM + ".*"
+
+
+class DeadLetterQueue:
+    """Stores dead letters durably, then terminates the originals."""
+
+    def __init__(self, nc: Client, *, worker: str = "", publish_timeout_s: float = 5.0) -> None:
+        self._nc = nc
+        self._js: JetStreamContext = nc.jetstream()
+        self._worker = worker
+        self._timeout_s = publish_timeout_s
+        self._advisory_sub: Subscription | None = None
+
+    async def store(self, letter: DeadLetter) -> None:
+        """Store ``letter`` in the DLQ stream (idempotent per original stream sequence)."""
+        letter.worker = letter.worker or self._worker
+        letter.failed_at = letter.failed_at or now()
+        msg_id = f"dlq-{TASKS_STREAM}-{letter.stream_seq}" if letter.stream_seq else ""
+        headers = {HDR_MSG_ID: msg_id} if msg_id else None
+        await self._js.publish(
+            dlq_subject(letter.tenant, letter.kind),
+            encode(letter),
+            timeout=self._timeout_s,
+            stream=DLQ_STREAM,
+            headers=headers,
+        )
+
+    async def dead_letter(self, msg: Msg, letter: DeadLetter) -> None:
+        """Store ``letter``, then terminate ``msg``; raises (and keeps ``msg``) if storing fails."""
+        await self.store(letter)
+        await ack(self._nc, msg, AckKind.TERM)
+
+    async def watch_max_deliveries(self) -> None:
+        """Dead-letter tasks whose final delivery was never answered (one replica per advisory)."""
+        self._advisory_sub = await self._nc.subscribe(
+            _ADVISORY, queue="agentbus-dlq", cb=self._on_max_deliveries
+        )
+
+    async def close(self) -> None:
+        """Stop following advisories."""
+        if self._advisory_sub is not None:
+            await self._advisory_sub.unsubscribe()
+            self._advisory_sub = None
+
+    async def _on_max_deliveries(self, msg: Msg) -> None:
+        try:
+            advisory = json.loads(msg.data)
+            seq = int(advisory["stream_seq"])
+            deliveries = int(advisory.get("deliveries", 0))
+        except (ValueError, KeyError, TypeError):
+            log.warning("unreadable max-deliveries advisory: %r", msg.data[:200])
+            return
+        detail = f"no answer to delivery {deliveries} (worker lost?)"
+        await self._move(seq, DlqReason.MAX_DELIVERIES, detail, deliveries)
+
+    async def _move(self, seq: int, reason: DlqReason, detail: str, attempts: int) -> bool:
+        """Copy stream message ``seq`` of TASKS to the DLQ and delete it; False if it is gone."""
+        try:
+            raw = await self._js.get_msg(TASKS_STREAM, seq)
+        except NotFoundError:
+            return False
+        subject = raw.subject or ""
+        parts = subject.split(".")
+        tenant, kind = (parts[1], parts[2]) if len(parts) == 3 else ("_", "_")
+        task_id = (raw.headers or {}).get(HDR_MSG_ID, "")
+        letter = DeadLetter(
+            reason=reason,
+            detail=detail,
+            tenant=tenant,
+            kind=kind,
+            task_id=task_id,
+            attempts=attempts,
+            stream_seq=seq,
+            data=raw.data or b"",
+        )
+        try:
+            await self.store(letter)
+            await self._js.delete_msg(TASKS_STREAM, seq)
+        except NotFoundError:
+            return False
+        except Exception as exc:  # keep the task; the next advisory or sweep tries again
+            log.warning("could not dead-letter seq %d: %s", seq, exc)
+            return False
+        log.info("dead-lettered seq %d (%s): %s", seq, reason, detail)
+        return True
+
+    async def sweep_unrouted(self, served_kinds: set[str], *, grace_s: float = 60.0) -> int:
+        """Move tasks of kinds no consumer serves, older than ``grace_s``; returns how many moved."""
+        info = await self._js.stream_info(TASKS_STREAM, subjects_filter=f"{TASKS_PREFIX}.>")
+        subjects = info.state.subjects or {}
+        consumers = {
+            (c.config.filter_subject or "").rsplit(".", 1)[-1]
+            for c in await self._js.consumers_info(TASKS_STREAM)
+        }
+        known = consumers | served_kinds
+        moved = 0
+        cutoff = time.time() - grace_s
+        for subject in subjects:
+            kind = subject.rsplit(".", 1)[-1]
+            if kind in known:
+                continue
+            seq = 1
+            while True:
+                try:
+                    raw = await self._js.get_msg(TASKS_STREAM, seq=seq, subject=subject, next=True)
+                except NotFoundError:
+                    break
+                if raw.time is None or raw.time.timestamp() > cutoff or raw.seq is None:
+                    break
+                detail = f"no agent serves kind {kind!r}"
+                if await self._move(raw.seq, DlqReason.UNKNOWN_KIND, detail, 0):
+                    moved += 1
+                seq = raw.seq + 1
+        return moved
+
+    async def sweep_forever(self, served_kinds: set[str], *, interval_s: float, grace_s: float) -> None:
+        """Run :meth:`sweep_unrouted` every ``interval_s`` until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sweep_unrouted(served_kinds, grace_s=grace_s)
+            except Exception as exc:  # a sweep is best effort; the next one retries
+                log.debug("unrouted sweep failed: %s", exc)

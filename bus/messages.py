@@ -1,0 +1,133 @@
+"""Every message agentbus puts on the wire, as msgspec Structs, in one place.
+
+Wire format is JSON so any NATS client can publish a task. Schemas evolve only by
+appending fields with defaults (msgspec decodes old and new messages alike).
+
+* :class:`Task` travels on ``tasks.<tenant>.<kind>`` (stream ``TASKS``). Its id is
+  also the ``Nats-Msg-Id`` header, so JetStream drops a duplicate publish inside
+  the stream's duplicate window. ``tenant``/``kind`` in the body are optional and
+  informational: the worker takes both from the subject and dead-letters a task
+  whose body claims another tenant.
+* :class:`Result` travels on ``results.<tenant>.<task_id>`` and to the publisher's
+  reply inbox (header ``Agentbus-Reply``) when the publisher waits.
+* :class:`DeadLetter` travels on ``dlq.<tenant>.<kind>`` (stream ``DLQ``) and keeps
+  the original bytes, so a task can be inspected and replayed.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+__all__ = [
+    "DLQ_MAX_DATA_BYTES",
+    "HDR_MSG_ID",
+    "HDR_REPLY",
+    "DeadLetter",
+    "DlqReason",
+    "Result",
+    "Task",
+    "decoder_for",
+    "encode",
+    "now",
+]
+
+T = TypeVar("T")
+
+HDR_MSG_ID = "Nats-Msg-Id"
+"""JetStream's de-duplication header; agentbus sets it to the task id."""
+HDR_REPLY = "Agentbus-Reply"
+"""Inbox the worker also sends the :class:`Result` to (JetStream uses the real reply for its ack)."""
+
+
+class Task(msgspec.Struct, Generic[T], omit_defaults=True):
+    """A unit of work for one agent kind of one tenant."""
+
+    id: str
+    payload: T
+    created_at: float = 0.0
+    """Publisher's wall clock, seconds since the epoch (latency accounting only)."""
+    deadline: float | None = None
+    """Absolute wall-clock deadline; an expired task is dead-lettered, not run."""
+    tenant: str | None = None
+    kind: str | None = None
+
+
+class Result(msgspec.Struct, Generic[T], omit_defaults=True):
+    """The outcome of a task, sent once the task is done (or dead-lettered, to a waiter)."""
+
+    task_id: str
+    tenant: str
+    kind: str
+    ok: bool
+    output: T | None = None
+    error: str | None = None
+    """For ``ok=False``: the dead-letter reason and detail."""
+    attempts: int = 1
+    worker: str = ""
+    created_at: float = 0.0
+    finished_at: float = 0.0
+
+
+class DlqReason(enum.StrEnum):
+    """Why a task was dead-lettered (the ``reason`` of a :class:`DeadLetter`)."""
+
+    MALFORMED = "malformed"
+    """The bytes are not a JSON task envelope."""
+    INVALID_PAYLOAD = "invalid_payload"
+    """The envelope decoded but the payload does not match the agent's input schema."""
+    INVALID_ENVELOPE = "invalid_envelope"
+    """The envelope contradicts its subject (another tenant or kind) or misses fields."""
+    OVERSIZED = "oversized"
+    """Larger than the agent's ``max_payload_bytes``."""
+    UNKNOWN_KIND = "unknown_kind"
+    """No agent serves this kind (moved by the unrouted sweeper)."""
+    UNKNOWN_TENANT = "unknown_tenant"
+    """The worker serves a fixed set of tenants and this is not one of them."""
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    """The task's deadline passed before it could run."""
+    REJECTED = "rejected"
+    """The handler raised ``Reject``."""
+    MAX_DELIVERIES = "max_deliveries"
+    """Retryable failures on every allowed delivery."""
+
+
+class DeadLetter(msgspec.Struct, omit_defaults=True):
+    """A task that will not be processed, with the reason and its original bytes."""
+
+    reason: DlqReason
+    detail: str
+    tenant: str
+    kind: str
+    task_id: str = ""
+    attempts: int = 0
+    stream_seq: int = 0
+    failed_at: float = 0.0
+    worker: str = ""
+    data: bytes = b""
+    """The original message bytes, cut to ``DLQ_MAX_DATA_BYTES`` (see ``data_truncated``)."""
+    data_truncated: bool = False
+
+
+DLQ_MAX_DATA_BYTES = 256 * 1024
+"""Dead letters keep at most this much of the original (base64 grows it by a third)."""
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(message: Any) -> bytes:
+    """Encode any wire message (one shared encoder, built once)."""
+    return _encoder.encode(message)
+
+
+def decoder_for(payload_type: Any) -> msgspec.json.Decoder[Task[Any]]:
+    """A decoder for ``Task[payload_type]``; build it once per kind, not per message."""
+    return msgspec.json.Decoder(Task[payload_type])
+
+
+def now() -> float:
+    """Wall clock in seconds since the epoch (the unit of every timestamp on the wire)."""
+    return time.time()

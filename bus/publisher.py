@@ -1,0 +1,242 @@
+"""Publishing tasks: JetStream acks with a bounded window, clear errors, optional waiting.
+
+``submit`` returns once JetStream has stored the task. ``submit_nowait`` returns as
+soon as the task is on the wire and a slot in the ack window was free: the window
+(``max_pending_acks``) bounds memory and applies backpressure to a fast producer.
+A full stream, an oversized task or a missing stream surface as typed
+:mod:`agentbus.errors`, never as a silent drop. ``call`` publishes and waits for the
+:class:`~bus.messages.Result` on a per-publisher inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import PubAck
+from nats.js.errors import APIError, NoStreamResponseError
+
+from agentbus.errors import (
+    NoStreamError,
+    PayloadTooLargeError,
+    PublishError,
+    ResultTimeoutError,
+    StreamFullError,
+)
+from bus.messages import HDR_MSG_ID, HDR_REPLY, Result, Task, encode, now
+from bus.subjects import check_task_id, task_subject
+
+__all__ = ["Publisher", "TaskRef", "TaskSpec", "map_publish_error", "new_task_id", "publish_sync"]
+
+# JetStream API error codes (nats-server errors.json).
+_STREAM_FULL_CODES = frozenset({10077, 10047, 10028})  # store failed (limits), resources exceeded
+_TOO_LARGE_CODES = frozenset({10054})  # message size exceeds maximum allowed
+
+_result_decoder = msgspec.json.Decoder(Result[Any])
+
+
+def new_task_id() -> str:
+    """A fresh random task id (32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef:
+    """A stored task: its id, subject and stream sequence; ``duplicate`` if deduplicated."""
+
+    task_id: str
+    subject: str
+    seq: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """One task to publish with :meth:`Publisher.submit_many`."""
+
+    tenant: str
+    kind: str
+    payload: Any
+    task_id: str | None = None
+    deadline: float | None = None
+
+
+class Publisher:
+    """Publishes tasks to ``tasks.<tenant>.<kind>`` and optionally waits for results."""
+
+    def __init__(self, nc: Client, *, max_pending_acks: int = 4096, max_msg_bytes: int = 1 << 20) -> None:
+        self._nc = nc
+        self._js = nc.jetstream(publish_async_max_pending=max_pending_acks)
+        self._max_msg_bytes = max_msg_bytes
+        self._inbox: str | None = None
+        self._inbox_sub: Subscription | None = None
+        self._waiters: dict[str, asyncio.Future[Result[Any]]] = {}
+
+    def _prepare(
+        self, tenant: str, kind: str, payload: Any, task_id: str | None, deadline: float | None, wait: bool
+    ) -> tuple[str, str, bytes, dict[str, str]]:
+        subject = task_subject(tenant, kind)
+        task_id = check_task_id(task_id) if task_id else new_task_id()
+        data = encode(Task(id=task_id, payload=payload, created_at=now(), deadline=deadline))
+        if len(data) > self._max_msg_bytes:
+            raise PayloadTooLargeError(len(data), self._max_msg_bytes, task_id=task_id, subject=subject)
+        headers = {HDR_MSG_ID: task_id}
+        if wait:
+            assert self._inbox is not None
+            headers[HDR_REPLY] = self._inbox + task_id
+        return subject, task_id, data, headers
+
+    async def submit(
+        self,
+        tenant: str,
+        kind: str,
+        payload: Any,
+        *,
+        task_id: str | None = None,
+        deadline: float | None = None,
+    ) -> TaskRef:
+        """Publish one task and wait until JetStream has stored it."""
+        fut = await self.submit_nowait(tenant, kind, payload, task_id=task_id, deadline=deadline)
+        return await fut
+
+    async def submit_nowait(
+        self,
+        tenant: str,
+        kind: str,
+        payload: Any,
+        *,
+        task_id: str | None = None,
+        deadline: float | None = None,
+        _wait: bool = False,
+    ) -> asyncio.Future[TaskRef]:
+        """Publish one task; the returned future resolves to its :class:`TaskRef` or a PublishError.
+
+        Waits only while ``max_pending_acks`` acks are outstanding (the window).
+        """
+        subject, tid, data, headers = self._prepare(tenant, kind, payload, task_id, deadline, _wait)
+        ack = await self._js.publish_async(subject, data, headers=headers)
+        out: asyncio.Future[TaskRef] = asyncio.get_running_loop().create_future()
+        ack.add_done_callback(lambda f: _resolve(f, out, tid, subject))
+        return out
+
+    async def submit_many(
+        self, specs: Iterable[TaskSpec], *, return_exceptions: bool = False
+    ) -> list[TaskRef | BaseException]:
+        """Publish many tasks through the ack window; results in input order."""
+        futures = [
+            await self.submit_nowait(s.tenant, s.kind, s.payload, task_id=s.task_id, deadline=s.deadline)
+            for s in specs
+        ]
+        return list(await asyncio.gather(*futures, return_exceptions=return_exceptions))
+
+    async def call(
+        self,
+        tenant: str,
+        kind: str,
+        payload: Any,
+        *,
+        timeout_s: float = 30.0,
+        task_id: str | None = None,
+        deadline: float | None = None,
+        output_type: Any = None,
+    ) -> Result[Any]:
+        """Publish a task and wait for its result; ``output_type`` converts a successful output."""
+        await self._ensure_inbox()
+        tid = task_id or new_task_id()
+        waiter: asyncio.Future[Result[Any]] = asyncio.get_running_loop().create_future()
+        self._waiters[tid] = waiter
+        try:
+            stored = await self.submit_nowait(
+                tenant, kind, payload, task_id=tid, deadline=deadline, _wait=True
+            )
+            await stored
+            result = await asyncio.wait_for(waiter, timeout_s)
+            if output_type is not None and result.ok:
+                result.output = msgspec.convert(result.output, output_type)
+            return result
+        except TimeoutError:
+            raise ResultTimeoutError(tid, timeout_s) from None
+        finally:
+            self._waiters.pop(tid, None)
+
+    async def flush(self) -> None:
+        """Wait until every outstanding publish has its JetStream ack."""
+        await self._js.publish_async_completed()
+
+    async def close(self) -> None:
+        """Stop listening for results (the connection stays open)."""
+        if self._inbox_sub is not None:
+            await self._inbox_sub.unsubscribe()
+            self._inbox_sub = None
+
+    async def _ensure_inbox(self) -> None:
+        if self._inbox_sub is not None:
+            return
+        prefix = self._nc.new_inbox() + "."
+        self._inbox = prefix
+        self._inbox_sub = await self._nc.subscribe(prefix + "*", cb=self._on_result)
+
+    async def _on_result(self, msg: Msg) -> None:
+        try:
+            result = _result_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        waiter = self._waiters.get(result.task_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(result)
+
+
+def _resolve(ack: asyncio.Future[PubAck], out: asyncio.Future[TaskRef], task_id: str, subject: str) -> None:
+    if out.done():
+        return
+    if ack.cancelled():
+        out.cancel()
+        return
+    exc = ack.exception()
+    if exc is None:
+        pub = ack.result()
+        out.set_result(TaskRef(task_id, subject, pub.seq, bool(pub.duplicate)))
+    else:
+        out.set_exception(map_publish_error(exc, task_id, subject))
+
+
+def map_publish_error(exc: BaseException, task_id: str, subject: str) -> PublishError:
+    """Translate a nats-py publish failure into the agentbus error tree."""
+    if isinstance(exc, NoStreamResponseError):
+        return NoStreamError(f"no stream captures {subject}", task_id=task_id, subject=subject)
+    if isinstance(exc, APIError):
+        desc = exc.description or ""
+        if exc.err_code in _TOO_LARGE_CODES:
+            return PublishError(f"task too large: {desc}", task_id=task_id, subject=subject)
+        if exc.err_code in _STREAM_FULL_CODES or "maximum" in desc:
+            return StreamFullError(
+                f"stream full, task refused ({desc}); consume or raise the limits",
+                task_id=task_id,
+                subject=subject,
+            )
+        return PublishError(f"JetStream refused the task: {desc}", task_id=task_id, subject=subject)
+    return PublishError(f"publish failed: {exc!r}", task_id=task_id, subject=subject)
+
+
+def publish_sync(url: str, specs: Iterable[TaskSpec], *, timeout_s: float = 60.0) -> list[TaskRef]:
+    """Blocking helper for scripts: connect, publish every task, wait for the acks, close."""
+
+    async def run() -> list[TaskRef]:
+        from bus.connection import connect
+
+        nc = await connect(url, name="agentbus-publish")
+        try:
+            pub = Publisher(nc)
+            refs = await asyncio.wait_for(pub.submit_many(specs), timeout_s)
+            return [r for r in refs if isinstance(r, TaskRef)]
+        finally:
+            await nc.drain()
+
+    return asyncio.run(run())

