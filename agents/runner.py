@@ -262,7 +262,11 @@ class KindRunner:
             created_at=task.created_at,
             finished_at=now(),
         )
-        await self._send_result(msg, tenant, task.id, result)
+        try:
+            await self._send_result(msg, tenant, task.id, result)
+        except (TypeError, msgspec.EncodeError) as exc:  # a handler bug: retrying cannot help
+            detail = f"output of type {type(output).__name__} cannot be encoded: {exc}"
+            return await self._dead_letter(msg, tenant, task.id, DlqReason.REJECTED, detail, attempt, task)
         await ack(self._nc, msg, AckKind.ACK)
         stats.tasks[(tenant, Outcome.OK)] += 1
         return None

@@ -69,6 +69,7 @@ class EmbeddedNats:
 
     def start(self, timeout_s: float = 15.0) -> EmbeddedNats:
         """Start the server and wait until JetStream reports healthy."""
+        self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "nats.conf"
         sync = "sync_interval: always" if self.sync_always else ""
         conf.write_text(

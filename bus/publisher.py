@@ -24,6 +24,7 @@ from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
 
 from agentbus.errors import (
+    AgentbusError,
     NoStreamError,
     PayloadTooLargeError,
     PublishError,
@@ -130,10 +131,18 @@ class Publisher:
         self, specs: Iterable[TaskSpec], *, return_exceptions: bool = False
     ) -> list[TaskRef | BaseException]:
         """Publish many tasks through the ack window; results in input order."""
-        futures = [
-            await self.submit_nowait(s.tenant, s.kind, s.payload, task_id=s.task_id, deadline=s.deadline)
-            for s in specs
-        ]
+        futures: list[asyncio.Future[TaskRef]] = []
+        for s in specs:
+            try:
+                fut = await self.submit_nowait(
+                    s.tenant, s.kind, s.payload, task_id=s.task_id, deadline=s.deadline
+                )
+            except AgentbusError as exc:  # refused before sending (bad subject, too large)
+                if not return_exceptions:
+                    raise
+                fut = asyncio.get_running_loop().create_future()
+                fut.set_exception(exc)
+            futures.append(fut)
         return list(await asyncio.gather(*futures, return_exceptions=return_exceptions))
 
     async def call(
