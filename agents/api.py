@@ -22,8 +22,9 @@ from typing import Any, Generic, Protocol, TypeVar
 import msgspec
 
 from agentbus.errors import ConfigError
+from bus.messages import encode
 from bus.publisher import TaskRef
-from bus.subjects import check_token
+from bus.subjects import check_token, stream_subject
 
 __all__ = ["AgentSpec", "Context", "Handler", "agent"]
 
@@ -40,7 +41,7 @@ class _Submit(Protocol):
 class Context:
     """What a handler knows about its task; the tenant is fixed by the subject."""
 
-    __slots__ = ("_submit", "attempt", "deadline", "kind", "log", "task_id", "tenant")
+    __slots__ = ("_emit", "_submit", "attempt", "deadline", "kind", "log", "task_id", "tenant")
 
     def __init__(
         self,
@@ -52,6 +53,7 @@ class Context:
         deadline: float | None,
         log: logging.LoggerAdapter[logging.Logger],
         submit: _Submit,
+        emit: Callable[[str, bytes], Awaitable[None]],
     ) -> None:
         self.tenant = tenant
         self.kind = kind
@@ -61,12 +63,17 @@ class Context:
         self.deadline = deadline
         self.log = log
         self._submit = submit
+        self._emit = emit
 
     async def publish(
         self, kind: str, payload: Any, *, task_id: str | None = None, deadline: float | None = None
     ) -> TaskRef:
         """Queue a follow-up task of ``kind`` for the same tenant; returns once it is stored."""
         return await self._submit(self.tenant, kind, payload, task_id=task_id, deadline=deadline)
+
+    async def stream(self, event: Any) -> None:
+        """Send a partial result to ``results.<tenant>.<task_id>.stream`` (core NATS, in order)."""
+        await self._emit(stream_subject(self.tenant, self.task_id), encode(event))
 
 
 Handler = Callable[[Context, In], Awaitable[Out]]

@@ -224,6 +224,7 @@ class KindRunner:
             deadline=task.deadline,
             log=self._log,
             submit=self._publisher.submit,
+            emit=self._nc.publish,
         )
         slot.timeout_s = timeout_s
         slot.in_handler = True

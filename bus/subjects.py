@@ -20,6 +20,7 @@ __all__ = [
     "dlq_subject",
     "result_subject",
     "split_task_subject",
+    "stream_subject",
     "task_subject",
 ]
 
@@ -59,6 +60,11 @@ def split_task_subject(subject: str) -> tuple[str, str]:
 def result_subject(tenant: str, task_id: str) -> str:
     """``results.<tenant>.<task_id>``."""
     return f"{RESULTS_PREFIX}.{tenant}.{task_id}"
+
+
+def stream_subject(tenant: str, task_id: str) -> str:
+    """``results.<tenant>.<task_id>.stream``: partial results of a running task."""
+    return f"{RESULTS_PREFIX}.{tenant}.{task_id}.stream"
 
 
 def dlq_subject(tenant: str, kind: str) -> str:
