@@ -1,0 +1,62 @@
+"""The two small interfaces between replicated state and gossip (memberlist's Delegate, smaller).
+
+Gossip moves opaque bytes between replicas and never looks inside them; state
+decides what the bytes mean. Keeping this seam narrow lets the same gossip run
+any state and the same state run over any transport (NATS, or the in-memory one
+with injected loss, duplication, reordering and partitions used by the tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+__all__ = ["Delegate", "Transport"]
+
+
+class Delegate(Protocol):
+    """What gossip needs from the replicated state of one replica."""
+
+    def pending(self) -> bytes | None:
+        """Deltas accumulated since the last call, encoded (the buffer is then cleared); None if none."""
+        ...
+
+    def merge(self, data: bytes) -> None:
+        """Merge bytes from a peer: deltas or a full state. Idempotent, commutative, associative.
+
+        Must reject (raise ``agentbus.errors.AgentbusError`` subclasses) rather than half-apply
+        anything malformed.
+        """
+        ...
+
+    def full_state(self) -> bytes:
+        """The whole state, encoded, for push-pull anti-entropy."""
+        ...
+
+    def digest(self) -> bytes:
+        """A short fingerprint: equal digests mean equal states, so a push-pull can stop early."""
+        ...
+
+
+MessageHandler = Callable[[str, bytes], Awaitable[None]]
+"""Called with ``(sender node id, payload)`` for every message a transport receives."""
+
+
+class Transport(Protocol):
+    """Unreliable, unordered datagrams between named nodes (core NATS is at-most-once)."""
+
+    async def start(self, node: str, on_message: MessageHandler) -> None:
+        """Begin receiving messages addressed to ``node`` and broadcasts."""
+        ...
+
+    async def send(self, node: str, data: bytes) -> None:
+        """Send to one node; may be lost, duplicated or reordered."""
+        ...
+
+    async def broadcast(self, data: bytes) -> None:
+        """Send to every node listening (announcements, leave notices)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop receiving."""
+        ...
