@@ -51,7 +51,7 @@ class AckKind:
 
     @staticmethod
     def nak(delay_s: float) -> bytes:
-        """``-NAK`` with a redelivery delay (the server ignores the consumer BackOff for naks)."""
+        """``-NAK`` with a redelivery delay (exact only on a consumer without BackOff: see ConsumerSpec)."""
         if delay_s <= 0:
             return b"-NAK"
         return b'-NAK {"delay": %d}' % int(delay_s * 1e9)

@@ -75,7 +75,12 @@ class ConsumerSpec:
     ack_wait_s: float = 30.0  # redelivery after a worker dies; heartbeats keep long tasks alive
     max_deliver: int = 5  # then the task is dead-lettered with reason max_deliveries
     backoff_s: tuple[float, ...] = field(default=())
-    """Redelivery delays after ack timeouts; empty means ack_wait, 2x, 4x ... (capped at 10 min)."""
+    """Redelivery delays after ack timeouts; empty (the default) means ack_wait before each one.
+
+    Leave it empty unless needed: with a BackOff, nats-server also stretches every delayed
+    nak by ``backoff[n] - ack_wait`` (it backdates the nak by ack_wait, then compares with
+    the backoff entry), so the worker's 0.1 s retry on delivery 2 of ``[30, 60]`` waits 30 s.
+    """
     max_ack_pending: int = 20_000  # cap across all replicas; each worker holds <= its slots
     max_waiting: int = 512  # outstanding pull requests across replicas
 
@@ -87,11 +92,8 @@ class ConsumerSpec:
             raise ConfigError("backoff_s needs 1..max_deliver positive delays")
 
     def redelivery_backoff_s(self) -> list[float]:
-        """The ack-timeout backoff sent to the server (its first entry is the ack wait)."""
-        if self.backoff_s:
-            return list(self.backoff_s)
-        steps = max(1, self.max_deliver - 1)
-        return [min(self.ack_wait_s * 2**i, max(600.0, self.ack_wait_s)) for i in range(steps)]
+        """The ack-timeout BackOff sent to the server; empty: none, ack_wait for every redelivery."""
+        return list(self.backoff_s)
 
 
 def consumer_name(kind: str) -> str:
@@ -146,7 +148,7 @@ async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=spec.ack_wait_s,
         max_deliver=spec.max_deliver,
-        backoff=spec.redelivery_backoff_s(),
+        backoff=spec.redelivery_backoff_s() or None,  # None: no BackOff at all (see backoff_s)
         max_ack_pending=spec.max_ack_pending,
         max_waiting=spec.max_waiting,
     )

@@ -2,18 +2,23 @@
 
 The NATS URL and the workers' metrics ports are written to ``.agentbus/up.json`` so
 ``agentbus publish`` and ``agentbus status`` in the same directory find the cluster.
+:func:`local_cluster` is the reusable part (``agentbus demo`` runs on it too).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentbus.errors import AgentbusError
 from agents.cli.worker import add_worker_options, worker_argv
 from agents.config import UP_STATE_FILE
 from bus.connection import connect
@@ -21,7 +26,7 @@ from bus.embedded import EmbeddedNats, free_port
 from bus.topology import ensure_streams
 from scaler.local import LocalSupervisor, python_command
 
-__all__ = ["register"]
+__all__ = ["LocalCluster", "local_cluster", "register", "wait_ready"]
 
 
 def register(sub: Any) -> None:
@@ -42,22 +47,48 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(_up(args))
 
 
-async def _up(args: argparse.Namespace) -> int:
+@dataclass
+class LocalCluster:
+    """What :func:`local_cluster` runs: the NATS URL, the worker supervisor, each worker's HTTP port."""
+
+    url: str
+    supervisor: LocalSupervisor
+    ports: dict[str, int]
+    """HTTP port (``/readyz``, ``/metrics``) by worker name; a restarted worker keeps its port."""
+
+
+@contextlib.asynccontextmanager
+async def local_cluster(
+    *,
+    workers: int,
+    worker_args: Sequence[str] = (),
+    nats_url: str | None = None,
+    nats_port: int = 0,
+    store_dir: str | None = None,
+    stop_timeout_s: float = 30.0,
+    worker_log_level: str | None = None,
+) -> AsyncIterator[LocalCluster]:
+    """Start nats-server (unless ``nats_url``), the streams and ``workers`` supervised workers.
+
+    On exit the workers are drained (SIGTERM, ``stop_timeout_s``) and the server stopped.
+    """
     server = None
-    if args.nats_url:
-        url = args.nats_url
+    if nats_url:
+        url = nats_url
     else:
-        server = EmbeddedNats(port=args.nats_port, store_dir=args.store_dir).start()
+        server = EmbeddedNats(port=nats_port, store_dir=store_dir).start()
         url = server.url
     try:
         nc = await connect(url, name="agentbus-up")
         await ensure_streams(nc.jetstream())
         await nc.close()
         ports: dict[str, int] = {}
+        prefix = ["--log-level", worker_log_level] if worker_log_level else []
 
         def command(name: str) -> list[str]:
             ports[name] = ports.get(name) or free_port()
             return python_command(
+                *prefix,
                 "worker",
                 "--nats-url",
                 url,
@@ -65,29 +96,79 @@ async def _up(args: argparse.Namespace) -> int:
                 name,
                 "--http-port",
                 str(ports[name]),
-                *worker_argv(args),
+                *worker_args,
             )
 
-        supervisor = LocalSupervisor(command, stop_timeout_s=(args.drain_timeout_s or 25.0) + 5)
-        await supervisor.scale_to(args.workers)
-        _write_state(url, ports)
-        print(
-            f"agentbus up: NATS {url}, {args.workers} workers; metrics on ports "
-            f"{', '.join(str(p) for p in ports.values())}; Ctrl-C to stop",
-            flush=True,
-        )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        print("agentbus up: draining workers", flush=True)
-        await supervisor.stop()
+        supervisor = LocalSupervisor(command, stop_timeout_s=stop_timeout_s)
+        try:
+            await supervisor.scale_to(workers)
+            yield LocalCluster(url=url, supervisor=supervisor, ports=ports)
+        finally:
+            await supervisor.stop()
+    finally:
+        if server is not None:
+            server.close()
+
+
+async def wait_ready(ports: Mapping[str, int], *, timeout_s: float) -> None:
+    """Wait until every worker's ``/readyz`` answers 200; raise naming the laggards after ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    waiting = dict(ports)
+    while True:
+        for name, port in list(waiting.items()):
+            if await _http_status(port, "/readyz") == 200:
+                del waiting[name]
+        if not waiting:
+            return
+        if loop.time() >= deadline:
+            raise AgentbusError(f"workers not ready after {timeout_s:g}s: {', '.join(sorted(waiting))}")
+        await asyncio.sleep(0.05)  # a poll interval: readiness comes from /readyz, not from a guess
+
+
+async def _http_status(port: int, path: str) -> int | None:
+    """Status code of ``GET http://127.0.0.1:<port><path>``, None if nothing answers."""
+    try:
+        async with asyncio.timeout(1.0):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+                await writer.drain()
+                status_line = await reader.readline()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+        return int(status_line.split()[1])
+    except (OSError, TimeoutError, ValueError, IndexError):
+        return None
+
+
+async def _up(args: argparse.Namespace) -> int:
+    try:
+        async with local_cluster(
+            workers=args.workers,
+            worker_args=worker_argv(args),
+            nats_url=args.nats_url,
+            nats_port=args.nats_port,
+            store_dir=args.store_dir,
+            stop_timeout_s=(args.drain_timeout_s or 25.0) + 5,
+        ) as cluster:
+            _write_state(cluster.url, cluster.ports)
+            print(
+                f"agentbus up: NATS {cluster.url}, {args.workers} workers; metrics on ports "
+                f"{', '.join(str(p) for p in cluster.ports.values())}; Ctrl-C to stop",
+                flush=True,
+            )
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            print("agentbus up: draining workers", flush=True)
         return 0
     finally:
         _remove_state()
-        if server is not None:
-            server.close()
 
 
 def _remove_state() -> None:
