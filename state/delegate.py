@@ -9,9 +9,9 @@ with injected loss, duplication, reordering and partitions used by the tests).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-__all__ = ["Delegate", "Transport"]
+__all__ = ["Delegate", "Pruning", "Transport"]
 
 
 class Delegate(Protocol):
@@ -35,6 +35,29 @@ class Delegate(Protocol):
 
     def digest(self) -> bytes:
         """A short fingerprint: equal digests mean equal states, so a push-pull can stop early."""
+        ...
+
+
+@runtime_checkable
+class Pruning(Protocol):
+    """Optional extra for a :class:`Delegate`: drop a departed replica's per-replica metadata.
+
+    Gossip calls ``prune`` on one replica only (the owner: smallest live id, majority
+    alive, no suspects), for a replica dead or left for ``GossipConfig.prune_after_s``,
+    and only after pulling the full state of every live peer, so the owner's copy of
+    the departed replica's slots dominates every live copy. Safety argument in full:
+    ``state/gossip/pruning.py`` (after Akka's RemovedNodePruning).
+    """
+
+    def prune(self, node: str) -> None:
+        """Fold what ``node`` contributed into this replica's own slots and mark ``node`` pruned.
+
+        Must reach peers as one delta (fold and marker together), be a no-op when ``node``
+        is already marked pruned, and make every later merge drop ``node``'s slots
+        wherever the marker is present, so stale copies never count twice. A replica
+        that merges a marker naming *itself* (it was paused or cut off longer than
+        ``prune_after_s``) must move to a new replica id before writing again.
+        """
         ...
 
 

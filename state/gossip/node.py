@@ -1,0 +1,328 @@
+"""One replica's gossip: membership and dissemination tied to a Transport and a Delegate.
+
+Time is injected. :meth:`Gossip.tick` does whatever is due at ``clock()``: in
+production a background task calls it every few tens of milliseconds; tests with a
+virtual clock call it directly, so hundreds of simulated seconds take milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from agentbus.errors import AgentbusError, ConfigError
+from state.delegate import Delegate, Pruning, Transport
+from state.gossip.config import GossipConfig
+from state.gossip.dissemination import DeltaLog
+from state.gossip.membership import Member, Membership, MemberState
+from state.gossip.pruning import Pruner
+from state.gossip.wire import (
+    Ack,
+    Alive,
+    Announce,
+    Deltas,
+    Digest,
+    Message,
+    Packet,
+    Ping,
+    PingReq,
+    PushPull,
+    Update,
+    decode_packet,
+    encode_packet,
+)
+
+__all__ = ["Gossip", "GossipStats"]
+
+log = logging.getLogger("agentbus.gossip")
+
+_NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass
+class GossipStats:
+    """Counters for metrics and tests."""
+
+    packets_sent: int = 0
+    packets_received: int = 0
+    bad_packets: int = 0
+    foreign_packets: int = 0
+    merge_errors: int = 0
+    delta_batches_merged: int = 0
+    duplicate_batches: int = 0
+    push_pulls_started: int = 0
+    full_states_merged: int = 0
+    oversized_dropped: int = 0
+    send_errors: int = 0
+
+
+@dataclass
+class _Outgoing:
+    messages: list[Message] = field(default_factory=list)
+    updates: list[Update] = field(default_factory=list)
+
+
+class Gossip:
+    """SWIM membership plus delta gossip and push-pull anti-entropy for one replica."""
+
+    def __init__(
+        self,
+        node: str,
+        transport: Transport,
+        delegate: Delegate,
+        config: GossipConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not _NODE_ID.fullmatch(node):
+            raise ConfigError(f"gossip node id {node!r}: use 1-64 of [A-Za-z0-9_-]")
+        self.node = node
+        self.config = config or GossipConfig()
+        self.stats = GossipStats()
+        self._transport = transport
+        self._delegate = delegate
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._outbox: dict[str, _Outgoing] = {}
+        self.membership = Membership(node, self.config, send=self._send_later, rng=self._rng)
+        self._deltas = DeltaLog(node, self._rng)
+        prune = delegate.prune if isinstance(delegate, Pruning) else None
+        self.pruner = Pruner(self.config, self.membership, prune=prune, pull=self._pull)
+        self._running = False
+        self._task: asyncio.Task[None] | None = None
+        self._next_gossip_at = 0.0
+        self._next_push_pull_at = 0.0
+        self._next_announce_at = 0.0
+
+    # -- views --
+
+    def live_peers(self) -> list[str]:
+        """Peers believed alive or suspect."""
+        return self.membership.live_peers()
+
+    def state_of(self, node: str) -> MemberState | None:
+        """How this replica sees ``node`` (None: unknown)."""
+        m = self.membership.members.get(node)
+        return m.state if m else None
+
+    def members(self) -> dict[str, Member]:
+        """The membership table (a copy)."""
+        return dict(self.membership.members)
+
+    # -- lifecycle --
+
+    async def start(self, *, autotick: bool = True) -> None:
+        """Listen, announce ourselves, and (unless ``autotick=False``) run the gossip loop."""
+        await self._transport.start(self.node, self._on_message)
+        now = self._clock()
+        self._running = True
+        c = self.config
+        # staggered first rounds, so replicas started together do not gossip in lock step
+        self._next_gossip_at = now + self._rng.uniform(0, c.gossip_interval_s)
+        self._next_push_pull_at = now + self._rng.uniform(0.5, 1.0) * c.push_pull_interval_s
+        self._next_announce_at = now + c.announce_interval_s
+        self.membership.join(now)
+        await self._broadcast(Packet(c.cluster, [Announce(self.membership.incarnation)], []))
+        if autotick:
+            self._task = asyncio.create_task(self._run(), name=f"gossip-{self.node}")
+
+    async def stop(self, *, leave: bool = True) -> None:
+        """Stop; with ``leave`` first tell peers we depart (they mark us left, not dead)."""
+        if not self._running:
+            return
+        if leave:
+            notice = self.membership.leave()
+            packet = Packet(self.config.cluster, [], [notice])
+            for _ in range(2):  # at-most-once transport: a second copy costs nothing
+                await self._broadcast(packet)
+        self._running = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._transport.close()
+
+    async def _run(self) -> None:
+        resolution_s = min(self.config.gossip_interval_s, self.config.probe_timeout_s / 2)
+        while self._running:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one bad round must not end gossip for this replica
+                log.exception("gossip round failed")
+            await asyncio.sleep(resolution_s)
+
+    # -- the step function --
+
+    async def tick(self) -> None:
+        """Do whatever is due now: probes, suspicion timeouts, a gossip round, push-pull, pruning."""
+        if not self._running:
+            return
+        now = self._clock()
+        c = self.config
+        self.membership.tick(now)
+        if now >= self._next_gossip_at:
+            self._next_gossip_at = now + c.gossip_interval_s
+            self._gossip_round(now)
+        if now >= self._next_push_pull_at:
+            self._next_push_pull_at = now + c.push_pull_interval_s
+            self._start_push_pull()
+        if now >= self._next_announce_at:
+            self._next_announce_at = now + c.announce_interval_s
+            await self._broadcast(Packet(c.cluster, [Announce(self.membership.incarnation, False)], []))
+        self.pruner.tick(now)
+        await self._flush()
+
+    def _gossip_round(self, now: float) -> None:
+        pending = self._delegate.pending()
+        if pending:
+            self._deltas.add_local(pending)
+        peers = self.membership.gossip_peers(now)
+        if not peers:
+            return
+        limit = self.config.retransmit_limit(self.membership.cluster_size())
+        budget = self.config.max_packet_bytes - 16 * 1024
+        # one transmit per batch per *round*, to all k peers of the round: memberlist counts per
+        # peer, which suits membership news that push-pull re-syncs anyway; a delta batch is the
+        # only copy of a write until the next push-pull, so it gets k x limit sends
+        batches = self._deltas.queue.take(limit=limit, max_items=10_000, max_bytes=budget)
+        for peer in self._rng.sample(peers, min(self.config.gossip_nodes, len(peers))):
+            if batches or len(self.membership.updates):  # membership news rides along in _flush
+                self._outbox.setdefault(peer, _Outgoing()).messages.extend(batches)
+
+    def _start_push_pull(self) -> None:
+        peers = self.membership.alive_peers()
+        if peers:
+            self.stats.push_pulls_started += 1
+            self._pull(self._rng.choice(peers), 0)
+
+    def _pull(self, peer: str, round_id: int) -> None:
+        out = self._outbox.setdefault(peer, _Outgoing())
+        out.messages.append(Digest(self._delegate.digest(), round_id))
+        out.updates.extend(self.membership.snapshot())
+
+    # -- receiving --
+
+    async def _on_message(self, sender: str, data: bytes) -> None:
+        if sender == self.node or not self._running:
+            return  # our own broadcast echoed back
+        try:
+            packet = decode_packet(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.stats.bad_packets += 1
+            return
+        if packet.cluster != self.config.cluster:
+            self.stats.foreign_packets += 1
+            return
+        self.stats.packets_received += 1
+        now = self._clock()
+        for update in packet.updates:
+            self.membership.apply(now, update)
+        for message in packet.messages:
+            self._handle(now, sender, message)
+        await self._flush()
+
+    def _handle(self, now: float, sender: str, msg: Message) -> None:
+        m = self.membership
+        if isinstance(msg, Deltas):
+            if not self._deltas.first_sight(msg):
+                self.stats.duplicate_batches += 1
+            elif self._merge(msg.data, sender):
+                self.stats.delta_batches_merged += 1
+                self._deltas.forward(msg)
+        elif isinstance(msg, Ping):
+            m.on_ping(sender, msg)
+        elif isinstance(msg, Ack):
+            m.on_ack(msg)
+        elif isinstance(msg, PingReq):
+            m.on_ping_req(now, sender, msg)
+        elif isinstance(msg, Digest):
+            ours = self._delegate.digest()
+            state = None if ours == msg.digest else self._delegate.full_state()
+            out = self._queue(sender, PushPull(ours, state, True, msg.round))
+            out.updates.extend(m.snapshot())
+        elif isinstance(msg, PushPull):
+            if msg.state is not None and self._merge(msg.state, sender):
+                self.stats.full_states_merged += 1
+            if msg.reply:
+                if msg.state is not None and self._delegate.digest() != msg.digest:
+                    self._queue(sender, PushPull(b"", self._delegate.full_state(), False, msg.round))
+                if msg.round:
+                    self.pruner.on_reply(sender, msg.round)
+        elif isinstance(msg, Announce):
+            m.apply(now, Alive(sender, msg.incarnation))
+            seen = m.members.get(sender)
+            if msg.want_reply:
+                self._queue(sender, Announce(m.incarnation, False)).updates.extend(m.snapshot())
+            elif seen is not None and seen.state is not MemberState.ALIVE:
+                # it thinks it is alive, we think not: tell it, so it refutes (memberlist#311)
+                self._outbox.setdefault(sender, _Outgoing()).updates.append(seen.update())
+
+    def _merge(self, data: bytes, sender: str) -> bool:
+        try:
+            self._delegate.merge(data)
+        except AgentbusError as e:
+            self.stats.merge_errors += 1
+            log.warning("gossip: rejected state from %s: %s", sender, e)
+            return False
+        return True
+
+    # -- sending --
+
+    def _send_later(self, node: str, msg: Message) -> None:
+        self._queue(node, msg)
+
+    def _queue(self, node: str, msg: Message) -> _Outgoing:
+        out = self._outbox.setdefault(node, _Outgoing())
+        out.messages.append(msg)
+        return out
+
+    async def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        cluster = self.config.cluster
+        for node, out in outbox.items():
+            updates = out.updates + self.membership.take_updates()
+            if not out.messages and not updates:
+                continue
+            packet = Packet(cluster, out.messages, updates)
+            data = encode_packet(packet)
+            if len(data) <= self.config.max_packet_bytes:
+                await self._send(node, data)
+                continue
+            # too big for one datagram: one message per packet, oversized ones dropped
+            for msg in out.messages:
+                data = encode_packet(Packet(cluster, [msg], []))
+                if len(data) > self.config.max_packet_bytes:
+                    self.stats.oversized_dropped += 1
+                    log.warning("gossip: %s of %d bytes too big", type(msg).__name__, len(data))
+                    continue
+                await self._send(node, data)
+            if updates:
+                await self._send(node, encode_packet(Packet(cluster, [], updates)))
+
+    async def _send(self, node: str, data: bytes) -> None:
+        try:
+            await self._transport.send(node, data)
+            self.stats.packets_sent += 1
+        except Exception as e:  # gossip is lossy by design: a failed send is a lost datagram
+            self.stats.send_errors += 1
+            log.debug("gossip: send to %s failed: %s", node, e)
+
+    async def _broadcast(self, packet: Packet) -> None:
+        try:
+            await self._transport.broadcast(encode_packet(packet))
+            self.stats.packets_sent += 1
+        except Exception as e:
+            self.stats.send_errors += 1
+            log.debug("gossip: broadcast failed: %s", e)
