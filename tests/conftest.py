@@ -165,3 +165,83 @@ def start_worker(nats_url: str, tmp_path: Path) -> Iterator[Callable[..., Worker
     yield start
     for worker in started:
         worker.stop()
+
+
+class RedisServer:
+    """A real redis-server (Debian package) on a free loopback port, AOF in a temp dir.
+
+    ``kill()`` is ``kill -9``; ``start()`` again reuses the port and the data dir, so
+    what reached the append-only file survives. Readiness is Redis's own log line.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        import shutil
+
+        binary = shutil.which("redis-server")
+        if binary is None:  # a missing server fails the suite: `make test` installs it
+            pytest.fail("redis-server is not installed (make system-deps, or apt-get install redis-server)")
+        self.binary = binary
+        self.dir = data_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = data_dir / "redis.log"
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:<port>/0``."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 20.0) -> RedisServer:
+        """Start and wait for "Ready to accept connections" in this run's part of the log."""
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        args = ["--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir)]
+        args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no"]
+        args += ["--logfile", str(self.log_path)]
+        self.proc = subprocess.Popen([self.binary, *args], stdin=subprocess.DEVNULL)
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"redis-server exited {self.proc.returncode}:\n{self.log()}")
+            if not self.log_path.exists():
+                return False
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return b"Ready to accept connections" in f.read()
+
+        try:
+            wait_until(ready, timeout_s, "redis-server ready")
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def log(self) -> str:
+        """What redis-server logged so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """``kill -9`` and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        """SIGTERM, bounded; then SIGKILL."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server on 127.0.0.1, stopped after the test."""
+    server = RedisServer(tmp_path / "redis")
+    try:
+        yield server.start()
+    finally:
+        server.stop()

@@ -1,0 +1,248 @@
+"""One tenant's CRDTs on one replica: entries, limits, the delta buffer, size accounting.
+
+Internal: handlers see it only through ``state.store.Store``, and a TenantState
+holds no reference to any other tenant or to the replica, so nothing reachable
+from a handler's store can touch another tenant.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from agentbus.errors import StateLimitError, StateTypeError
+from state import wire
+from state.counters import GCounter, PNCounter
+from state.lww import LWWRegister
+from state.orset import ORSet
+from state.wire import Crdt, Entry
+
+__all__ = ["KIND", "C", "TenantLimits", "TenantState", "new_replica_id"]
+
+KIND: dict[type, str] = {GCounter: "counter", PNCounter: "pncounter", ORSet: "set", LWWRegister: "register"}
+"""What each CRDT class is called in errors and in ``Store.names()``."""
+
+C = TypeVar("C", GCounter, PNCounter, ORSet, LWWRegister)
+
+SLOT_BYTES = 12
+"""Rough encoded overhead of one counter slot or dot besides the replica id."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TenantLimits:
+    """Per-tenant bounds, checked when this replica writes (merges from peers are accepted)."""
+
+    max_entries: int = 1_000
+    """Named counters, sets and registers together (Akka advises < 100 000 top-level entries per node)."""
+    max_name_chars: int = 128
+    max_set_elements: int = 10_000
+    """Members of one set."""
+    max_element_chars: int = 256
+    """Length of one set member."""
+    max_value_bytes: int = 64 * 1024
+    """One register value, MessagePack-encoded."""
+    max_tenant_bytes: int = 4 * 1024 * 1024
+    """Approximate encoded size of the tenant's whole state: bounds snapshots and full-state gossip."""
+
+
+def new_replica_id(node: str = "replica") -> str:
+    """A fresh replica id: the node's name plus 32 random bits, new on every start (see persistence)."""
+    return f"{node[:48]}-{secrets.token_hex(4)}"
+
+
+def size_of(crdt: Crdt) -> int:
+    """Approximate encoded size of one CRDT, in bytes."""
+    if isinstance(crdt, GCounter):
+        return 8 + sum(len(r) + SLOT_BYTES for r in crdt.slots)
+    if isinstance(crdt, PNCounter):
+        return 8 + sum(len(r) + SLOT_BYTES for r in crdt.p) + sum(len(r) + SLOT_BYTES for r in crdt.n)
+    if isinstance(crdt, ORSet):
+        live = sum(len(e) + 2 + sum(len(r) + SLOT_BYTES for r, _ in d) for e, d in crdt.entries.items())
+        return 8 + live + sum(len(r) + SLOT_BYTES for r in crdt.vv) + (len(crdt.cloud) * 2 * SLOT_BYTES)
+    return 24 + len(crdt.value) + len(crdt.writer)
+
+
+class TenantState:
+    """The CRDTs of one tenant and what this replica changed since gossip last drained it."""
+
+    __slots__ = (
+        "clock",
+        "dirty",
+        "entries",
+        "limits",
+        "pruned",
+        "replica",
+        "set_deltas",
+        "size",
+        "sizes",
+        "tenant",
+        "version",
+    )
+
+    def __init__(
+        self,
+        tenant: str,
+        replica: str,
+        limits: TenantLimits,
+        clock: Callable[[], int] = time.time_ns,
+        pruned: dict[str, int] | None = None,
+    ) -> None:
+        self.tenant = tenant
+        self.replica = replica
+        self.limits = limits
+        self.clock = clock
+        """Wall clock in Unix ns (registers' stamps and expiry); injectable for tests."""
+        self.entries: dict[str, Crdt] = {}
+        self.dirty: dict[str, None] = {}
+        """Names this replica changed since the last drain, in order (a dict is an ordered set)."""
+        self.set_deltas: dict[str, ORSet] = {}
+        """Joined deltas of the sets in ``dirty`` (counters and registers derive theirs from state)."""
+        self.version = 0
+        """Bumped on every change, local or merged: persistence and the digest cache compare it."""
+        self.sizes: dict[str, int] = {}
+        self.size = 0
+        self.pruned: dict[str, int] = {} if pruned is None else pruned
+        """Replica ids whose counter slots were folded away (shared by the replica's tenants)."""
+
+    # -- local writes --
+
+    def get(self, name: str, kind: type[C]) -> C | None:
+        """The entry called ``name`` if it holds a ``kind``; None if absent; StateTypeError otherwise."""
+        crdt = self.entries.get(name)
+        if crdt is not None and type(crdt) is not kind:
+            raise StateTypeError(name, KIND[type(crdt)], KIND[kind])
+        return crdt
+
+    def create(self, name: str, crdt: Crdt) -> None:
+        """Add a new entry, within ``max_entries`` and ``max_tenant_bytes``."""
+        limits = self.limits
+        if len(self.entries) >= limits.max_entries:
+            raise StateLimitError(self.tenant, "max_entries", limits.max_entries, len(self.entries) + 1)
+        self.entries[name] = crdt
+        self.sizes[name] = 0
+        self.grow(name, size_of(crdt) + len(name))
+
+    def grow(self, name: str, n: int) -> None:
+        """Account ``n`` more bytes to ``name``, refusing past ``max_tenant_bytes``."""
+        allowed = self.limits.max_tenant_bytes
+        if n > 0 and self.size + n > allowed:
+            raise StateLimitError(self.tenant, "max_tenant_bytes", allowed, self.size + n)
+        self.sizes[name] += n
+        self.size += n
+
+    def changed(self, name: str) -> None:
+        """Record a local change of ``name`` for the next drain."""
+        self.dirty[name] = None
+        self.version += 1
+
+    def set_changed(self, name: str, delta: ORSet) -> None:
+        """Record a set's delta (joined with what is pending)."""
+        pending = self.set_deltas.get(name)
+        if pending is None:
+            self.set_deltas[name] = delta
+        else:
+            pending.merge(delta)
+        self.changed(name)
+
+    # -- gossip and persistence --
+
+    def drain(self, limit: int) -> dict[str, Entry]:
+        """Up to ``limit`` deltas of local changes, removed from the buffer."""
+        out: dict[str, Entry] = {}
+        for name in list(self.dirty)[:limit]:
+            del self.dirty[name]
+            crdt = self.entries.get(name)
+            delta = self.set_deltas.pop(name, None)
+            if crdt is None:
+                continue  # collected since
+            if isinstance(crdt, GCounter | PNCounter):
+                out[name] = wire.to_wire(crdt.delta_of(self.replica))
+            elif isinstance(crdt, LWWRegister):
+                out[name] = wire.to_wire(crdt)
+            elif delta is not None:
+                out[name] = wire.to_wire(delta)
+        return out
+
+    def full(self) -> dict[str, Entry]:
+        """Every entry in wire form."""
+        return {name: wire.to_wire(crdt) for name, crdt in self.entries.items()}
+
+    def merge(self, incoming: dict[str, Crdt]) -> int:
+        """Join entries from a peer or a snapshot; returns how many clashed in kind and were skipped.
+
+        Limits are not applied: each replica enforces them on its own writes, and
+        refusing a peer's entries would stop the replicas from converging.
+        """
+        clashes = 0
+        for name, theirs in incoming.items():
+            if self.pruned and isinstance(theirs, GCounter | PNCounter):
+                _drop_slots(theirs, self.pruned)  # a stale copy must not count a folded slot again
+            mine = self.entries.get(name)
+            if mine is None:
+                self.entries[name] = theirs
+                self.sizes[name] = 0
+            elif type(mine) is not type(theirs):
+                clashes += 1  # a name's kind never changes; two replicas created it differently
+                continue
+            else:
+                mine.merge(theirs)  # type: ignore[arg-type]
+            size = size_of(self.entries[name]) + len(name)
+            self.size += size - self.sizes[name]
+            self.sizes[name] = size
+        if incoming:
+            self.version += 1
+        return clashes
+
+    def fold(self, node: str) -> None:
+        """Move ``node``'s counter slots into this replica's own (the pruning owner's step)."""
+        for name, crdt in self.entries.items():
+            slot_maps = [crdt.slots] if isinstance(crdt, GCounter) else []
+            if isinstance(crdt, PNCounter):
+                slot_maps = [crdt.p, crdt.n]
+            for slots in slot_maps:
+                value = slots.pop(node, None)
+                if value is not None:
+                    slots[self.replica] = slots.get(self.replica, 0) + value
+                    self.dirty[name] = None
+        self.version += 1
+
+    def drop_replica(self, node: str) -> None:
+        """Forget ``node``'s counter slots (a prune marker arrived; the owner's fold carries them)."""
+        for crdt in self.entries.values():
+            if isinstance(crdt, GCounter | PNCounter):
+                _drop_slots(crdt, {node: 0})
+        self.version += 1
+
+    def collect(self, now_ns: int) -> int:
+        """Drop entries expired at ``now_ns``; returns how many (a local step, not a merge)."""
+        dead = [
+            name
+            for name, crdt in self.entries.items()
+            if not isinstance(crdt, ORSet) and crdt.expires_at and crdt.expires_at <= now_ns
+        ]
+        for name in dead:
+            self.forget(name)
+        return len(dead)
+
+    def forget(self, name: str) -> None:
+        """Remove ``name`` from this replica only (expired data; a peer may send it again)."""
+        del self.entries[name]
+        self.dirty.pop(name, None)
+        self.set_deltas.pop(name, None)
+        self.size -= self.sizes.pop(name)
+        self.version += 1
+
+
+def _drop_slots(crdt: GCounter | PNCounter, nodes: dict[str, int]) -> None:
+    """Remove the slots of ``nodes`` from a counter, keeping its cached totals right."""
+    if isinstance(crdt, GCounter):
+        for node in nodes.keys() & crdt.slots.keys():
+            crdt.total -= crdt.slots.pop(node)
+        return
+    for node in nodes.keys() & crdt.p.keys():
+        crdt.ptotal -= crdt.p.pop(node)
+    for node in nodes.keys() & crdt.n.keys():
+        crdt.ntotal -= crdt.n.pop(node)

@@ -1,0 +1,129 @@
+"""Cluster-wide per-tenant budgets and rate limits on CRDT counters, without a central store.
+
+Both decide locally, on this replica's view of a counter that every replica adds
+to, so they are approximate in one known direction: a replica does not yet see
+what the others admitted during the last gossip delay ``D`` (the time a delta
+needs to reach every replica: a few 200 ms rounds, bounded under loss by the
+push-pull interval). Hence, with ``R`` replicas admitting concurrently:
+
+* :class:`Budget` (a PN-counter of what was spent, refunds subtract): the spent
+  total can pass ``limit`` by at most what the other replicas spent within ``D``
+  of the moment it was reached. With no traffic for ``D`` it is exact again.
+* :class:`RateLimiter` (a sliding window over two per-window counters): in any
+  window, admissions can pass ``rate_per_s * window_s`` by at most what the other
+  replicas admitted in the last ``D``; never more than ``R`` times the limit, which
+  is the worst case when ``D >= window_s``. Windows follow each replica's wall
+  clock, so clock skew ``s`` adds about ``s / window_s`` of one window's limit.
+
+Neither ever under-admits because of gossip: views only lag, and a lagging view
+counts less, not more. Counters live in the tenant's store under reserved ``~``
+names, so a handler can read its budget but not rewrite it.
+"""
+
+from __future__ import annotations
+
+from state._tenant import TenantState
+from state.counters import GCounter, PNCounter
+from state.store import CounterView, PNCounterView, Store
+
+__all__ = ["Budget", "RateLimiter"]
+
+
+class Budget:
+    """Spend against ``limit`` across the cluster; optionally renewed every ``period_s``."""
+
+    def __init__(self, store: Store, name: str, *, limit: int, period_s: float | None = None) -> None:
+        if limit < 0:
+            raise ValueError("limit must be >= 0")
+        if period_s is not None and period_s <= 0:
+            raise ValueError("period_s must be > 0")
+        self.limit = limit
+        self.period_ns = None if period_s is None else int(period_s * 1e9)
+        self._store = store
+        self._t: TenantState = store._t
+        self._name = f"~budget.{name}"
+
+    def _counter_name(self, *, create: bool = False) -> str:
+        if self.period_ns is None:
+            return self._name
+        period = self._t.clock() // self.period_ns
+        name = f"{self._name}.{period}"
+        if create and self._t.get(name, PNCounter) is None:  # collectable once the next period is over
+            self._t.create(name, PNCounter(expires_at=(period + 2) * self.period_ns))
+        return name
+
+    @property
+    def spent(self) -> int:
+        """What the cluster spent (this period), as this replica sees it."""
+        crdt = self._t.get(self._counter_name(), PNCounter)
+        return 0 if crdt is None else max(0, crdt.value)
+
+    @property
+    def remaining(self) -> int:
+        """``limit - spent``, never below 0."""
+        return max(0, self.limit - self.spent)
+
+    def try_spend(self, n: int = 1) -> bool:
+        """Spend ``n`` if it fits in what is left; False (and nothing spent) otherwise."""
+        if type(n) is not int or n < 0:
+            raise ValueError(f"amount must be an int >= 0, got {n!r}")
+        name = self._counter_name(create=True)
+        if self.spent + n > self.limit:
+            return False
+        self._store._internal(name, PNCounterView).increment(n)
+        return True
+
+    def refund(self, n: int) -> None:
+        """Give back ``n`` of what was spent (a failed call that cost nothing)."""
+        self._store._internal(self._counter_name(create=True), PNCounterView).decrement(n)
+
+
+class RateLimiter:
+    """At most ``rate_per_s`` acquisitions per second across the cluster (sliding window)."""
+
+    def __init__(self, store: Store, name: str, *, rate_per_s: float, window_s: float = 1.0) -> None:
+        if rate_per_s <= 0 or window_s <= 0:
+            raise ValueError("rate_per_s and window_s must be > 0")
+        self.limit = rate_per_s * window_s
+        """Acquisitions allowed per window."""
+        self.window_ns = int(window_s * 1e9)
+        self._store = store
+        self._t: TenantState = store._t
+        self._name = f"~rate.{name}"
+        self._window = -1
+
+    def _count(self, window: int) -> int:
+        crdt = self._t.get(f"{self._name}.{window}", GCounter)
+        return 0 if crdt is None else crdt.value
+
+    def estimate(self, now_ns: int | None = None) -> float:
+        """Acquisitions in the sliding window ending now (the previous window weighted by its overlap)."""
+        now = self._t.clock() if now_ns is None else now_ns
+        window, into = divmod(now, self.window_ns)
+        overlap = 1.0 - into / self.window_ns
+        return self._count(window - 1) * overlap + self._count(window)
+
+    def try_acquire(self, n: int = 1) -> bool:
+        """Take ``n`` if the window has room; False (and nothing taken) otherwise."""
+        if type(n) is not int or n < 0:
+            raise ValueError(f"amount must be an int >= 0, got {n!r}")
+        now = self._t.clock()
+        window = now // self.window_ns
+        if window != self._window:
+            self._roll(window)
+        if self.estimate(now) + n > self.limit:
+            return False
+        name = f"{self._name}.{window}"
+        if self._t.get(name, GCounter) is None:  # collectable once the next window is over
+            self._t.create(name, GCounter(expires_at=(window + 2) * self.window_ns))
+        self._store._internal(name, CounterView).increment(n)
+        return True
+
+    def _roll(self, window: int) -> None:
+        # windows before the previous one are no longer read: drop them here (a peer may
+        # still send one; collect_expired drops it after its expiry)
+        for old in (self._window - 1, self._window):
+            name = f"{self._name}.{old}"
+            if old < window - 1 and name in self._t.entries:
+                self._t.forget(name)
+        self._window = window

@@ -1,0 +1,262 @@
+"""``ReplicaState``: every tenant's shared state on one replica, and gossip's Delegate.
+
+A worker owns one. Handlers get ``replica.store(tenant)`` for their task's tenant;
+the worker records usage (``record_task``, ``record_tokens``) on the task path and
+keeps its agents in ``live_agents``; gossip calls the four Delegate methods; Redis
+persistence calls ``tenant_snapshot`` and ``restore``.
+
+The replica id is new on every start (``new_replica_id``): a replica restored from
+a snapshot that is older than what its peers hold would otherwise keep counting in
+its old slot from the stale value, and its new increments would hide under the
+higher value the peers already have (research/reliability.md 3.3). A fresh id costs
+one more slot per counter per restart, and is always safe.
+
+Those slots are reclaimed by pruning (``state.delegate.Pruning``; gossip decides when
+and who, see ``state/gossip/pruning.py``): the owner folds a departed replica's
+counter slots into its own and records a prune marker. Markers are applied before
+anything else in a payload and travel in every full state, every snapshot and, for
+``marker_recent_s``, every delta, so a stale copy that still carries a pruned slot
+(a late delta, an old Redis snapshot, a peer that missed the prune) has that slot
+dropped instead of counted twice. OR-set dots and LWW writer ids are not pruned:
+a dot of a live element is data, and a departed replica's version-vector entry is
+one integer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from agentbus.errors import CorruptStateError
+from state import wire
+from state._tenant import TenantLimits, TenantState, new_replica_id
+from state.store import CounterView, SetView, Store, check_tenant
+from state.wire import SYSTEM_TENANT, Crdt, StateMessage, TenantSnapshot
+
+__all__ = ["TASKS_COMPLETED", "TASKS_FAILED", "TOKENS", "ReplicaState"]
+
+log = logging.getLogger(__name__)
+
+TASKS_COMPLETED = "~tasks_completed"
+TASKS_FAILED = "~tasks_failed"
+TOKENS = "~llm_tokens"
+"""Usage counters in each tenant's store: handlers can read them, only agentbus writes them."""
+LIVE_AGENTS = "~agents"
+"""The set of live agent replicas, in the system tenant."""
+
+
+class ReplicaState:
+    """All tenants' CRDTs on this replica; implements ``state.delegate.Delegate``."""
+
+    def __init__(
+        self,
+        node: str = "replica",
+        *,
+        replica_id: str | None = None,
+        limits: TenantLimits | None = None,
+        clock: Callable[[], int] = time.time_ns,
+        max_delta_entries: int = 500,
+        marker_recent_s: float = 3600.0,
+    ) -> None:
+        """``node`` names the process; the replica id adds a random suffix unless given (tests)."""
+        self.replica_id = replica_id or new_replica_id(node)
+        self.limits = limits or TenantLimits()
+        self.clock = clock
+        self.max_delta_entries = max_delta_entries
+        """Entries per ``pending()`` batch (Akka's max-delta-elements is 500); the rest waits a round."""
+        self.rejected = 0
+        """Gossip payloads refused as corrupt."""
+        self.clashes = 0
+        """Incoming entries skipped because the name holds another kind here."""
+        self._tenants: dict[str, TenantState] = {}
+        self._stores: dict[str, Store] = {}
+        self._usage: dict[str, tuple[CounterView, CounterView, CounterView]] = {}
+        self.marker_recent_s = marker_recent_s
+        """Deltas carry prune markers this young (full states and snapshots carry all of them)."""
+        self._pruned: dict[str, int] = {}
+        self._prune_pending = False
+        self._digest: tuple[tuple[int, ...], bytes] = ((), b"")
+
+    # -- what the worker and handlers use --
+
+    def store(self, tenant: str) -> Store:
+        """The store of ``tenant`` (hand only this to a handler of that tenant's task)."""
+        store = self._stores.get(tenant)
+        if store is None:
+            store = self._stores[check_tenant(tenant)] = Store._bind(self._tenant(tenant))
+        return store
+
+    @property
+    def system(self) -> Store:
+        """Cluster-wide state that belongs to no tenant."""
+        return self.store(SYSTEM_TENANT)
+
+    @property
+    def live_agents(self) -> SetView:
+        """The add-wins set of live agent replicas (add on start, discard on drain)."""
+        return self.system._internal(LIVE_AGENTS, SetView)
+
+    def record_task(self, tenant: str, *, ok: bool) -> None:
+        """Count one finished task of ``tenant`` (cheap enough for every task: about a microsecond)."""
+        views = self._usage.get(tenant) or self._usage_views(tenant)
+        views[0 if ok else 1].increment()
+
+    def record_tokens(self, tenant: str, n: int) -> None:
+        """Count ``n`` LLM tokens spent by ``tenant``."""
+        views = self._usage.get(tenant) or self._usage_views(tenant)
+        views[2].increment(n)
+
+    def usage(self, tenant: str) -> dict[str, int]:
+        """Cluster-wide usage of ``tenant`` as this replica knows it."""
+        completed, failed, tokens = self._usage.get(tenant) or self._usage_views(tenant)
+        return {"tasks_completed": completed.value, "tasks_failed": failed.value, "llm_tokens": tokens.value}
+
+    def tenants(self) -> list[str]:
+        """Tenants with any state here (from this replica or its peers), the system tenant left out."""
+        return sorted(t for t, s in self._tenants.items() if s.entries and t != SYSTEM_TENANT)
+
+    def collect_expired(self, *, grace_s: float = 60.0) -> int:
+        """Drop entries expired more than ``grace_s`` ago (call every few seconds); returns how many."""
+        horizon = self.clock() - int(grace_s * 1e9)
+        return sum(t.collect(horizon) for t in self._tenants.values())
+
+    @property
+    def pruned(self) -> frozenset[str]:
+        """Replica ids whose counter slots have been folded away."""
+        return frozenset(self._pruned)
+
+    # -- Delegate (gossip) --
+
+    def pending(self) -> bytes | None:
+        """Deltas of local changes since the last call, at most ``max_delta_entries`` of them.
+
+        Right after a prune, everything pending goes at once with the marker, so no
+        peer sees the folded slots without the marker (which would count them twice).
+        """
+        budget = 1 << 62 if self._prune_pending else self.max_delta_entries
+        out: dict[str, dict[str, wire.Entry]] = {}
+        for name, t in list(self._tenants.items()):
+            if budget <= 0:
+                break
+            if t.dirty:
+                deltas = t.drain(budget)
+                budget -= len(deltas)
+                if deltas:
+                    out[name] = deltas
+                # fairness: a tenant that was served waits behind the others next time
+                del self._tenants[name]
+                self._tenants[name] = t
+        if not out and not self._prune_pending:
+            return None
+        self._prune_pending = False
+        horizon = self.clock() - int(self.marker_recent_s * 1e9)
+        recent = {node: at for node, at in self._pruned.items() if at >= horizon}
+        return wire.encode(StateMessage(self.replica_id, False, out, recent))
+
+    def merge(self, data: bytes) -> None:
+        """Validate and merge deltas or a full state from a peer; CorruptStateError if malformed."""
+        try:
+            msg = wire.decode(data)
+            if not isinstance(msg, StateMessage):
+                raise CorruptStateError("a snapshot is not a gossip message")
+            decoded = _from_wire(msg.tenants)
+        except CorruptStateError as e:
+            self.rejected += 1
+            log.warning("gossip payload rejected: %s", e.reason)
+            raise
+        self._apply_markers(msg.pruned)
+        self._apply(decoded)
+
+    def full_state(self) -> bytes:
+        """The whole state for push-pull."""
+        return wire.encode(StateMessage(self.replica_id, True, self._full(), dict(self._pruned)))
+
+    def digest(self) -> bytes:
+        """16 bytes, equal on replicas whose states are equal (cached until something changes)."""
+        versions = sum(t.version for t in self._tenants.values())
+        key = (len(self._tenants), versions, len(self._pruned), sum(self._pruned.values()))
+        if self._digest[0] != key:
+            self._digest = (key, wire.fingerprint(self._full(), self._pruned))
+        return self._digest[1]
+
+    # -- Pruning (gossip picks the moment and the owner) --
+
+    def prune(self, node: str) -> None:
+        """Fold ``node``'s counter slots into this replica's own and mark ``node`` pruned.
+
+        Gossip calls this on the owner only, once ``node`` is long gone and the owner
+        has pulled every live peer's state; a no-op if ``node`` is already pruned.
+        """
+        if node == self.replica_id or node in self._pruned:
+            return
+        self._pruned[node] = self.clock()
+        for t in self._tenants.values():
+            t.fold(node)
+        self._prune_pending = True
+
+    # -- persistence --
+
+    def tenant_versions(self) -> dict[str, int]:
+        """Each tenant's change counter: a tenant whose counter moved has something new to persist."""
+        return {name: t.version for name, t in self._tenants.items() if t.entries}
+
+    def tenant_snapshot(self, tenant: str) -> bytes:
+        """``tenant``'s whole state as a framed, checksummed snapshot blob."""
+        t = self._tenant(tenant)
+        snapshot = TenantSnapshot(tenant, self.replica_id, self.clock(), t.full(), dict(self._pruned))
+        return wire.encode(snapshot)
+
+    def restore(self, blob: bytes, *, tenant: str, replica: str) -> None:
+        """Merge a snapshot that was stored as ``tenant``/``replica``; CorruptStateError if it is not one."""
+        msg = wire.decode(blob)
+        if not isinstance(msg, TenantSnapshot):
+            raise CorruptStateError("not a tenant snapshot")
+        if msg.tenant != tenant or msg.replica != replica:
+            raise CorruptStateError(f"snapshot of {msg.tenant}/{msg.replica} stored under {tenant}/{replica}")
+        decoded = _from_wire({tenant: msg.entries})
+        self._apply_markers(msg.pruned)
+        self._apply(decoded)
+
+    # -- internals --
+
+    def _tenant(self, tenant: str) -> TenantState:
+        t = self._tenants.get(tenant)
+        if t is None:
+            t = self._tenants[check_tenant(tenant)] = TenantState(
+                tenant, self.replica_id, self.limits, self.clock, self._pruned
+            )
+        return t
+
+    def _usage_views(self, tenant: str) -> tuple[CounterView, CounterView, CounterView]:
+        store = self.store(tenant)
+        views = tuple(store._internal(n, CounterView) for n in (TASKS_COMPLETED, TASKS_FAILED, TOKENS))
+        self._usage[tenant] = views  # type: ignore[assignment]
+        return self._usage[tenant]
+
+    def _full(self) -> dict[str, dict[str, wire.Entry]]:
+        return {name: t.full() for name, t in self._tenants.items() if t.entries}
+
+    def _apply_markers(self, markers: dict[str, int]) -> None:
+        for node, at in markers.items():
+            known = self._pruned.get(node)
+            if node == self.replica_id:
+                log.error("a peer pruned this live replica %s: its counts are dropped elsewhere", node)
+            elif known is None:
+                self._pruned[node] = at
+                for t in self._tenants.values():
+                    t.drop_replica(node)
+            elif known is not None and at < known:
+                self._pruned[node] = at  # join: the earliest prune time, so digests agree
+
+    def _apply(self, decoded: dict[str, dict[str, Crdt]]) -> None:
+        for tenant, entries in decoded.items():
+            self.clashes += self._tenant(tenant).merge(entries)
+
+    def __repr__(self) -> str:
+        return f"<ReplicaState {self.replica_id} tenants={len(self._tenants)}>"
+
+
+def _from_wire(tenants: dict[str, dict[str, wire.Entry]]) -> dict[str, dict[str, Crdt]]:
+    """Every entry converted before anything is merged, so a bad one rejects the whole payload."""
+    return {t: {name: wire.from_wire(e) for name, e in entries.items()} for t, entries in tenants.items()}
