@@ -11,9 +11,41 @@ Everything agentbus raises on purpose derives from :class:`AgentbusError`::
     │   │   └── NoStreamError    no stream listens on that subject
     │   ├── InvalidSubjectError  tenant or kind is not a valid subject token
     │   └── ResultTimeoutError   a waited-for result did not arrive in time
+    ├── ScalerError              the autoscaler could not read a metric or resize the pool
+    │   ├── MetricError          a metric source failed (unreachable, bad query, bad answer)
+    │   └── ActuatorError        reading or changing the replica count failed
+    │       ├── ScaleTargetNotFoundError  the Deployment (or its scale subresource) does not exist
+    │       ├── ScalePermissionError      RBAC forbids the call (names the verb and resource)
+    │       └── ScaleConflictError        the object changed under us and retries ran out
+    ├── StateError               shared tenant state refused an operation or an input
+    │   ├── StateLimitError      a tenant's entry or size limit is reached (names the limit)
+    │   ├── StateTypeError       the name already holds another kind of CRDT
+    │   ├── CorruptStateError    bytes from a peer or a snapshot failed validation (the reason)
+    │   └── PersistenceError     Redis could not be read while restoring state
+    ├── LLMError                 a model endpoint failed, or a model broke the protocol
+    │   ├── ModelConnectionError cannot connect, or the connection broke mid-answer
+    │   ├── ModelHTTPError       the endpoint refused the request (4xx other than 429): not retryable
+    │   ├── ModelUnavailableError  429/5xx/connection failures outlasted the retries (retry_after_s)
+    │   ├── CircuitOpenError     the endpoint's breaker is open: fail fast (endpoint, retry_after_s)
+    │   ├── ModelOutputError     the model kept sending unusable output past the bound
+    │   └── TenantLimitError     a tenant limit of the LLM agents (tenant)
+    │       ├── BudgetExceededError  the tenant's token budget is spent (used, limit)
+    │       └── RateLimitedError     the tenant's request rate is exceeded (retry_after_s)
     └── TaskFate                 raised by handlers to decide a message's fate
         ├── Retry(delay_s)       retryable: nak, redeliver after the delay
         └── Reject(reason)       not retryable: term and dead-letter with the reason
+
+``ConfigError`` is raised at start for bad configuration (the scaler's too: unknown
+metric, min > max, a query Prometheus refuses). ``ScalerError`` subclasses are raised
+at run time; the control loop catches them, holds the pool's size and logs why.
+
+``StateError`` subclasses come from ``state``: limits and type clashes are raised to
+the handler that wrote; ``CorruptStateError`` is raised to gossip or the snapshot
+loader, which drop the bytes whole (nothing is half-merged) and log the reason.
+
+``LLMError`` subclasses come from ``agents.llm``; its task agent turns them into fates:
+an open breaker, a rate limit or an unavailable model become ``Retry`` (with the
+delay they carry), a spent budget, a refused request or unusable model output ``Reject``.
 
 ``TaskFate`` subclasses are control flow, in the spirit of FastStream's
 ``NackMessage``/``RejectMessage``: a handler raises them, the worker turns them into
@@ -23,18 +55,38 @@ the message's fate. Any other exception from a handler counts as retryable.
 from __future__ import annotations
 
 __all__ = [
+    "ActuatorError",
     "AgentbusError",
+    "BudgetExceededError",
     "BusError",
+    "CircuitOpenError",
     "ConfigError",
+    "CorruptStateError",
     "InvalidSubjectError",
+    "LLMError",
+    "MetricError",
+    "ModelConnectionError",
+    "ModelHTTPError",
+    "ModelOutputError",
+    "ModelUnavailableError",
     "NoStreamError",
     "PayloadTooLargeError",
+    "PersistenceError",
     "PublishError",
+    "RateLimitedError",
     "Reject",
     "ResultTimeoutError",
     "Retry",
+    "ScaleConflictError",
+    "ScalePermissionError",
+    "ScaleTargetNotFoundError",
+    "ScalerError",
+    "StateError",
+    "StateLimitError",
+    "StateTypeError",
     "StreamFullError",
     "TaskFate",
+    "TenantLimitError",
 ]
 
 
@@ -94,6 +146,150 @@ class ResultTimeoutError(BusError):
         super().__init__(f"no result for task {task_id} within {timeout_s:g}s")
         self.task_id = task_id
         self.timeout_s = timeout_s
+
+
+class ScalerError(AgentbusError):
+    """The autoscaler failed to read a metric or to resize the pool (the pool keeps its size)."""
+
+
+class MetricError(ScalerError):
+    """A metric source failed: ``metric`` names what was asked, ``source`` where."""
+
+    def __init__(self, message: str, *, metric: str = "", source: str = "") -> None:
+        super().__init__(message)
+        self.metric = metric
+        self.source = source
+
+
+class ActuatorError(ScalerError):
+    """Reading or setting the replica count failed; ``target`` names the pool, ``status`` the HTTP code."""
+
+    def __init__(self, message: str, *, target: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.target = target
+        self.status = status
+
+
+class ScaleTargetNotFoundError(ActuatorError):
+    """The Deployment to scale does not exist (HTTP 404)."""
+
+
+class ScalePermissionError(ActuatorError):
+    """The service account may not do this (HTTP 403); the message names the missing RBAC rule."""
+
+
+class ScaleConflictError(ActuatorError):
+    """The object kept changing under us (HTTP 409) and the retries ran out."""
+
+
+class StateError(AgentbusError):
+    """Shared tenant state refused an operation or an input."""
+
+
+class StateLimitError(StateError):
+    """A tenant reached one of its limits; ``limit`` names it (e.g. ``max_entries``)."""
+
+    def __init__(self, tenant: str, limit: str, allowed: int, wanted: int) -> None:
+        super().__init__(f"tenant {tenant!r} is at its {limit} limit: {wanted} > {allowed}")
+        self.tenant = tenant
+        self.limit = limit
+        self.allowed = allowed
+        self.wanted = wanted
+
+
+class StateTypeError(StateError):
+    """The name already holds a different kind of CRDT (a name keeps its kind for good)."""
+
+    def __init__(self, name: str, holds: str, wanted: str) -> None:
+        super().__init__(f"{name!r} holds a {holds}, not a {wanted}")
+        self.name = name
+        self.holds = holds
+        self.wanted = wanted
+
+
+class CorruptStateError(StateError):
+    """Bytes from a peer or a snapshot failed validation and were not merged; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"state rejected: {reason}")
+        self.reason = reason
+
+
+class PersistenceError(StateError):
+    """Redis could not be read while restoring state."""
+
+
+class LLMError(AgentbusError):
+    """A model endpoint failed, or a model broke the protocol."""
+
+
+class ModelConnectionError(LLMError):
+    """Connecting to the model endpoint failed, or the connection broke before the answer ended."""
+
+
+class ModelHTTPError(LLMError):
+    """The endpoint answered an error status that retrying cannot fix (400, 401, 404, ...)."""
+
+    def __init__(self, status: int, detail: str, *, endpoint: str = "") -> None:
+        super().__init__(f"model endpoint {endpoint} answered {status}: {detail[:300]}")
+        self.status = status
+        self.detail = detail
+        self.endpoint = endpoint
+
+
+class ModelUnavailableError(LLMError):
+    """429/5xx/connection failures outlasted the retries; ``retry_after_s`` is the server's hint, if any."""
+
+    def __init__(self, message: str, *, endpoint: str = "", retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.retry_after_s = retry_after_s
+
+
+class CircuitOpenError(LLMError):
+    """The endpoint's circuit breaker is open; calls fail fast for ``retry_after_s``."""
+
+    def __init__(self, endpoint: str, retry_after_s: float) -> None:
+        super().__init__(f"circuit open for {endpoint}: next probe in {retry_after_s:.2f}s")
+        self.endpoint = endpoint
+        self.retry_after_s = retry_after_s
+
+
+class ModelOutputError(LLMError):
+    """The model kept answering with unusable output (bad tool calls, no answer) past the bound."""
+
+
+class TenantLimitError(LLMError):
+    """A per-tenant limit of the LLM agents was hit."""
+
+    def __init__(self, message: str, *, tenant: str) -> None:
+        super().__init__(message)
+        self.tenant = tenant
+
+
+class BudgetExceededError(TenantLimitError):
+    """The tenant spent its token budget for the current window."""
+
+    def __init__(self, tenant: str, used: int, limit: int, resets_in_s: float) -> None:
+        super().__init__(
+            f"budget exceeded: tenant {tenant!r} used {used} of {limit} tokens"
+            f" (window resets in {resets_in_s:.0f}s)",
+            tenant=tenant,
+        )
+        self.used = used
+        self.limit = limit
+        self.resets_in_s = resets_in_s
+
+
+class RateLimitedError(TenantLimitError):
+    """The tenant sends model requests faster than its rate; retry after ``retry_after_s``."""
+
+    def __init__(self, tenant: str, rate_per_s: float, retry_after_s: float) -> None:
+        super().__init__(
+            f"rate limited: tenant {tenant!r} is over {rate_per_s:g} model requests/s", tenant=tenant
+        )
+        self.rate_per_s = rate_per_s
+        self.retry_after_s = retry_after_s
 
 
 class TaskFate(AgentbusError):
