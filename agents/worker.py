@@ -1,7 +1,7 @@
 """The worker process: connect, provision, run one :class:`KindRunner` per kind, drain on SIGTERM.
 
-Drain (DESIGN.md step 5): stop fetching; tasks that arrive from pull requests
-already in flight are handed back at once (``-NAK`` without delay); running
+Drain (DESIGN.md step 5): stop fetching and withdraw the pull requests the server
+holds; tasks already on their way are handed back at once (``-NAK`` without delay); running
 handlers get ``drain_timeout_s`` to finish; whatever still runs then is cancelled
 and handed back, so another replica takes it at once instead of after ack_wait;
 acks are flushed, the connection drained, exit 0.
@@ -57,6 +57,9 @@ class Worker:
         if metrics_registry is None:
             ProcessCollector(registry=self.metrics)  # process_cpu_seconds_total for the scaler
         StatsCollector(self.stats, self.metrics)
+        for spec in self.registry:
+            if spec.collector is not None:  # an agent's own metrics (the LLM agents' breakers)
+                self.metrics.register(spec.collector)
         self.runners: list[KindRunner] = []
         self.http: HealthServer | None = None
         self._nc: Client | None = None
@@ -159,7 +162,8 @@ class Worker:
         self._move(State.STOPPING)
         for runner in self.runners:
             runner.draining = True
-            runner.consumer.stop_fetching()
+        for runner in self.runners:
+            await runner.consumer.stop_fetching()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.drain_timeout_s
         while any(r.slots for r in self.runners) and loop.time() < deadline:

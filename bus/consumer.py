@@ -15,7 +15,8 @@ Pull requests carry an expiry and an idle heartbeat. Credit is returned by the
 server's 408/409 status replies (header ``Nats-Pending-Messages``), reset after a
 reconnect (the server forgets a disconnected client's pull requests: the trap of
 nats.py #504), and reset when heartbeats stop arriving, so the loop can never
-wedge waiting on a request the server no longer has.
+wedge waiting on a request the server no longer has. A drain withdraws the
+outstanding requests (see :meth:`PullConsumer.stop_fetching`).
 
 Messages are delivered to the ``on_message`` callback, synchronously, in order;
 the worker calls :meth:`release` once per message when it has acked, nakked or
@@ -125,9 +126,23 @@ class PullConsumer:
         if self.fetching and self.slots - self.held - self.credit >= self._threshold:
             self._schedule_pull()
 
-    def stop_fetching(self) -> None:
-        """Ask for nothing more (drain). Messages of outstanding requests may still arrive."""
+    async def stop_fetching(self) -> None:
+        """Ask for nothing more (drain) and withdraw the pull requests the server still holds.
+
+        The server serves a pull request only while its reply inbox has interest, so
+        unsubscribing the inbox withdraws them. Without that it keeps delivering to a
+        draining worker, which hands each task back to be delivered to it again: every
+        bounce burns a delivery, and a lone draining worker dead-letters the tasks
+        published during its drain as ``max_deliveries``. ``drain`` flushes the
+        unsubscribe, so whatever the server sent before it still reaches ``on_message``.
+        """
         self.fetching = False
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+            except Exception as exc:  # a closed connection has no requests left to withdraw
+                log.debug("withdrawing pull requests failed: %s", exc)
 
     def reset_credit(self) -> None:
         """Forget outstanding pull requests (after a reconnect) and ask again."""

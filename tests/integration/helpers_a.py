@@ -1,0 +1,147 @@
+"""Helpers shared by the data-path integration tests (round trip, backpressure, kill -9, drain, dedupe).
+
+Everything here talks to the real nats-server of the fixtures: a core subscription
+that collects results, consumer and stream state read from JetStream, and the
+workers' own ``/metrics``. Nothing waits by sleeping a fixed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from conftest import WorkerProcess
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from agents.builtin.basic import EchoOut
+from bus.messages import DeadLetter, Result
+from bus.topology import DLQ_STREAM, TASKS_STREAM, consumer_name
+
+__all__ = [
+    "ResultLog",
+    "consumer_state",
+    "dead_letters",
+    "launch",
+    "metric",
+    "metric_value",
+    "poll",
+    "queue_empty",
+]
+
+_SAMPLE = re.compile(r"^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+class ResultLog:
+    """Every :class:`Result` seen on ``results.*.*`` (a core subscription), with its arrival time."""
+
+    def __init__(self, output_type: Any = EchoOut) -> None:
+        self._decoder = msgspec.json.Decoder(Result[output_type])
+        self.arrivals: list[tuple[float, Result[Any]]] = []
+        self.undecodable = 0
+        self._sub: Subscription | None = None
+
+    async def start(self, nc: Client, subject: str = "results.*.*") -> ResultLog:
+        """Subscribe; call before publishing so no result can be missed."""
+        self._sub = await nc.subscribe(subject, cb=self._on_msg, pending_msgs_limit=-1)
+        await nc.flush()  # the server knows the interest before anything is published
+        return self
+
+    async def stop(self) -> None:
+        """Unsubscribe."""
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _on_msg(self, msg: Msg) -> None:
+        try:
+            result = self._decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            self.undecodable += 1
+            return
+        self.arrivals.append((time.monotonic(), result))
+
+    @property
+    def results(self) -> list[Result[Any]]:
+        """Results in arrival order (duplicates included: delivery is at-least-once)."""
+        return [r for _, r in self.arrivals]
+
+    def ok_ids(self) -> set[str]:
+        """Ids of tasks that completed successfully."""
+        return {r.task_id for _, r in self.arrivals if r.ok}
+
+    def failed(self) -> list[Result[Any]]:
+        """Results with ``ok=False`` (dead-lettered tasks)."""
+        return [r for _, r in self.arrivals if not r.ok]
+
+
+async def poll(
+    check: Callable[[], Any], *, timeout_s: float = 30.0, every_s: float = 0.05, what: str = "condition"
+) -> None:
+    """Await ``check()`` (sync or async) until truthy; a generous liveness bound, not a timing claim."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(every_s)
+
+
+async def consumer_state(nc: Client, kind: str) -> tuple[int, int]:
+    """``(num_pending, num_ack_pending)`` of the kind's durable consumer."""
+    info = await nc.jetstream().consumer_info(TASKS_STREAM, consumer_name(kind))
+    return info.num_pending or 0, info.num_ack_pending or 0
+
+
+async def dead_letters(nc: Client) -> list[DeadLetter]:
+    """Every dead letter stored in the DLQ stream, in stream order."""
+    js = nc.jetstream()
+    info = await js.stream_info(DLQ_STREAM)
+    out: list[DeadLetter] = []
+    if not info.state.messages:
+        return out
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        raw = await js.get_msg(DLQ_STREAM, seq)
+        out.append(msgspec.json.decode(raw.data or b"", type=DeadLetter))
+    return out
+
+
+async def queue_empty(nc: Client, kind: str) -> bool:
+    """Nothing waiting and nothing delivered-but-unacked for ``kind``."""
+    return await consumer_state(nc, kind) == (0, 0)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """Sum of the samples of ``name`` whose labels include ``labels``; None if there is none."""
+    total: float | None = None
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None or match[1] != name:
+            continue
+        have = dict(_LABEL.findall(match[2] or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total = (total or 0.0) + float(match[3])
+    return total
+
+
+async def metric(worker: WorkerProcess, name: str, **labels: str) -> float | None:
+    """One value from a worker's ``/metrics`` (None if unreachable or absent)."""
+    status, body = await asyncio.to_thread(worker.get, "/metrics")
+    if status != 200:
+        return None
+    return metric_value(body, name, **labels)
+
+
+async def launch(start_worker: Callable[..., WorkerProcess], name: str, *args: str) -> WorkerProcess:
+    """Start a worker subprocess and wait for its /readyz without blocking the event loop."""
+    return await asyncio.to_thread(start_worker, name, *args)
