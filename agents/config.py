@@ -40,7 +40,7 @@ class WorkerConfig:
     tenants: frozenset[str] | None = None  # None: any tenant; else others are dead-lettered
     unrouted_grace_s: float = 60.0  # age before a task of an unserved kind is dead-lettered
     sweep_interval_s: float = 10.0
-    consumer_info_interval_s: float = 5.0  # how often pending counts are read for /metrics
+    consumer_info_interval_s: float = 5.0  # how often pending counts are read for /metrics (autoscale: 1)
     stream_limits: StreamLimits = field(default_factory=StreamLimits)
 
     def __post_init__(self) -> None:
@@ -48,6 +48,8 @@ class WorkerConfig:
             raise ConfigError("drain_timeout_s >= 0, ack_wait_s > 0 and max_deliver >= 1 are required")
         if self.retry_base_s < 0 or self.retry_max_s < self.retry_base_s:
             raise ConfigError("need 0 <= retry_base_s <= retry_max_s")
+        if self.consumer_info_interval_s <= 0:
+            raise ConfigError("consumer_info_interval_s must be > 0")
         if self.max_inflight is not None and self.max_inflight < 1:
             raise ConfigError("max_inflight must be >= 1")
 
@@ -74,6 +76,7 @@ class WorkerConfig:
             "AGENTBUS_DRAIN_TIMEOUT_S": ("drain_timeout_s", float),
             "AGENTBUS_ACK_WAIT_S": ("ack_wait_s", float),
             "AGENTBUS_MAX_DELIVER": ("max_deliver", int),
+            "AGENTBUS_CONSUMER_INFO_INTERVAL_S": ("consumer_info_interval_s", float),
         }
         for var, (name, typ) in conv.items():
             if var in env:
@@ -87,6 +90,13 @@ class WorkerConfig:
             out["kinds"] = tuple(k for k in env["AGENTBUS_KINDS"].split(",") if k)
         if env.get("AGENTBUS_TENANTS"):
             out["tenants"] = frozenset(env["AGENTBUS_TENANTS"].split(","))
+        if env.get("AGENTBUS_STREAM_REPLICAS"):  # R3 on a NATS cluster (the Helm chart sets it)
+            try:
+                out["stream_limits"] = StreamLimits(replicas=int(env["AGENTBUS_STREAM_REPLICAS"]))
+            except ValueError as exc:
+                raise ConfigError(
+                    f"AGENTBUS_STREAM_REPLICAS={env['AGENTBUS_STREAM_REPLICAS']!r}: {exc}"
+                ) from exc
         return cls(**out)
 
 

@@ -29,6 +29,8 @@ class ReplicaInfo:
     """One supervised replica."""
 
     name: str
+    seq: int = 0
+    """Start order (1, 2, ...): the newest replica is the first to go when in-flight counts tie."""
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     retiring: bool = False
@@ -60,14 +62,18 @@ class LocalSupervisor:
         """Replicas that are running or restarting (not retiring)."""
         return sum(1 for r in self.replicas.values() if not r.retiring)
 
+    def active(self) -> list[ReplicaInfo]:
+        """Replicas that are running or restarting (not retiring), oldest first."""
+        return sorted((r for r in self.replicas.values() if not r.retiring), key=lambda r: r.seq)
+
     async def scale_to(self, n: int, *, retire: Sequence[str] = ()) -> None:
         """Start or retire replicas until ``n`` remain; ``retire`` names the preferred victims."""
         while self.size < n:
             self._next += 1
-            await self._spawn(ReplicaInfo(name=f"w{self._next}"))
-        active = [r for r in self.replicas.values() if not r.retiring]
+            await self._spawn(ReplicaInfo(name=f"w{self._next}", seq=self._next))
+        active = self.active()
         preferred = [r for r in active if r.name in retire]
-        rest = sorted((r for r in active if r.name not in retire), key=lambda r: r.name, reverse=True)
+        rest = [r for r in reversed(active) if r.name not in retire]  # newest first
         for replica in (preferred + rest)[: max(0, len(active) - n)]:
             await self._retire(replica)
 

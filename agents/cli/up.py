@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agentbus.errors import AgentbusError
+from agents.cli.scaler import add_autoscale_options, autoscaling
 from agents.cli.worker import add_worker_options, worker_argv
 from agents.config import UP_STATE_FILE
 from bus.connection import connect
@@ -39,6 +40,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--store-dir", help="JetStream store of the embedded server (default: a temp dir)")
     add_worker_options(p)
+    add_autoscale_options(p)
     p.set_defaults(run=run)
 
 
@@ -164,7 +166,12 @@ async def _up(args: argparse.Namespace) -> int:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
+
+            def resized() -> None:  # `agentbus status` finds the workers the autoscaler added
+                _write_state(cluster.url, {n: cluster.ports[n] for n in cluster.supervisor.pids()})
+
+            async with autoscaling(args, cluster.supervisor, cluster.ports, on_resize=resized):
+                await stop.wait()
             print("agentbus up: draining workers", flush=True)
         return 0
     finally:

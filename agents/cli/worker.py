@@ -33,6 +33,7 @@ WORKER_OPTIONS = (
     "retry_base_s",
     "unrouted_grace_s",
     "sweep_interval_s",
+    "consumer_info_interval_s",
 )
 """Options ``agentbus up`` passes through to its workers unchanged."""
 
@@ -52,6 +53,11 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
         "--unrouted-grace-s", type=float, help="age before tasks of unknown kinds are dead-lettered"
     )
     p.add_argument("--sweep-interval-s", type=float, help="how often unknown kinds are looked for")
+    p.add_argument(
+        "--consumer-info-interval-s",
+        type=float,
+        help="how often the consumer's pending counts are refreshed for /metrics (default 5; autoscaling: 1)",
+    )
     p.add_argument("--no-provision", action="store_true", help="do not create streams and consumers")
 
 
@@ -88,6 +94,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         retry_base_s=args.retry_base_s,
         unrouted_grace_s=args.unrouted_grace_s,
         sweep_interval_s=args.sweep_interval_s,
+        consumer_info_interval_s=args.consumer_info_interval_s,
         provision=False if args.no_provision else None,
     )
 
