@@ -34,12 +34,23 @@ def start_eager(coro: Coroutine[Any, Any, T], context: Context) -> asyncio.Task[
         yielded = context.run(coro.send, None)
     except StopIteration:
         return None
-    return asyncio.get_running_loop().create_task(_resume(coro, yielded), context=context)
+    resume = _resume(coro, yielded)
+    resume.send(None)  # run to its first yield, so a cancel before the Task's first step reaches coro
+    return asyncio.get_running_loop().create_task(resume, context=context)
 
 
 @types.coroutine
 def _resume(coro: Coroutine[Any, Any, T], yielded: Any) -> Generator[Any, Any, T]:
     """Continue ``coro`` from where :func:`start_eager` left it, relaying sends and throws."""
+    try:
+        yield  # primed by start_eager; the Task's first step resumes (or throws) here
+    except BaseException as exc:  # cancelled before the Task ever ran: as asyncio would, cancel
+        if isinstance(yielded, asyncio.Future):  # what coro waits on, then throw into coro
+            yielded.cancel()
+        try:
+            yielded = coro.throw(exc)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
     while True:
         try:
             value = yield yielded

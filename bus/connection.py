@@ -7,10 +7,14 @@ requests after a reconnect: the server forgets them, nats.py #504).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
+
+from agentbus.errors import BusError
 
 __all__ = ["connect"]
 
@@ -27,8 +31,14 @@ async def connect(
     on_reconnect: Callback | None = None,
     connect_timeout_s: float = 5.0,
     reconnect_wait_s: float = 0.5,
+    first_connect_timeout_s: float | None = None,
 ) -> Client:
-    """Connect with unlimited reconnects; callbacks observe connection changes."""
+    """Connect with unlimited reconnects; callbacks observe connection changes.
+
+    With unlimited reconnects nats-py also retries the *first* connection forever;
+    ``first_connect_timeout_s`` bounds that (commands a person waits for set it) and
+    raises :class:`~agentbus.errors.BusError`. None waits for the server (workers).
+    """
 
     async def disconnected() -> None:
         if not (nc.is_closed or nc.is_draining):
@@ -45,7 +55,7 @@ async def connect(
         log.warning("nats error: %s", exc)
 
     nc = Client()
-    await nc.connect(
+    first = nc.connect(
         url,
         name=name,
         connect_timeout=connect_timeout_s,  # type: ignore[arg-type]  # nats-py accepts floats
@@ -58,4 +68,10 @@ async def connect(
         # keep acks published while reconnecting; 8 MiB is ~200k acks
         pending_size=8 * 1024 * 1024,
     )
+    try:
+        await asyncio.wait_for(first, first_connect_timeout_s)
+    except TimeoutError:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise BusError(f"cannot connect to NATS at {url} within {first_connect_timeout_s:g}s") from None
     return nc

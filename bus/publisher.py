@@ -4,8 +4,9 @@
 soon as the task is on the wire and a slot in the ack window was free: the window
 (``max_pending_acks``) bounds memory and applies backpressure to a fast producer.
 A full stream, an oversized task or a missing stream surface as typed
-:mod:`agentbus.errors`, never as a silent drop. ``call`` publishes and waits for the
-:class:`~bus.messages.Result` on a per-publisher inbox.
+:mod:`agentbus.errors`, never as a silent drop; an ack that never comes (the server
+went away mid-publish) fails the publish after ``ack_timeout_s`` instead of hanging.
+``call`` publishes and waits for the :class:`~bus.messages.Result` on a per-publisher inbox.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
 
@@ -69,13 +71,42 @@ class TaskSpec:
     deadline: float | None = None
 
 
+class _JetStream(JetStreamContext):
+    """``publish_async`` whose futures also resolve when JetStream answers with an error.
+
+    nats-py 2.16 leaves the future of an error ack (stream full, too large) pending
+    forever and reports the error to ``error_cb`` instead (nats.py #985:
+    ``APIError.from_error`` raises where the caller expects a return), so a full
+    stream would hang the publisher instead of raising ``StreamFullError``.
+    """
+
+    async def _handle_async_reply(self, msg: Msg) -> None:
+        try:
+            await super()._handle_async_reply(msg)
+        except APIError as exc:
+            token = msg.subject[len(self._async_reply_prefix or b"") :]
+            future = self._publish_async_futures.get(token)
+            if future is not None and not future.done():
+                future.set_exception(exc)
+
+
 class Publisher:
     """Publishes tasks to ``tasks.<tenant>.<kind>`` and optionally waits for results."""
 
-    def __init__(self, nc: Client, *, max_pending_acks: int = 4096, max_msg_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        max_pending_acks: int = 4096,
+        max_msg_bytes: int = 1 << 20,
+        ack_timeout_s: float = 10.0,
+    ) -> None:
         self._nc = nc
-        self._js = nc.jetstream(publish_async_max_pending=max_pending_acks)
+        self._js = _JetStream(nc, publish_async_max_pending=max_pending_acks)
         self._max_msg_bytes = max_msg_bytes
+        # an ack lost with a dying server never arrives: without a bound, submit would hang
+        # forever and the lost ack would hold its slot of the window for good
+        self._ack_timeout_s = ack_timeout_s
         self._inbox: str | None = None
         self._inbox_sub: Subscription | None = None
         self._waiters: dict[str, asyncio.Future[Result[Any]]] = {}
@@ -123,8 +154,15 @@ class Publisher:
         """
         subject, tid, data, headers = self._prepare(tenant, kind, payload, task_id, deadline, _wait)
         ack = await self._js.publish_async(subject, data, headers=headers)
-        out: asyncio.Future[TaskRef] = asyncio.get_running_loop().create_future()
-        ack.add_done_callback(lambda f: _resolve(f, out, tid, subject))
+        loop = asyncio.get_running_loop()
+        out: asyncio.Future[TaskRef] = loop.create_future()
+        timer = loop.call_later(self._ack_timeout_s, _expire, ack, self._ack_timeout_s)
+
+        def done(f: asyncio.Future[PubAck]) -> None:
+            timer.cancel()
+            _resolve(f, out, tid, subject)
+
+        ack.add_done_callback(done)
         return out
 
     async def submit_many(
@@ -202,6 +240,17 @@ class Publisher:
             waiter.set_result(result)
 
 
+class _AckTimeout(Exception):
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(timeout_s)
+        self.timeout_s = timeout_s
+
+
+def _expire(ack: asyncio.Future[PubAck], timeout_s: float) -> None:
+    if not ack.done():  # also frees the ack's slot of the window (nats-py's done callback)
+        ack.set_exception(_AckTimeout(timeout_s))
+
+
 def _resolve(ack: asyncio.Future[PubAck], out: asyncio.Future[TaskRef], task_id: str, subject: str) -> None:
     if out.done():
         return
@@ -218,6 +267,13 @@ def _resolve(ack: asyncio.Future[PubAck], out: asyncio.Future[TaskRef], task_id:
 
 def map_publish_error(exc: BaseException, task_id: str, subject: str) -> PublishError:
     """Translate a nats-py publish failure into the agentbus error tree."""
+    if isinstance(exc, _AckTimeout):
+        return PublishError(
+            f"no ack from JetStream within {exc.timeout_s:g}s: the task may or may not be stored; "
+            "publish it again with the same id (JetStream drops the duplicate)",
+            task_id=task_id,
+            subject=subject,
+        )
     if isinstance(exc, NoStreamResponseError):
         return NoStreamError(f"no stream captures {subject}", task_id=task_id, subject=subject)
     if isinstance(exc, APIError):

@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _status(args: argparse.Namespace) -> Snapshot:
-    nc = await connect(resolve_nats_url(args.nats_url), name="agentbus-status")
+    nc = await connect(resolve_nats_url(args.nats_url), name="agentbus-status", first_connect_timeout_s=5.0)
     try:
         return await snapshot(nc.jetstream(), args.interval_s)
     finally:

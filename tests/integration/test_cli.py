@@ -1,0 +1,295 @@
+"""The ``agentbus`` command as a user runs it: real subprocesses in a temp directory.
+
+``agentbus up`` starts its own nats-server and workers and records them in
+``.agentbus/up.json``; ``publish`` and ``status`` run in the same directory find it
+there. Readiness comes from that file and the workers' own ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from conftest import ROOT, wait_until
+
+from bus.embedded import free_port
+
+pytestmark = pytest.mark.integration
+
+UP_STATE = Path(".agentbus") / "up.json"
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTBUS_")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return env
+
+
+def agentbus(
+    cwd: Path, *args: str, stdin: str | None = None, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m agentbus <args>`` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "agentbus", *args],
+        cwd=cwd,
+        env=_env(),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def http_status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def json_lines(out: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+class Up:
+    """A running ``agentbus up`` and what it wrote to its state file."""
+
+    def __init__(self, cwd: Path, workers: int) -> None:
+        self.cwd = cwd
+        self.log_path = cwd / "up.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agentbus", "up", "--workers", str(workers)],
+                cwd=cwd,
+                env=_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        self.state: dict[str, Any] = {}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, workers: int) -> None:
+        path = self.cwd / UP_STATE
+
+        def state_written() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agentbus up exited {self.proc.returncode}:\n{self.log()}")
+            if not path.exists():
+                return False
+            self.state = json.loads(path.read_text())  # written atomically (tmp + rename)
+            return len(self.state["metrics_ports"]) == workers
+
+        wait_until(state_written, 60, "agentbus up writing .agentbus/up.json")
+        assert self.state["pid"] == self.proc.pid
+        assert self.state["nats_url"].startswith("nats://127.0.0.1:")
+        wait_until(
+            lambda: all(http_status(p, "/readyz") == 200 for p in self.ports),
+            60,
+            "every worker of `up` ready",
+        )
+
+    @property
+    def ports(self) -> list[int]:
+        return list(self.state["metrics_ports"].values())
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def up_factory(tmp_path: Path) -> Iterator[Any]:
+    started: list[tuple[Up, list[psutil.Process]]] = []
+
+    def start(workers: int) -> Up:
+        up = Up(tmp_path, workers)
+        up.wait_ready(workers)
+        started.append((up, up.descendants()))
+        return up
+
+    yield start
+    for up, children in started:
+        up.stop()
+        for child in children:  # never leave a worker or nats-server behind, even on failure
+            if child.is_running():
+                child.kill()
+
+
+def gone(procs: list[psutil.Process]) -> bool:
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            continue
+    return True
+
+
+@pytest.mark.slow
+def test_up_publish_status_and_shutdown(tmp_path: Path, up_factory: Any) -> None:
+    up: Up = up_factory(2)
+    children = up.descendants()
+    commands = [" ".join(c.cmdline()) for c in children]
+    assert sum(" worker " in c for c in commands) == 2, commands
+    assert sum("nats-server" in c for c in commands) == 1, commands
+
+    # one task, waiting for its result
+    done = agentbus(tmp_path, "publish", "echo", '{"text":"hi"}', "--tenant", "acme", "--wait")
+    assert done.returncode == 0, done.stderr
+    (row,) = json_lines(done.stdout)
+    assert row["ok"] is True
+    assert row["output"]["text"] == "hi"
+    assert row["output"]["tenant"] == "acme"
+    assert (row["tenant"], row["kind"]) == ("acme", "echo")
+    assert row["worker"] in up.state["metrics_ports"]
+
+    # JSON lines on stdin: several tenants and kinds in one run
+    lines = [
+        {"tenant": "acme", "kind": "echo", "payload": {"text": "a"}, "id": "stdin-a"},
+        {"tenant": "globex", "kind": "echo", "payload": {"text": "b"}, "id": "stdin-b"},
+        {"kind": "summarize", "payload": {"text": "Cats purr. Cats sleep a lot."}, "id": "stdin-c"},
+    ]
+    stdin = "\n".join(json.dumps(line) for line in lines) + "\n\n"
+    done = agentbus(tmp_path, "publish", "-", "--wait", "--tenant", "initech", stdin=stdin)
+    assert done.returncode == 0, done.stderr
+    rows = {r["task_id"]: r for r in json_lines(done.stdout)}
+    assert sorted(rows) == ["stdin-a", "stdin-b", "stdin-c"]
+    assert all(r["ok"] for r in rows.values())
+    assert rows["stdin-a"]["output"]["text"] == "a"
+    assert rows["stdin-b"]["tenant"] == "globex"
+    assert rows["stdin-c"]["tenant"] == "initech"  # --tenant is the default for lines without one
+    assert rows["stdin-c"]["kind"] == "summarize"
+    assert "cats" in rows["stdin-c"]["output"]["keywords"]
+
+    # without --wait: the stored reference; the same id twice is deduplicated by JetStream
+    first = agentbus(tmp_path, "publish", "echo", '{"text":"once"}', "--tenant", "acme", "--id", "dup-1")
+    again = agentbus(tmp_path, "publish", "echo", '{"text":"once"}', "--tenant", "acme", "--id", "dup-1")
+    assert (first.returncode, again.returncode) == (0, 0), first.stderr + again.stderr
+    (ref1,) = json_lines(first.stdout)
+    (ref2,) = json_lines(again.stdout)
+    assert ref1["task_id"] == "dup-1"
+    assert ref1["subject"] == "tasks.acme.echo"
+    assert ref1["duplicate"] is False
+    assert ref2["duplicate"] is True
+    assert ref2["seq"] == ref1["seq"]
+
+    # a payload the agent cannot accept: dead-lettered, reported, exit 1
+    bad = agentbus(tmp_path, "publish", "echo", '{"nope":1}', "--tenant", "acme", "--wait")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    (row,) = json_lines(bad.stdout)
+    assert row["ok"] is False
+    assert row["error"].startswith("invalid_payload")
+
+    # a payload that is not JSON never leaves the command line
+    garbage = agentbus(tmp_path, "publish", "echo", "{not json", "--tenant", "acme")
+    assert garbage.returncode == 2
+    assert "agentbus: error: payload is not JSON" in garbage.stderr
+
+    # status as JSON: every kind's consumer, the dead letter, an empty queue
+    status = agentbus(tmp_path, "status", "--json", "--interval-s", "0.2")
+    assert status.returncode == 0, status.stderr
+    snap = json.loads(status.stdout)
+    assert sorted(k["kind"] for k in snap["kinds"]) == ["echo", "order", "summarize"]
+    assert snap["dead_letters"] == {"acme/echo": 1}
+    assert snap["dlq_total"] == 1
+    wait_until(
+        lambda: (
+            json.loads(agentbus(tmp_path, "status", "--json", "--interval-s", "0.1").stdout)["tasks_total"]
+            == 0
+        ),
+        30,
+        "the queue to drain",
+    )
+
+    # status as a table names the kinds and the tenant/kind with its dead letter
+    table = agentbus(tmp_path, "status", "--interval-s", "0.2")
+    assert table.returncode == 0, table.stderr
+    for word in ("echo", "summarize", "order", "acme/echo", "dlq 1"):
+        assert word in table.stdout, table.stdout
+
+    # Ctrl-C: drain the workers, stop the server, remove the state file, exit 0
+    up.proc.send_signal(signal.SIGINT)
+    assert up.proc.wait(60) == 0, up.log()
+    wait_until(lambda: gone(children), 30, "every child of `up` to exit")
+    assert not (tmp_path / UP_STATE).exists()
+    assert all(http_status(port, "/healthz") == 0 for port in up.ports)
+    assert "draining workers" in up.log()
+
+
+def test_up_exits_zero_on_sigterm(tmp_path: Path, up_factory: Any) -> None:
+    up: Up = up_factory(1)
+    children = up.descendants()
+    assert len(children) >= 2  # a worker and nats-server
+    up.proc.send_signal(signal.SIGTERM)
+    assert up.proc.wait(60) == 0, up.log()
+    wait_until(lambda: gone(children), 30, "every child of `up` to exit")
+    assert not (tmp_path / UP_STATE).exists()
+
+
+def test_worker_help(tmp_path: Path) -> None:
+    done = agentbus(tmp_path, "worker", "--help")
+    assert done.returncode == 0, done.stderr
+    for flag in ("--nats-url", "--http-port", "--max-deliver", "--ack-wait-s", "--kind", "--drain-timeout-s"):
+        assert flag in done.stdout
+
+
+def test_top_level_help_lists_the_commands(tmp_path: Path) -> None:
+    done = agentbus(tmp_path, "--help")
+    assert done.returncode == 0, done.stderr
+    for command in ("up", "worker", "publish", "status", "demo", "bench"):
+        assert command in done.stdout
+    version = agentbus(tmp_path, "--version")
+    assert version.returncode == 0
+    assert version.stdout.startswith("agentbus ")
+
+
+def test_unknown_command_and_bad_flags_exit_2(tmp_path: Path) -> None:
+    assert agentbus(tmp_path, "no-such-command").returncode == 2
+    assert agentbus(tmp_path, "worker", "--max-deliver", "many").returncode == 2
+
+
+@pytest.mark.slow
+def test_commands_fail_clearly_without_a_server(tmp_path: Path) -> None:
+    """No server at the URL: an error naming it and exit 2, not a retry loop forever."""
+    url = f"nats://127.0.0.1:{free_port()}"
+    env = _env()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "agentbus", *args, "--nats-url", url],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in (["publish", "echo", '{"text":"x"}'], ["status", "--json"])
+    ]
+    for proc in procs:  # both at once: each waits out its connect bound
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2, err
+        assert f"cannot connect to NATS at {url}" in err
