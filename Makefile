@@ -36,5 +36,10 @@ test: setup lint
 bench: setup
 	$(BIN)/agentbus bench
 
+# Locust against the embedded default, judged by loadtest/slo.toml (docs/loadtest.md).
+# make loadtest ARGS="--scenario spike"; ARGS="--scenario all"; ARGS="--nats-url nats://host:4222 --metrics ..."
+loadtest: setup
+	$(BIN)/python -m loadtest.run $(ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .agentbus reports
