@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
+from prometheus_client.registry import Collector
 
 from agentbus.errors import ConfigError
 from bus.messages import encode
@@ -90,6 +91,8 @@ class AgentSpec(Generic[In, Out]):
     max_inflight: int = 64
     timeout_s: float = 60.0
     max_payload_bytes: int = 256 * 1024
+    collector: Collector | None = None
+    """Extra Prometheus metrics of this agent; the worker registers it in its registry."""
 
     def __post_init__(self) -> None:
         check_token("kind", self.kind)

@@ -12,7 +12,11 @@ Fates (DESIGN.md, "The flow of one task"):
 
 Each message is processed by one coroutine started eagerly (see ``_eager``), so a
 handler that never suspends costs no Task. Suspended ones are tracked for
-``+WPI`` heartbeats, timeouts and the drain.
+``+WPI`` heartbeats, timeouts and the drain. Attempts on the agent's own
+``timeout_s`` start in order, so their deadlines are in the order of ``slots`` and
+one timer, armed for the oldest, serves them all (a timer per task cost more
+memory than the rest of its slot); only attempts cut short by a task deadline
+get a timer of their own.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import contextvars
 import logging
 import random
 import time
-from collections.abc import Coroutine
 from typing import Any
 
 import msgspec
@@ -34,6 +37,7 @@ from agents._eager import start_eager
 from agents.api import AgentSpec, Context
 from agents.metrics import KindStats, Outcome
 from agents.tenancy import _tenant
+from bus import tracing
 from bus.consumer import AckKind, PullConsumer, ack, delivery_count, stream_seq
 from bus.dlq import DeadLetterQueue
 from bus.messages import (
@@ -56,6 +60,8 @@ __all__ = ["KindRunner", "RetryPolicy"]
 
 log = logging.getLogger("agentbus.worker")
 
+_TIMER_SLACK_S = 0.001  # uvloop timers tick in milliseconds and may fire just short of the deadline
+
 
 class RetryPolicy:
     """Nak delays: ``base * 2**(attempt-1)`` capped at ``max``, with equal jitter."""
@@ -75,13 +81,16 @@ class RetryPolicy:
 class _Slot:
     """A message being processed whose handler suspended (tracked for heartbeats and the drain)."""
 
-    __slots__ = ("in_handler", "msg", "started", "task", "timed_out", "timeout_s", "timer")
+    __slots__ = ("deadline", "in_handler", "msg", "started", "task", "timed_out", "timeout_s", "timer")
 
     def __init__(self, msg: Msg) -> None:
         self.msg = msg
         self.started = time.monotonic()
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        """Own timeout timer, only for an attempt cut short by the task's deadline."""
+        self.deadline = 0.0
+        """Loop time the attempt expires at, when the runner's shared timer watches it (else 0)."""
         self.timeout_s = 0.0
         self.in_handler = False
         self.timed_out = False
@@ -127,6 +136,14 @@ class KindRunner:
         self._log = logging.LoggerAdapter(log, {"kind": spec.kind})
         self.slots: dict[asyncio.Task[None], _Slot] = {}
         self.draining = False
+        self._expiry: asyncio.TimerHandle | None = None  # the shared timer, armed for the oldest slot
+        self._submit = publisher.submit  # bound once, not per task
+        self._emit = nc.publish
+        self._done_cb = self._done
+        # tracing is decided once, here: with no tracer provider the hot path is untouched
+        self._traced = tracing.enabled()
+        self._process = self._run_traced if self._traced else self._run
+        self._ack = _traced_ack if self._traced else ack
         self.consumer = PullConsumer(
             nc,
             stream=TASKS_STREAM,
@@ -140,33 +157,58 @@ class KindRunner:
     def _on_message(self, msg: Msg) -> None:
         self.stats.fetched += 1
         slot = _Slot(msg)
-        coro = self._release_after(self._hand_back(msg)) if self.draining else self._process(msg, slot)
-        task = start_eager(coro, contextvars.copy_context())
-        if task is not None:
-            slot.task = task
-            self.slots[task] = slot
-            task.add_done_callback(self._forget)
-            if slot.in_handler:  # the handler suspended: from now on it can time out
-                slot.timer = asyncio.get_running_loop().call_later(slot.timeout_s, slot.expire)
+        coro = self._hand_back(msg) if self.draining else self._process(msg, slot)
+        context = contextvars.copy_context()
+        try:
+            task = start_eager(coro, context)
+        except Exception:  # a bug here must not kill the loop; the message returns after ack_wait
+            self._log.exception("unexpected error processing a message")
+            task = None
+        if task is None:  # done without suspending: no Task, no slot to track
+            self.consumer.release()
+            return
+        slot.task = task
+        self.slots[task] = slot
+        task.add_done_callback(self._done_cb, context=context)
+        if slot.in_handler:  # the handler suspended: from now on it can time out
+            self._arm(slot)
 
-    def _forget(self, task: asyncio.Task[None]) -> None:
+    def _arm(self, slot: _Slot) -> None:
+        loop = asyncio.get_running_loop()
+        if slot.timeout_s != self._timeout_s:  # cut short by the task's deadline: out of order
+            slot.timer = loop.call_later(slot.timeout_s, slot.expire)
+            return
+        slot.deadline = loop.time() + slot.timeout_s
+        if self._expiry is None:
+            self._expiry = loop.call_at(slot.deadline, self._expire_due)
+
+    def _expire_due(self) -> None:
+        """The shared timer: expire every overdue attempt, then re-arm for the next deadline."""
+        self._expiry = None
+        loop = asyncio.get_running_loop()
+        now = loop.time() + _TIMER_SLACK_S
+        for slot in self.slots.values():  # insertion order is deadline order
+            if not (slot.in_handler and slot.deadline):
+                continue
+            if slot.deadline > now:
+                self._expiry = loop.call_at(slot.deadline, self._expire_due)
+                return
+            slot.expire()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        """A suspended message's coroutine ended: forget its slot and free it for the next one.
+
+        (A callback, not a wrapping coroutine: one frame less per message in flight.)
+        """
         slot = self.slots.pop(task, None)
         if slot is not None and slot.timer is not None:
             slot.timer.cancel()
-
-    async def _process(self, msg: Msg, slot: _Slot) -> None:
-        try:
-            await self._run(msg, slot)
-        except Exception:  # a bug here must not kill the loop; the message returns after ack_wait
-            self._log.exception("unexpected error processing a message")
-        finally:
-            self.consumer.release()
-
-    async def _release_after(self, coro: Coroutine[Any, Any, None]) -> None:
-        try:
-            await coro
-        finally:
-            self.consumer.release()
+        if not self.slots and self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self.consumer.release()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._log.error("unexpected error processing a message", exc_info=exc)
 
     def cancel_handlers(self) -> int:
         """Cancel every task whose handler is still running (end of the drain); returns how many."""
@@ -223,8 +265,8 @@ class KindRunner:
             attempt=attempt,
             deadline=task.deadline,
             log=self._log,
-            submit=self._publisher.submit,
-            emit=self._nc.publish,
+            submit=self._submit,
+            emit=self._emit,
         )
         slot.timeout_s = timeout_s
         slot.in_handler = True
@@ -252,25 +294,34 @@ class KindRunner:
             )
         except Exception as exc:
             return await self._retry_later(msg, tenant, task, attempt, f"{type(exc).__name__}: {exc}", None)
-        result = Result(
-            task_id=task.id,
-            tenant=tenant,
-            kind=kind,
-            ok=True,
-            output=output,
-            attempts=attempt,
-            worker=self._worker,
-            created_at=task.created_at,
-            finished_at=now(),
-        )
-        try:
-            await self._send_result(msg, tenant, task.id, result)
-        except (TypeError, msgspec.EncodeError) as exc:  # a handler bug: retrying cannot help
-            detail = f"output of type {type(output).__name__} cannot be encoded: {exc}"
-            return await self._dead_letter(msg, tenant, task.id, DlqReason.REJECTED, detail, attempt, task)
-        await ack(self._nc, msg, AckKind.ACK)
+        if self._publish_results or (msg.headers and msg.headers.get(HDR_REPLY)):  # else nobody reads it
+            result = Result(
+                task_id=task.id,
+                tenant=tenant,
+                kind=kind,
+                ok=True,
+                output=output,
+                attempts=attempt,
+                worker=self._worker,
+                created_at=task.created_at,
+                finished_at=now(),
+            )
+            try:
+                await self._send_result(msg, tenant, task.id, result)
+            except (TypeError, msgspec.EncodeError) as exc:  # a handler bug: retrying cannot help
+                detail = f"output of type {type(output).__name__} cannot be encoded: {exc}"
+                return await self._dead_letter(
+                    msg, tenant, task.id, DlqReason.REJECTED, detail, attempt, task
+                )
+        await self._ack(self._nc, msg, AckKind.ACK)
         stats.tasks[(tenant, Outcome.OK)] += 1
         return None
+
+    async def _run_traced(self, msg: Msg, slot: _Slot) -> None:
+        """:meth:`_run` in a ``receive`` span parented on the publisher's (only when tracing is on)."""
+        attributes = {"messaging.system": "nats", "messaging.destination.name": msg.subject}
+        with tracing.span("receive", kind="consumer", context=tracing.extract(msg.headers), **attributes):
+            await self._run(msg, slot)
 
     # -- fates ------------------------------------------------------------------------------
 
@@ -299,7 +350,7 @@ class KindRunner:
                 msg, tenant, task.id, DlqReason.DEADLINE_EXCEEDED, detail, attempt, task
             )
         self._log.info("task %s attempt %d failed, retry in %.2fs: %s", task.id, attempt, delay, reason)
-        await ack(self._nc, msg, AckKind.nak(delay))
+        await self._ack(self._nc, msg, AckKind.nak(delay))
         self.stats.tasks[(tenant, Outcome.RETRIED)] += 1
         return None
 
@@ -362,6 +413,12 @@ class KindRunner:
         for slot in list(self.slots.values()):
             if slot.started < limit:
                 await ack(self._nc, slot.msg, AckKind.IN_PROGRESS)
+
+
+async def _traced_ack(nc: Client, msg: Msg, kind: bytes) -> None:
+    """:func:`~bus.consumer.ack` in an ``ack`` (or ``nak``) span (only when tracing is on)."""
+    with tracing.span("ack" if kind == AckKind.ACK else "nak"):
+        await ack(nc, msg, kind)
 
 
 def _header_id(msg: Msg) -> str:

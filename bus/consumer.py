@@ -7,9 +7,11 @@ the messages handed to the worker and not yet released. It maintains::
     held + credit <= slots
 
 and asks for more (one pull request for the free amount) only when at least
-``threshold`` slots are free. A worker with 8 slots therefore never holds more
-than 8 unacked messages, however deep the queue (FastStream #2563 is what happens
-without this).
+``threshold`` slots are free, or when no request is outstanding at all (credit 0:
+the queue had more than was asked for) and any slot is free, so a deep queue keeps
+every slot busy while an idle one is not pestered with small requests. A worker
+with 8 slots therefore never holds more than 8 unacked messages, however deep the
+queue (FastStream #2563 is what happens without this).
 
 Pull requests carry an expiry and an idle heartbeat. Credit is returned by the
 server's 408/409 status replies (header ``Nats-Pending-Messages``), reset after a
@@ -102,6 +104,8 @@ class PullConsumer:
         self._heartbeat_ns = int(heartbeat_s * 1e9)
         self._heartbeat_s = heartbeat_s
         self._threshold = max(1, min(slots // 2, max_batch))
+        self._busy_threshold = max(1, min(self._threshold, slots // 32))
+        self._busy_credit = slots // 4
         self._max_batch = max_batch
         self.held = 0
         self.credit = 0
@@ -123,8 +127,14 @@ class PullConsumer:
     def release(self, n: int = 1) -> None:
         """The worker finished with ``n`` messages: their slots are free again."""
         self.held -= n
-        if self.fetching and self.slots - self.held - self.credit >= self._threshold:
+        if self.fetching and self._wants(self.slots - self.held - self.credit):
             self._schedule_pull()
+
+    def _wants(self, free: int) -> bool:
+        """Whether ``free`` slots are worth a pull request now."""
+        if free >= self._threshold or (free > 0 and self.credit == 0):
+            return True
+        return free >= self._busy_threshold and self.credit <= self._busy_credit
 
     async def stop_fetching(self) -> None:
         """Ask for nothing more (drain) and withdraw the pull requests the server still holds.
@@ -171,7 +181,7 @@ class PullConsumer:
     async def _pull(self) -> None:
         while self.fetching and self._nc.is_connected:
             free = self.slots - self.held - self.credit
-            if free < self._threshold and not (free > 0 and self.credit == 0):
+            if not self._wants(free):
                 return
             batch = min(free, self._max_batch)
             self.credit += batch

@@ -12,6 +12,8 @@ appending fields with defaults (msgspec decodes old and new messages alike).
   reply inbox (header ``Agentbus-Reply``) when the publisher waits.
 * :class:`DeadLetter` travels on ``dlq.<tenant>.<kind>`` (stream ``DLQ``) and keeps
   the original bytes, so a task can be inspected and replayed.
+* :data:`StreamEvent` (token, decision, step, done) travels on
+  ``results.<tenant>.<task_id>.stream`` while a task runs (``Context.stream``).
 """
 
 from __future__ import annotations
@@ -26,13 +28,20 @@ __all__ = [
     "DLQ_MAX_DATA_BYTES",
     "HDR_MSG_ID",
     "HDR_REPLY",
+    "AuditEvent",
     "DeadLetter",
+    "DecisionEvent",
     "DlqReason",
+    "DoneEvent",
     "Result",
+    "StepEvent",
+    "StreamEvent",
     "Task",
+    "TokenEvent",
     "decoder_for",
     "encode",
     "now",
+    "stream_event_decoder",
 ]
 
 T = TypeVar("T")
@@ -131,3 +140,66 @@ def decoder_for(payload_type: Any) -> msgspec.json.Decoder[Task[Any]]:
 def now() -> float:
     """Wall clock in seconds since the epoch (the unit of every timestamp on the wire)."""
     return time.time()
+
+
+# -- stream events ---------------------------------------------------------------------------
+# Partial results of a running task on ``results.<tenant>.<task_id>.stream`` (core NATS, in
+# order; ``seq`` counts from 1 per attempt, so a subscriber can spot a gap or a restart). The
+# LLM task agent sends them; its result's audit trail is the same decision and step events.
+
+
+class TokenEvent(msgspec.Struct, tag="token", tag_field="type", omit_defaults=True):
+    """A piece of model text as it is produced; the answer is the tokens of the final turn."""
+
+    seq: int
+    text: str
+    turn: int = 0
+    attempt: int = 1
+
+
+class DecisionEvent(msgspec.Struct, tag="decision", tag_field="type", omit_defaults=True):
+    """A brain's decision for one turn: the tools it calls next, or (``final``) that it answers."""
+
+    seq: int
+    turn: int
+    brain: str
+    tools: list[str] = []
+    """Tool names of the plan, in order (their arguments are in the step events)."""
+    final: bool = False
+    text: str = ""
+    """What the model said this turn (its commentary, or the answer when ``final``)."""
+    tokens: int = 0
+    """Model tokens the turn cost (prompt + completion)."""
+    attempt: int = 1
+
+
+class StepEvent(msgspec.Struct, tag="step", tag_field="type", omit_defaults=True):
+    """One executed tool call: arguments as the brain sent them, and the result or the error."""
+
+    seq: int
+    turn: int
+    step: int
+    tool: str
+    arguments: str
+    ok: bool
+    result: Any = None
+    error: str = ""
+    duration_ms: float = 0.0
+    attempt: int = 1
+
+
+class DoneEvent(msgspec.Struct, tag="done", tag_field="type", omit_defaults=True):
+    """The last event of an attempt: the task ended (the result follows) or failed with ``error``."""
+
+    seq: int
+    ok: bool
+    error: str = ""
+    attempt: int = 1
+
+
+StreamEvent = TokenEvent | DecisionEvent | StepEvent | DoneEvent
+"""Every event on ``results.<tenant>.<task_id>.stream`` (tagged by ``type``)."""
+AuditEvent = DecisionEvent | StepEvent
+"""An entry of an LLM task's audit trail."""
+stream_event_decoder: msgspec.json.Decoder[StreamEvent] = msgspec.json.Decoder(StreamEvent)
+"""Decodes one stream event."""

@@ -33,6 +33,7 @@ from agentbus.errors import (
     ResultTimeoutError,
     StreamFullError,
 )
+from bus import tracing
 from bus.messages import HDR_MSG_ID, HDR_REPLY, Result, Task, encode, now
 from bus.subjects import check_task_id, task_subject
 
@@ -110,6 +111,7 @@ class Publisher:
         self._inbox: str | None = None
         self._inbox_sub: Subscription | None = None
         self._waiters: dict[str, asyncio.Future[Result[Any]]] = {}
+        self._traced = tracing.enabled()  # decided once: no tracer provider, no cost
 
     def _prepare(
         self, tenant: str, kind: str, payload: Any, task_id: str | None, deadline: float | None, wait: bool
@@ -123,6 +125,9 @@ class Publisher:
         if wait:
             assert self._inbox is not None
             headers[HDR_REPLY] = self._inbox + task_id
+        if self._traced:  # a producer span; its context travels as traceparent to the worker
+            with tracing.span("publish", kind="producer", **{"messaging.destination.name": subject}):
+                tracing.inject(headers)
         return subject, task_id, data, headers
 
     async def submit(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +21,9 @@ import msgspec
 from agentbus.errors import AgentbusError
 from agents.config import resolve_nats_url
 from bus.connection import connect
-from bus.publisher import Publisher, TaskRef
+from bus.messages import DoneEvent, stream_event_decoder
+from bus.publisher import Publisher, TaskRef, new_task_id
+from bus.subjects import stream_subject
 
 __all__ = ["register"]
 
@@ -42,6 +45,11 @@ def register(sub: Any) -> None:
     p.add_argument("--id", dest="task_id", help="task id (default: random); reuse it to deduplicate")
     p.add_argument("--count", type=int, default=1, help="publish the payload N times (default 1)")
     p.add_argument("--wait", action="store_true", help="wait for each task's result and print it")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="with --wait: print each task's stream events live, then the result",
+    )
     p.add_argument("--timeout-s", type=float, default=30.0, help="result wait (default %(default)s)")
     p.add_argument("--nats-url", help="NATS server (default: $AGENTBUS_NATS_URL or a running `agentbus up`)")
     p.set_defaults(run=run)
@@ -72,16 +80,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _publish(args: argparse.Namespace) -> int:
-    nc = await connect(resolve_nats_url(args.nats_url), name="agentbus-publish")
+    nc = await connect(resolve_nats_url(args.nats_url), name="agentbus-publish", first_connect_timeout_s=5.0)
     failed = 0
     out = sys.stdout
     enc = msgspec.json.Encoder()
+    followed: dict[int, _Follower] = {}
     try:
         pub = Publisher(nc)
         pending: list[asyncio.Future[TaskRef] | asyncio.Task[Any]] = []
         for line in _tasks(args):
             tenant = line.tenant or args.tenant
             kind = line.kind or args.kind
+            if args.wait and args.stream:  # subscribe before publishing: core NATS keeps nothing
+                line.id = line.id or new_task_id()
+                followed[len(pending)] = await _Follower.start(nc, tenant, line.id, out)
             if args.wait:
                 call = pub.call(
                     tenant,
@@ -98,7 +110,7 @@ async def _publish(args: argparse.Namespace) -> int:
                         tenant, kind, line.payload, task_id=line.id, deadline=line.deadline
                     )
                 )
-        for fut in pending:
+        for n, fut in enumerate(pending):
             try:
                 res = await fut
             except AgentbusError as exc:
@@ -115,8 +127,40 @@ async def _publish(args: argparse.Namespace) -> int:
             else:
                 row = res
                 failed += 0 if res.ok else 1
+                if n in followed:
+                    await followed[n].finish()
             out.write(enc.encode(row).decode() + "\n")
         out.flush()
     finally:
         await nc.drain()
     return 1 if failed else 0
+
+
+class _Follower:
+    """Prints one task's stream events as they arrive (``--stream``)."""
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+        self._sub: Any = None
+        self._ended = asyncio.Event()  # set while the last event seen is a ``done``
+
+    @classmethod
+    async def start(cls, nc: Any, tenant: str, task_id: str, out: Any) -> _Follower:
+        follower = cls(out)
+        follower._sub = await nc.subscribe(stream_subject(tenant, task_id), cb=follower._on_event)
+        return follower
+
+    async def _on_event(self, msg: Any) -> None:
+        self._out.write(msg.data.decode(errors="replace") + "\n")
+        self._out.flush()
+        try:
+            done = isinstance(stream_event_decoder.decode(msg.data), DoneEvent)
+        except msgspec.DecodeError:
+            done = False
+        self._ended.set() if done else self._ended.clear()
+
+    async def finish(self) -> None:
+        """After the result: let the events still in flight print (briefly), then stop listening."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ended.wait(), 2.0)
+        await self._sub.unsubscribe()

@@ -1,0 +1,303 @@
+"""The LLM task agent: plan -> execute the steps as tool calls -> answer, with an audit trail.
+
+:func:`task_agent` builds an ordinary :class:`~agents.api.AgentSpec` (the handler is
+a :class:`TaskAgent`'s method), so the worker runs it like any agent. Each turn:
+
+1. the tenant's limits are checked (budget: rejected; rate: retried later);
+2. the brain plans (a ``plan`` span; the final turn's span is renamed ``answer``):
+   tool calls, or the answer, whose text streams out as ``token`` events;
+3. the calls run concurrently, each in a ``tool`` span; their outcomes, errors
+   included, are recorded and go back to the brain.
+
+Every decision and step is a :data:`~bus.messages.AuditEvent`, sent live on
+``results.<tenant>.<task_id>.stream`` and kept in the result. Bounds: ``max_turns``
+plans, ``max_steps`` tool calls and ``max_tool_errors`` failed calls per task; past
+one the task is rejected with the reason (DLQ ``rejected``). Model failures are
+mapped to fates: open breaker, rate limit, unavailable model -> ``Retry`` with the
+delay they carry; spent budget, refused request, unusable output -> ``Reject``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import msgspec
+
+from agentbus.errors import (
+    BudgetExceededError,
+    CircuitOpenError,
+    LLMError,
+    ModelOutputError,
+    ModelUnavailableError,
+    RateLimitedError,
+    Reject,
+    Retry,
+    TaskFate,
+)
+from agents.api import AgentSpec, Context
+from agents.llm.budget import LocalLimits, TenantLimits
+from agents.llm.client import ChatClient
+from agents.llm.config import LLMConfig
+from agents.llm.metrics import LLMCollector
+from agents.llm.planner import Brain, ModelBrain, PlannedCall, Run, Turn
+from agents.llm.tools import Toolbox, ToolOutcome
+from bus import tracing
+from bus.messages import AuditEvent, DecisionEvent, DoneEvent, StepEvent, TokenEvent, now
+
+__all__ = ["TaskAgent", "TaskIn", "TaskOut", "agent_of", "task_agent"]
+
+
+class TaskIn(msgspec.Struct):
+    """A request in natural language."""
+
+    request: str
+    stream: bool = True
+    """Send live events to ``results.<tenant>.<task_id>.stream``; bulk work nobody watches can
+    say ``false`` (the audit trail is in the result either way)."""
+
+
+class TaskOut(msgspec.Struct):
+    """The answer and the audit trail of every decision and tool call."""
+
+    answer: str
+    audit: list[AuditEvent]
+    brain: str
+    turns: int
+    tokens: int
+
+
+class _Events:
+    """Numbers and sends one attempt's stream events (numbered even when not sent)."""
+
+    __slots__ = ("attempt", "ctx", "on", "seq", "turn")
+
+    def __init__(self, ctx: Context, on: bool) -> None:
+        self.ctx = ctx
+        self.on = on
+        self.attempt = ctx.attempt
+        self.seq = 0
+        self.turn = 0
+
+    def next(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    async def token(self, text: str) -> None:
+        self.seq += 1
+        if self.on:
+            await self.ctx.stream(TokenEvent(seq=self.seq, text=text, turn=self.turn, attempt=self.attempt))
+
+    async def send(self, event: Any) -> None:
+        if self.on:
+            await self.ctx.stream(event)
+
+
+class TaskAgent:
+    """Runs tasks with a brain (model or offline), a toolbox and per-tenant limits."""
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        tools: Toolbox,
+        offline: Brain,
+        config: LLMConfig | None = None,
+        brain: Brain | None = None,
+        limits: TenantLimits | None = None,
+        max_inflight: int = 256,
+        timeout_s: float = 120.0,
+    ) -> None:
+        self.tools = tools
+        self._offline = offline
+        self._config = config
+        self._brain = brain
+        self._limits = limits
+        self.config: LLMConfig | None = None
+        self.brain: Brain = offline
+        self.client: ChatClient | None = None
+        self.limits: TenantLimits | None = None
+        self.tokens: dict[str, int] = {}
+        self.tool_calls: dict[tuple[str, bool], int] = {}
+        self._traced = False
+        self.spec: AgentSpec[TaskIn, TaskOut] = AgentSpec(
+            kind=kind,
+            input=TaskIn,
+            output=TaskOut,
+            handler=self.handle,
+            max_inflight=max_inflight,
+            timeout_s=timeout_s,
+            collector=LLMCollector(self),
+        )
+
+    def setup(self) -> None:
+        """Resolve configuration (``AGENTBUS_LLM_*`` when none was given), the brain and the limits; once."""
+        if self.config is not None:
+            return
+        cfg = self._config or LLMConfig.from_env()
+        if self._brain is not None:
+            self.brain = self._brain
+        elif not cfg.offline:
+            self.client = ChatClient(cfg)
+            self.brain = ModelBrain(self.client, cfg)
+        self.limits = self._limits or LocalLimits(cfg.limits)
+        self._traced = tracing.enabled()
+        self.config = cfg
+
+    async def aclose(self) -> None:
+        """Close the model client's connections."""
+        if self.client is not None:
+            await self.client.aclose()
+
+    async def handle(self, ctx: Context, task: TaskIn) -> TaskOut:
+        """The handler: run the loop, map LLM failures to the task's fate."""
+        self.setup()
+        events = _Events(ctx, task.stream)
+        try:
+            out = await self._run(ctx, task, events)
+        except (LLMError, TaskFate) as exc:
+            fate = _fate(exc)
+            await events.send(DoneEvent(seq=events.next(), ok=False, error=str(exc), attempt=events.attempt))
+            if fate is exc:
+                raise
+            raise fate from exc
+        await events.send(DoneEvent(seq=events.next(), ok=True, attempt=events.attempt))
+        return out
+
+    async def _run(self, ctx: Context, task: TaskIn, events: _Events) -> TaskOut:
+        cfg, limits, brain = self.config, self.limits, self.brain
+        assert cfg is not None
+        assert limits is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.spec.timeout_s  # the runner cancels the attempt then
+        if ctx.deadline is not None:
+            deadline = min(deadline, loop.time() + ctx.deadline - now())
+        run = Run(task.request, ctx.tenant, self.tools, events.token, deadline)
+        audit: list[AuditEvent] = []
+        tokens = steps = errors = 0
+        last_error = ""
+        for turn in range(cfg.max_turns):
+            events.turn = turn
+            limits.check(ctx.tenant)
+            with tracing.maybe_span(self._traced, "plan", turn=turn, brain=brain.name) as span:
+                plan = await brain.plan(run)
+                if span is not None and not plan.calls:
+                    span.update_name("answer")
+            limits.charge(ctx.tenant, plan.tokens)
+            tokens += plan.tokens
+            self.tokens[ctx.tenant] = self.tokens.get(ctx.tenant, 0) + plan.tokens
+            if not plan.calls and not plan.text.strip():
+                errors += 1
+                last_error = "the model returned neither tool calls nor an answer"
+                run.nudge = "Reply with tool calls or with your final answer."
+            else:
+                run.nudge = ""
+                final = not plan.calls
+                decision = DecisionEvent(
+                    seq=events.next(),
+                    turn=turn,
+                    brain=brain.name,
+                    tools=[c.tool for c in plan.calls],
+                    final=final,
+                    text=plan.text,
+                    tokens=plan.tokens,
+                    attempt=events.attempt,
+                )
+                audit.append(decision)
+                await events.send(decision)
+                if final:
+                    return TaskOut(plan.text, audit, brain.name, turn + 1, tokens)
+                steps += len(plan.calls)
+                if steps > cfg.max_steps:
+                    raise ModelOutputError(
+                        f"step bound: {steps} tool calls planned, max_steps is {cfg.max_steps}"
+                    )
+                if len(plan.calls) == 1:  # the common case: no gather() machinery
+                    outcomes = [await self._step(ctx, plan.calls[0])]
+                else:
+                    outcomes = await asyncio.gather(*(self._step(ctx, call) for call in plan.calls))
+                for index, (call, (outcome, ms)) in enumerate(zip(plan.calls, outcomes, strict=True)):
+                    step = StepEvent(
+                        seq=events.next(),
+                        turn=turn,
+                        step=steps - len(plan.calls) + index,
+                        tool=call.tool,
+                        arguments=call.arguments,
+                        ok=outcome.ok,
+                        result=outcome.result,
+                        error=outcome.error,
+                        duration_ms=ms,
+                        attempt=events.attempt,
+                    )
+                    audit.append(step)
+                    await events.send(step)
+                    if not outcome.ok:
+                        errors += 1
+                        last_error = outcome.error
+                run.turns.append(Turn(plan, [o for o, _ in outcomes]))
+            if errors > cfg.max_tool_errors:
+                raise ModelOutputError(
+                    f"{errors} unusable model outputs (max_tool_errors {cfg.max_tool_errors});"
+                    f" last: {last_error}"
+                )
+        raise ModelOutputError(f"no answer within max_turns={cfg.max_turns} (the step bound)")
+
+    async def _step(self, ctx: Context, call: PlannedCall) -> tuple[ToolOutcome, float]:
+        started = time.perf_counter()
+        with tracing.maybe_span(self._traced, "tool", tool=call.tool):
+            outcome = await self.tools.call(ctx, call.tool, call.arguments)
+        key = (call.tool, outcome.ok)
+        self.tool_calls[key] = self.tool_calls.get(key, 0) + 1
+        return outcome, round((time.perf_counter() - started) * 1000, 3)
+
+
+def _fate(exc: LLMError | TaskFate) -> TaskFate:
+    """The fate of a task that ended with ``exc``."""
+    if isinstance(exc, TaskFate):
+        return exc
+    if isinstance(exc, CircuitOpenError | RateLimitedError):
+        # spread the returns over +20% so a burst of nakked tasks does not come back at once
+        return Retry(str(exc), delay_s=exc.retry_after_s * (1 + 0.2 * random.random()))
+    if isinstance(exc, ModelUnavailableError):
+        return Retry(str(exc), delay_s=exc.retry_after_s)
+    if isinstance(exc, BudgetExceededError):
+        return Reject(str(exc))
+    if isinstance(exc, ModelOutputError):
+        return Reject(f"model output unusable: {exc}")
+    return Reject(str(exc))  # ModelHTTPError and the rest: retrying the same request cannot help
+
+
+def task_agent(
+    *,
+    kind: str,
+    tools: Toolbox,
+    offline: Brain,
+    config: LLMConfig | None = None,
+    brain: Brain | None = None,
+    limits: TenantLimits | None = None,
+    max_inflight: int = 256,
+    timeout_s: float = 120.0,
+) -> AgentSpec[TaskIn, TaskOut]:
+    """An LLM task agent for ``kind``: the model of ``config`` (default: ``AGENTBUS_LLM_*``,
+    read at the first task), else the ``offline`` brain; ``brain`` overrides both."""
+    agent = TaskAgent(
+        kind=kind,
+        tools=tools,
+        offline=offline,
+        config=config,
+        brain=brain,
+        limits=limits,
+        max_inflight=max_inflight,
+        timeout_s=timeout_s,
+    )
+    return agent.spec
+
+
+def agent_of(spec: AgentSpec[Any, Any]) -> TaskAgent:
+    """The :class:`TaskAgent` behind a spec made by :func:`task_agent`."""
+    owner = getattr(spec.handler, "__self__", None)
+    if not isinstance(owner, TaskAgent):
+        raise TypeError(f"agent {spec.kind} was not made by task_agent()")
+    return owner

@@ -1,0 +1,121 @@
+"""LLM configuration: typed, keyword-only, read from the environment once, at the edge.
+
+With no ``base_url`` the task agent thinks with the deterministic offline brain, so
+nothing needs a model; setting ``AGENTBUS_LLM_BASE_URL`` (and a model) switches it to
+an OpenAI-compatible endpoint: vLLM, Ollama (``http://localhost:11434/v1``),
+llama.cpp server, LiteLLM or a hosted API. The API key comes from
+``AGENTBUS_LLM_API_KEY`` or, for Kubernetes Secrets mounted as files, from the file
+named by ``AGENTBUS_LLM_API_KEY_FILE``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from agentbus.errors import ConfigError
+
+__all__ = ["BreakerConfig", "LLMConfig", "LimitsConfig", "RetryConfig"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RetryConfig:
+    """Retries of one model call on 429, 5xx and connection failures."""
+
+    attempts: int = 4  # tries per call, the first included
+    base_s: float = 0.25  # first backoff; doubles, with full jitter
+    max_s: float = 8.0  # cap of one backoff and of a Retry-After honoured in place
+    # A longer Retry-After (or one past the deadline) ends the call: the task is
+    # nakked with that delay instead of holding a worker slot while it waits.
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BreakerConfig:
+    """One circuit breaker per model endpoint (closed / open / half-open)."""
+
+    failure_threshold: int = 5  # consecutive failed attempts that open it
+    open_s: float = 10.0  # how long it stays open before one probe is let through
+    half_open_probes: int = 1  # concurrent probes while half-open
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LimitsConfig:
+    """Per-tenant limits (per process until the shared counters of the state store back them)."""
+
+    token_budget: int | None = None  # model tokens per tenant per window; None: unlimited
+    budget_window_s: float = 86_400.0  # a day
+    requests_per_s: float | None = None  # model calls per tenant; None: unlimited
+    burst: int = 20  # calls a quiet tenant may make at once
+    tenant_budgets: Mapping[str, int] = field(default_factory=dict)  # overrides token_budget
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LLMConfig:
+    """Where the model is and how the task agent uses it."""
+
+    base_url: str = ""  # e.g. http://127.0.0.1:8000/v1; empty: the offline brain
+    model: str = ""
+    api_key: str = field(default="", repr=False)
+    stream: bool = True  # ask for SSE and stream tokens to results.<tenant>.<id>.stream
+    temperature: float | None = 0.0  # deterministic plans; None: the server's default
+    max_tokens: int | None = None  # per completion; None: the server's default
+    request_timeout_s: float = 60.0  # one attempt, capped by the task's deadline
+    connect_timeout_s: float = 10.0
+    max_turns: int = 8  # model turns (plans) per task: the step bound
+    max_steps: int = 16  # tool calls per task
+    max_tool_errors: int = 3  # bad tool calls fed back to the model before the task is rejected
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    def __post_init__(self) -> None:
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"AGENTBUS_LLM_BASE_URL must be an http(s) URL, not {self.base_url!r}")
+        if self.base_url and not self.model:
+            raise ConfigError("a model endpoint needs a model name (AGENTBUS_LLM_MODEL)")
+        if self.max_turns < 1 or self.max_steps < 1 or self.max_tool_errors < 0:
+            raise ConfigError("need max_turns >= 1, max_steps >= 1 and max_tool_errors >= 0")
+        if self.retry.attempts < 1 or self.breaker.failure_threshold < 1:
+            raise ConfigError("need retry.attempts >= 1 and breaker.failure_threshold >= 1")
+
+    @property
+    def offline(self) -> bool:
+        """True when no model endpoint is configured (the offline brain thinks)."""
+        return not self.base_url
+
+    def with_(self, **changes: Any) -> LLMConfig:
+        """A copy with ``changes``."""
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> LLMConfig:
+        """Defaults overlaid with ``AGENTBUS_LLM_*`` variables."""
+        env = os.environ if environ is None else environ
+        key = env.get("AGENTBUS_LLM_API_KEY", "")
+        key_file = env.get("AGENTBUS_LLM_API_KEY_FILE", "")
+        if key_file and not key:
+            try:
+                with open(key_file) as f:
+                    key = f.read().strip()
+            except OSError as exc:
+                raise ConfigError(f"AGENTBUS_LLM_API_KEY_FILE={key_file!r}: {exc}") from exc
+        limits: dict[str, Any] = {}
+        try:
+            if env.get("AGENTBUS_LLM_TENANT_TOKEN_BUDGET"):
+                limits["token_budget"] = int(env["AGENTBUS_LLM_TENANT_TOKEN_BUDGET"])
+            if env.get("AGENTBUS_LLM_TENANT_RPS"):
+                limits["requests_per_s"] = float(env["AGENTBUS_LLM_TENANT_RPS"])
+            stream = env.get("AGENTBUS_LLM_STREAM", "1").lower() not in ("0", "false", "no")
+            timeout_s = float(env.get("AGENTBUS_LLM_TIMEOUT_S", "60"))
+        except ValueError as exc:
+            raise ConfigError(f"AGENTBUS_LLM_*: {exc}") from exc
+        return cls(
+            base_url=env.get("AGENTBUS_LLM_BASE_URL", ""),
+            model=env.get("AGENTBUS_LLM_MODEL", ""),
+            api_key=key,
+            stream=stream,
+            request_timeout_s=timeout_s,
+            limits=LimitsConfig(**limits),
+        )

@@ -1,0 +1,242 @@
+"""Benchmark: one worker process running thousands of concurrent LLM tasks against a slow model.
+
+    python -m loadtest.bench_llm [--inflight 2000] [--delay-ms 200] [--tasks N]
+
+Three processes on loopback besides this driver: nats-server, the scripted
+OpenAI-compatible server (``loadtest.llm_server``: every answer after
+``--delay-ms``) and one ``agentbus worker`` serving the built-in ``assistant``
+agent with ``--max-inflight`` slots and the model configured through
+``AGENTBUS_LLM_*``. Each task is plan (a ``check_inventory`` tool call) -> tool ->
+answer: two model calls, so the ideal rate is ``inflight / (2 * delay)`` tasks/s.
+
+The rate is measured between 20 % and 90 % of the results (ramp-up and tail left
+out). Memory: the worker's RSS idle (after a warm-up round), then with every slot
+holding a task whose model call takes 5 s; ``rss_per_inflight_kb = (held - idle) /
+inflight``. Last, the HTTP layer alone: ``ChatClient`` calls at the same concurrency
+from this process (``client_*``), which separates the client's cost from the worker's.
+Ends with one JSON line: rate, ideal, overhead_pct, rss_per_inflight_kb and the details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+import psutil
+
+from agents.llm import ChatClient, LLMConfig
+from agents.llm.chat import ChatRequest, Message
+from bus.connection import connect
+from bus.embedded import EmbeddedNats, free_port
+from bus.publisher import Publisher, TaskSpec
+from bus.topology import ensure_streams
+
+__all__ = ["main"]
+
+KIND = "assistant"
+TENANT = "bench"
+
+
+def _start_model(delay_ms: float) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadtest.llm_server", "--delay-ms", str(delay_ms)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # readiness from the server itself
+    if not line.startswith("listening "):
+        proc.kill()
+        raise RuntimeError(f"scripted model did not start: {line!r}")
+    return proc, line.split()[1]
+
+
+def _start_worker(nats_url: str, model_url: str, inflight: int, port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "AGENTBUS_LLM_BASE_URL": model_url,
+        "AGENTBUS_LLM_MODEL": "scripted",
+        "AGENTBUS_LLM_STREAM": "0",
+    }
+    argv = [sys.executable, "-m", "agentbus", "worker", "--nats-url", nats_url]
+    argv += ["--agents", "agents.builtin.assistant", "--max-inflight", str(inflight)]
+    argv += ["--http-port", str(port), "--worker-id", "bench-llm"]
+    return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+
+
+def _metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+async def _wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}")
+        if await asyncio.to_thread(_ready, port):
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("worker not ready after 60 s")
+
+
+async def _round(
+    pub: Publisher, nc: Any, n: int, tag: str, stream: bool, text: str = "customer U1 buys 1 of PROD-001"
+) -> list[float]:
+    """Publish ``n`` tasks and return the arrival time of each result, in arrival order."""
+    arrivals: list[float] = []
+    failed: list[str] = []
+    done = asyncio.Event()
+
+    prefix = f"results.{TENANT}.{tag}-"
+
+    async def on_result(msg: Any) -> None:
+        if not msg.subject.startswith(prefix):
+            return
+        if b'"ok":false' in msg.data:
+            failed.append(msg.data.decode()[:300])
+        arrivals.append(time.perf_counter())
+        if len(arrivals) >= n:
+            done.set()
+
+    sub = await nc.subscribe(f"results.{TENANT}.*", cb=on_result)
+    request = {"request": text, "stream": stream}
+    specs = (TaskSpec(TENANT, KIND, request, task_id=f"{tag}-{i}") for i in range(n))
+    await pub.submit_many(specs)
+    await asyncio.wait_for(done.wait(), timeout=max(120.0, n / 200))
+    await sub.unsubscribe()
+    if failed:
+        raise RuntimeError(f"{len(failed)} tasks failed, e.g. {failed[0]}")
+    return arrivals
+
+
+async def _memory(pub: Publisher, nc: Any, port: int, pid: int, inflight: int) -> tuple[int, int]:
+    """RSS idle, and with every slot holding a task waiting on the model (``__hold__`` requests)."""
+    rss_idle = psutil.Process(pid).memory_info().rss
+    held = asyncio.ensure_future(_round(pub, nc, inflight, "hold", True, text="__hold__"))
+    gauge = f'agentbus_inflight{{kind="{KIND}"}}'
+    for _ in range(1200):
+        if await asyncio.to_thread(_metric, port, gauge) >= inflight:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise RuntimeError(f"the worker never held {inflight} tasks")
+    rss_held = psutil.Process(pid).memory_info().rss
+    await held
+    return rss_idle, rss_held
+
+
+async def _client_only(model_url: str, concurrency: int, seconds: float = 6.0) -> tuple[float, float]:
+    """The HTTP layer alone: ``ChatClient`` calls/s at ``concurrency``, and CPU us per call."""
+    config = LLMConfig(base_url=model_url, model="scripted", stream=False)
+    client = ChatClient(config)
+    request = ChatRequest(model="scripted", messages=[Message("user", "customer U1 buys 1 of PROD-001")])
+    calls = 0
+    stop = time.monotonic() + seconds
+
+    async def loop() -> None:
+        nonlocal calls
+        while time.monotonic() < stop:
+            await client.chat(request)
+            calls += 1
+
+    runs = asyncio.gather(*(loop() for _ in range(concurrency)))
+    await asyncio.sleep(seconds / 3)  # connections are open and warm from here on
+    n0, t0, c0 = calls, time.monotonic(), time.process_time()
+    await asyncio.sleep(seconds / 2)
+    n1, t1, c1 = calls, time.monotonic(), time.process_time()
+    await runs
+    await client.aclose()
+    return (n1 - n0) / (t1 - t0), (c1 - c0) / max(1, n1 - n0) * 1e6
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark; the summary as a dict."""
+    ideal = args.inflight / (2 * args.delay_ms / 1000)
+    tasks = args.tasks or int(ideal * 12)
+    with EmbeddedNats() as nats:
+        model, model_url = _start_model(args.delay_ms)
+        port = free_port()
+        worker = _start_worker(nats.url, model_url, args.inflight, port)
+        try:
+            nc = await connect(nats.url, name="bench-llm")
+            await ensure_streams(nc.jetstream())
+            pub = Publisher(nc, max_pending_acks=8192)
+            await _wait_ready(port, worker)
+            await _round(pub, nc, min(args.inflight, 500), "warm", not args.no_events)
+            rss_idle, rss_held = await _memory(pub, nc, port, worker.pid, args.inflight)
+            cpu0 = psutil.Process(worker.pid).cpu_times()
+            arrivals = await _round(pub, nc, tasks, "run", not args.no_events)
+            cpu1 = psutil.Process(worker.pid).cpu_times()
+            await nc.close()
+            worker.terminate()
+            worker.wait(60)
+            client_rate, client_cpu_us = await _client_only(model_url, args.inflight)
+        finally:
+            if worker.poll() is None:
+                worker.terminate()
+                worker.wait(60)
+            model.terminate()
+            model.wait(10)
+    lo, hi = int(len(arrivals) * 0.2), int(len(arrivals) * 0.9)
+    rate = (hi - lo) / (arrivals[hi - 1] - arrivals[lo])
+    cpu_s = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+    return {
+        "bench": "llm",
+        "inflight": args.inflight,
+        "delay_ms": args.delay_ms,
+        "stream_events": not args.no_events,
+        "tasks": tasks,
+        "rate": round(rate, 1),
+        "ideal": round(ideal, 1),
+        "overhead_pct": round((1 - rate / ideal) * 100, 2),
+        "rss_idle_mib": round(rss_idle / 2**20, 1),
+        "rss_held_mib": round(rss_held / 2**20, 1),
+        "rss_per_inflight_kb": round((rss_held - rss_idle) / args.inflight / 1024, 1),
+        "worker_cpu_us_per_task": round(cpu_s / tasks * 1e6, 1),
+        # the HTTP layer alone at the same concurrency (one model call per request)
+        "client_rate": round(client_rate, 1),
+        "client_ideal": round(args.inflight / (args.delay_ms / 1000), 1),
+        "client_overhead_pct": round((1 - client_rate * args.delay_ms / 1000 / args.inflight) * 100, 2),
+        "client_cpu_us_per_call": round(client_cpu_us, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: prints the summary as one JSON line."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--inflight", type=int, default=2000, help="worker slots (concurrent LLM tasks)")
+    parser.add_argument("--delay-ms", type=float, default=200.0, help="the model's answer time")
+    parser.add_argument(
+        "--tasks", type=int, default=0, help="tasks in the measured round (default: 12 s worth)"
+    )
+    parser.add_argument(
+        "--no-events", action="store_true", help='tasks say "stream": false (no live events, audit kept)'
+    )
+    args = parser.parse_args(argv)
+    summary = asyncio.run(run(args))
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
