@@ -1,0 +1,1 @@
+"""Chart tests: render, lint, validate, schema, policy and CLI checks of helm/agentbus."""

@@ -1,0 +1,220 @@
+"""Must show 5: the command lines in the chart are the ones the CLI accepts.
+
+The rendered args go through the real parser (``agents.cli.build_parser``) and on into the
+same ``config_from_args`` the commands run, with the container's environment (ConfigMap and
+env entries) in place; a subprocess ``--help`` smoke checks the installed console script too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents.cli import build_parser
+from agents.cli import scaler as scaler_cli
+from agents.cli import worker as worker_cli
+from agents.config import WorkerConfig
+from agents.registry import Registry
+from scaler.config import ScalerConfig
+
+from ._chart import CHART, NAMESPACE, RELEASE, Rendered
+
+SECRET_URL = "nats://user:secret@nats.nats.svc:4222"  # what the Secret would hold
+AGENTBUS = str(Path(sys.executable).parent / "agentbus")
+
+
+def component_containers(rendered: Rendered, component: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(workload, container) pairs of one component."""
+    return [
+        (obj, c)
+        for obj in rendered.workloads()
+        if obj["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == component
+        for c in obj["spec"]["template"]["spec"]["containers"]
+    ]
+
+
+def container_env(rendered: Rendered, container: dict[str, Any], pod_name: str) -> dict[str, str]:
+    """The environment Kubernetes would give the container (Secrets replaced by SECRET_URL)."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        name = source["configMapRef"]["name"]
+        env.update(next(c for c in rendered.of_kind("ConfigMap") if c["metadata"]["name"] == name)["data"])
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        elif "secretKeyRef" in var["valueFrom"]:
+            env[var["name"]] = SECRET_URL
+        elif "fieldRef" in var["valueFrom"]:
+            assert var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+            env[var["name"]] = pod_name
+    return env
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """No AGENTBUS_* from the test runner, and no `agentbus up` state file in the cwd."""
+    for var in list(os.environ):
+        if var.startswith("AGENTBUS_"):
+            monkeypatch.delenv(var)
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch
+
+
+def test_worker_args_and_env_make_the_intended_config(
+    rendered: Rendered, clean_env: pytest.MonkeyPatch
+) -> None:
+    workers = component_containers(rendered, "agent")
+    assert workers
+    for obj, c in workers:
+        kind = obj["metadata"]["labels"]["agentbus.io/kind"]
+        args = build_parser().parse_args(c["args"])
+        assert args.command == "worker"
+        for var, value in container_env(rendered, c, "pod-0").items():
+            clean_env.setenv(var, value)
+        config: WorkerConfig = worker_cli.config_from_args(args)
+        assert config.kinds == (kind,)
+        assert config.agent_modules == tuple(args.agents)
+        assert kind in Registry.from_modules(config.agent_modules)  # the image's modules serve it
+        assert config.http_host == "0.0.0.0"
+        assert config.http_port == c["ports"][0]["containerPort"] == 8080
+        grace_s = obj["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert config.drain_timeout_s + 15 <= grace_s
+        assert config.stream_limits.replicas == 3  # R3: the chart's NATS cluster
+        assert config.worker_id == "pod-0"
+        assert config.nats_url in (SECRET_URL, "nats://nats.nats.svc:4222")
+        assert config.provision is True
+        for var in c["env"]:
+            clean_env.delenv(var["name"])
+
+
+def test_worker_settings_reach_the_config(full: Rendered, clean_env: pytest.MonkeyPatch) -> None:
+    by_kind = {
+        obj["metadata"]["labels"]["agentbus.io/kind"]: c for obj, c in component_containers(full, "agent")
+    }
+    c = by_kind["summarize"]
+    for var, value in container_env(full, c, "pod-1").items():
+        clean_env.setenv(var, value)
+    config = worker_cli.config_from_args(build_parser().parse_args(c["args"]))
+    assert config.max_inflight == 64
+    assert config.drain_timeout_s == 55
+    assert config.tenants == frozenset({"acme", "globex", "helm-test"})
+    assert config.consumer_info_interval_s == 1
+    assert config.nats_url == SECRET_URL
+
+
+def test_no_provision_flag_is_accepted(
+    render: Callable[..., Rendered], clean_env: pytest.MonkeyPatch
+) -> None:
+    out = render({"agents": {"provision": False}})
+    ((_, c),) = component_containers(out, "agent")
+    assert worker_cli.config_from_args(build_parser().parse_args(c["args"])).provision is False
+
+
+def test_scaler_args_and_config_file_make_the_intended_config(
+    full: Rendered, clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (config_map,) = [c for c in full.of_kind("ConfigMap") if c["metadata"]["name"].endswith("-scaler")]
+    agent_deployments = {d["metadata"]["name"] for d, _ in component_containers(full, "agent")}
+    scalers = component_containers(full, "scaler")
+    assert len(scalers) == 2
+    for n, (_, c) in enumerate(scalers):
+        args = list(c["args"])
+        mounted = args[args.index("--config") + 1]
+        assert mounted.startswith("/etc/agentbus/scaler/")
+        local = tmp_path / Path(mounted).name
+        local.write_text(config_map["data"][Path(mounted).name])
+        args[args.index("--config") + 1] = str(local)
+        parsed = build_parser().parse_args(args)
+        assert parsed.command == "scaler"
+        config: ScalerConfig = scaler_cli.config_from_args(parsed)
+        kind = c["name"].removeprefix("scale-")
+        assert config.kubernetes.deployment == f"{RELEASE}-agentbus-agent-{kind}"
+        assert config.kubernetes.deployment in agent_deployments
+        assert config.kubernetes.namespace == NAMESPACE
+        assert config.kubernetes.metrics_port == 8080
+        assert config.prometheus.url == "http://kube-prometheus-stack-prometheus.monitoring.svc:9090"
+        assert f'agentbus_io_kind="{kind}"' in config.prometheus.selector
+        assert 'job="agentbus"' in config.prometheus.selector
+        assert config.interval_s == 10
+        assert config.policy.down_window_s == 120
+        assert config.http_port == 9100 + n == c["ports"][0]["containerPort"]
+        assert config.dry_run is False
+        bounds = {"echo": (2, 20, 256.0), "summarize": (3, 12, 64.0)}[kind]
+        targets = {m.name: m.target for m in config.policy.metrics}
+        assert (config.policy.min_replicas, config.policy.max_replicas, targets["queue_depth"]) == bounds
+        assert targets["cpu"] == 0.7
+
+
+def test_helm_test_job_args_are_a_valid_publish(rendered: Rendered) -> None:
+    ((_, c),) = component_containers(rendered, "test")
+    args = build_parser().parse_args(c["args"])
+    assert args.command == "publish"
+    assert args.kind == "echo"
+    assert json.loads(args.payload) == {"text": "hello from helm test"}
+    assert args.wait is True
+    assert args.tenant == "helm-test"
+    assert args.timeout_s > 0
+
+
+def _flags(args: list[str]) -> set[str]:
+    return {a for a in args if a.startswith("--")}
+
+
+@pytest.mark.parametrize("command", ["worker", "scaler"])
+def test_the_installed_command_documents_every_flag_the_chart_uses(full: Rendered, command: str) -> None:
+    component = {"worker": "agent", "scaler": "scaler"}[command]
+    used = set().union(*(_flags(c["args"]) for _, c in component_containers(full, component)))
+    used -= {"--log-level"}  # a flag of `agentbus` itself, before the subcommand
+    out = subprocess.run(
+        [AGENTBUS, command, "--help"], capture_output=True, text=True, timeout=30, check=True
+    )
+    offered = set(re.findall(r"--[a-z][-a-z]*", out.stdout))
+    assert used
+    assert used <= offered, used - offered
+
+
+def test_locust_options_are_ones_the_locustfile_accepts(full: Rendered, tmp_path: Path) -> None:
+    """Locust's parser with the locustfile's own options, in a subprocess: importing locust
+    monkey-patches the whole process with gevent."""
+    (config_map,) = [c for c in full.of_kind("ConfigMap") if c["metadata"]["name"].endswith("-locust")]
+    conf = tmp_path / "locust.conf"
+    conf.write_text(config_map["data"]["locust.conf"])
+    checks = []
+    for _, c in component_containers(full, "locust-master") + component_containers(full, "locust-worker"):
+        assert c["command"] == ["locust"]
+        checks.append([str(conf) if a == "/etc/locust/locust.conf" else a for a in c["args"]])
+    script = (
+        "import json, sys\n"
+        "import loadtest.locustfile  # registers --task-rate and --result-timeout-s\n"
+        "from locust.argument_parser import get_parser\n"
+        "out = []\n"
+        "for args in json.loads(sys.argv[1]):\n"
+        "    o = get_parser().parse_args(args)\n"
+        "    out.append([o.master, o.worker, o.locustfile, o.tags, o.num_users, o.task_rate,\n"
+        "                o.run_time, o.expect_workers, o.autostart])\n"
+        "print(json.dumps(out))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(checks)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    master, worker = json.loads(run.stdout.strip().splitlines()[-1])
+    run_time_s = 15 * 60
+    assert master == [True, False, "/app/loadtest/locustfile.py", ["spike"], 200, 5.0, run_time_s, 3, True]
+    assert worker[:4] == [False, True, "/app/loadtest/locustfile.py", ["spike"]]
+
+
+def test_locust_scenarios_are_the_ones_slo_toml_defines() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    offered = schema["properties"]["locust"]["properties"]["scenario"]["enum"]
+    defined = tomllib.loads((CHART.parents[1] / "loadtest" / "slo.toml").read_text())
+    assert sorted(offered) == sorted(defined)
