@@ -17,17 +17,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import msgspec
 from prometheus_client.registry import Collector
 
-from agentbus.errors import ConfigError
+from agentbus.errors import ConfigError, StateError
 from bus.messages import encode
 from bus.publisher import TaskRef
 from bus.subjects import check_token, stream_subject
 
-__all__ = ["AgentSpec", "Context", "Handler", "agent"]
+if TYPE_CHECKING:
+    from state.store import Store
+
+__all__ = ["AgentSpec", "Context", "Handler", "Stores", "agent"]
+
+Stores = Callable[[str], "Store"]
+"""The worker's tenant -> :class:`~state.store.Store` lookup; a Context applies it to its own tenant only."""
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -42,7 +48,7 @@ class _Submit(Protocol):
 class Context:
     """What a handler knows about its task; the tenant is fixed by the subject."""
 
-    __slots__ = ("_emit", "_submit", "attempt", "deadline", "kind", "log", "task_id", "tenant")
+    __slots__ = ("_emit", "_stores", "_submit", "attempt", "deadline", "kind", "log", "task_id", "tenant")
 
     def __init__(
         self,
@@ -55,6 +61,7 @@ class Context:
         log: logging.LoggerAdapter[logging.Logger],
         submit: _Submit,
         emit: Callable[[str, bytes], Awaitable[None]],
+        stores: Stores | None = None,
     ) -> None:
         self.tenant = tenant
         self.kind = kind
@@ -65,6 +72,19 @@ class Context:
         self.log = log
         self._submit = submit
         self._emit = emit
+        self._stores = stores
+
+    @property
+    def state(self) -> Store:
+        """This task's tenant's shared state: counters, sets and registers every worker sees.
+
+        Only this tenant's: nothing here takes a tenant, and the store reaches no other
+        tenant's entries. Reads show this worker's writes at once and other workers'
+        after gossip (a few rounds, well under a second). See docs/state.md.
+        """
+        if self._stores is None:
+            raise StateError("this context has no shared state: it was not made by a worker")
+        return self._stores(self.tenant)
 
     async def publish(
         self, kind: str, payload: Any, *, task_id: str | None = None, deadline: float | None = None

@@ -2,6 +2,12 @@
 
 Every ``AGENTBUS_*`` variable is read here and nowhere else; the CLI layers its
 flags on top. Units are in the names (``_s``, ``_bytes``).
+
+Shared tenant state (docs/state.md): every worker keeps a replica; ``gossip`` replicates
+it to the other workers over the worker's NATS connection (timings from
+``gossip_preset``: ``lan``, memberlist's LAN defaults with 200 ms rounds, or ``test``,
+about 10x faster for tests); ``redis_url`` adds snapshots in Redis (None: gossip only,
+state lives as long as some worker does).
 """
 
 from __future__ import annotations
@@ -15,9 +21,18 @@ from typing import Any
 from agentbus.errors import ConfigError
 from bus.topology import StreamLimits
 
-__all__ = ["DEFAULT_NATS_URL", "UP_STATE_FILE", "WorkerConfig", "read_up_state", "resolve_nats_url"]
+__all__ = [
+    "DEFAULT_NATS_URL",
+    "GOSSIP_PRESETS",
+    "UP_STATE_FILE",
+    "WorkerConfig",
+    "read_up_state",
+    "resolve_nats_url",
+]
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+GOSSIP_PRESETS = ("lan", "test")
+"""``GossipConfig.lan()`` (production) and ``GossipConfig.for_tests()`` (timings ~10x shorter)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -42,6 +57,9 @@ class WorkerConfig:
     sweep_interval_s: float = 10.0
     consumer_info_interval_s: float = 5.0  # how often pending counts are read for /metrics (autoscale: 1)
     stream_limits: StreamLimits = field(default_factory=StreamLimits)
+    gossip: bool = True  # replicate shared state to the other workers; off: this process's state only
+    gossip_preset: str = "lan"  # one of GOSSIP_PRESETS
+    redis_url: str | None = None  # snapshots of shared state in Redis; None: gossip only
 
     def __post_init__(self) -> None:
         if self.drain_timeout_s < 0 or self.ack_wait_s <= 0 or self.max_deliver < 1:
@@ -52,6 +70,8 @@ class WorkerConfig:
             raise ConfigError("consumer_info_interval_s must be > 0")
         if self.max_inflight is not None and self.max_inflight < 1:
             raise ConfigError("max_inflight must be >= 1")
+        if self.gossip_preset not in GOSSIP_PRESETS:
+            raise ConfigError(f"gossip_preset must be one of {', '.join(GOSSIP_PRESETS)}")
 
     @property
     def worker_name(self) -> str:
@@ -77,6 +97,7 @@ class WorkerConfig:
             "AGENTBUS_ACK_WAIT_S": ("ack_wait_s", float),
             "AGENTBUS_MAX_DELIVER": ("max_deliver", int),
             "AGENTBUS_CONSUMER_INFO_INTERVAL_S": ("consumer_info_interval_s", float),
+            "AGENTBUS_GOSSIP_PRESET": ("gossip_preset", str),
         }
         for var, (name, typ) in conv.items():
             if var in env:
@@ -88,6 +109,10 @@ class WorkerConfig:
             out["agent_modules"] = tuple(m for m in env["AGENTBUS_AGENTS"].split(",") if m)
         if "AGENTBUS_KINDS" in env:
             out["kinds"] = tuple(k for k in env["AGENTBUS_KINDS"].split(",") if k)
+        if env.get("AGENTBUS_REDIS_URL"):
+            out["redis_url"] = env["AGENTBUS_REDIS_URL"]
+        if "AGENTBUS_GOSSIP" in env:
+            out["gossip"] = env["AGENTBUS_GOSSIP"].strip().lower() not in ("0", "false", "no", "off")
         if env.get("AGENTBUS_TENANTS"):
             out["tenants"] = frozenset(env["AGENTBUS_TENANTS"].split(","))
         if env.get("AGENTBUS_STREAM_REPLICAS"):  # R3 on a NATS cluster (the Helm chart sets it)

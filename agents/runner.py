@@ -34,7 +34,7 @@ from nats.aio.msg import Msg
 
 from agentbus.errors import Reject, Retry
 from agents._eager import start_eager
-from agents.api import AgentSpec, Context
+from agents.api import AgentSpec, Context, Stores
 from agents.metrics import KindStats, Outcome
 from agents.tenancy import _tenant
 from bus import tracing
@@ -104,6 +104,8 @@ class _Slot:
 
 class KindRunner:
     """Consumes one kind's durable consumer with at most ``max_inflight`` tasks at once."""
+
+    stores: Stores | None = None  # the worker installs its shared state (Context.state)
 
     def __init__(
         self,
@@ -267,6 +269,7 @@ class KindRunner:
             log=self._log,
             submit=self._submit,
             emit=self._emit,
+            stores=self.stores,
         )
         slot.timeout_s = timeout_s
         slot.in_handler = True

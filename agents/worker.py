@@ -5,6 +5,12 @@ holds; tasks already on their way are handed back at once (``-NAK`` without dela
 handlers get ``drain_timeout_s`` to finish; whatever still runs then is cancelled
 and handed back, so another replica takes it at once instead of after ack_wait;
 acks are flushed, the connection drained, exit 0.
+
+Shared tenant state (``agents.shared_state``) starts after the consumers' setup
+and before the first fetch, so the first handler already finds its tenant's store;
+it stops after the last handler and before the connection drains: the last counts
+are folded in, the worker leaves the live-agents set, hands its state to peers and
+flushes it to Redis.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from agents.lifecycle import Lifecycle, State
 from agents.metrics import StatsCollector, WorkerStats
 from agents.registry import Registry
 from agents.runner import KindRunner, RetryPolicy
+from agents.shared_state import SharedState
 from bus.connection import connect
 from bus.dlq import DeadLetterQueue
 from bus.publisher import Publisher
@@ -61,6 +68,8 @@ class Worker:
             if spec.collector is not None:  # an agent's own metrics (the LLM agents' breakers)
                 self.metrics.register(spec.collector)
         self.runners: list[KindRunner] = []
+        self.state = SharedState(config, name=self.name, stats=self.stats, registry=self.registry)
+        """Shared tenant state: this worker's replica, gossip, Redis snapshots (docs/state.md)."""
         self.http: HealthServer | None = None
         self._nc: Client | None = None
         self._background: list[asyncio.Task[Any]] = []
@@ -129,6 +138,8 @@ class Worker:
             self.runners.append(runner)
         await dlq.watch_max_deliveries()
         self._dlq = dlq
+        self.state.install(self.runners)
+        await self.state.start(nc)
         for runner in self.runners:
             await runner.consumer.start()
         served = {r.kind for r in self.runners}
@@ -181,6 +192,10 @@ class Worker:
             await self._dlq.close()
         for runner in self.runners:
             await runner.consumer.close()
+        try:
+            await self.state.stop()
+        except Exception as exc:  # the drain goes on: peers and Redis keep what they already have
+            log.warning("stopping shared state failed: %s", exc)
         if self._nc is not None and not self._nc.is_closed:
             try:
                 await asyncio.wait_for(self._nc.drain(), 10.0)  # flushes the last acks

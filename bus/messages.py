@@ -14,6 +14,9 @@ appending fields with defaults (msgspec decodes old and new messages alike).
   the original bytes, so a task can be inspected and replayed.
 * :data:`StreamEvent` (token, decision, step, done) travels on
   ``results.<tenant>.<task_id>.stream`` while a task runs (``Context.stream``).
+* :class:`StateQuery` is a request on ``agentbus.state.query``; one worker of the
+  queue group answers with a :class:`StateReport`: its replica's view of the shared
+  per-tenant usage counters and of the live agents (``agentbus status``).
 """
 
 from __future__ import annotations
@@ -34,9 +37,12 @@ __all__ = [
     "DlqReason",
     "DoneEvent",
     "Result",
+    "StateQuery",
+    "StateReport",
     "StepEvent",
     "StreamEvent",
     "Task",
+    "TenantUsage",
     "TokenEvent",
     "decoder_for",
     "encode",
@@ -203,3 +209,40 @@ AuditEvent = DecisionEvent | StepEvent
 """An entry of an LLM task's audit trail."""
 stream_event_decoder: msgspec.json.Decoder[StreamEvent] = msgspec.json.Decoder(StreamEvent)
 """Decodes one stream event."""
+
+
+# -- shared state --------------------------------------------------------------------------------
+# ``agentbus status`` asks the workers (a queue group: one answers) what their replica of the
+# shared tenant state holds. Replicas converge by gossip, so any worker's answer is the cluster's
+# counts as of a few gossip rounds ago (docs/state.md).
+
+
+class StateQuery(msgspec.Struct, omit_defaults=True):
+    """A request for a :class:`StateReport`."""
+
+    max_tenants: int = 1000
+    """At most this many tenants (the busiest by tasks first); ``tenants_total`` tells how many exist."""
+
+
+class TenantUsage(msgspec.Struct):
+    """One tenant's cluster-wide usage counters, as the answering replica sees them."""
+
+    tasks_completed: int = 0
+    tasks_failed: int = 0
+    """Tasks dead-lettered (rejected, invalid, out of deliveries or time); retries are not failures."""
+    llm_tokens: int = 0
+
+
+class StateReport(msgspec.Struct):
+    """One worker's replica of the shared state: usage per tenant and the live agents."""
+
+    worker: str
+    replica: str
+    """The answering replica's id."""
+    gossip: bool
+    """False: replication is off and the counts are this worker's alone."""
+    peers: int
+    """Other replicas this one gossips with."""
+    tenants: dict[str, TenantUsage]
+    tenants_total: int
+    live_agents: list[str]

@@ -1,6 +1,7 @@
 """Subject names: one place that knows how tenants and kinds map onto NATS subjects.
 
-``tasks.<tenant>.<kind>``, ``results.<tenant>.<task_id>``, ``dlq.<tenant>.<kind>``.
+``tasks.<tenant>.<kind>``, ``results.<tenant>.<task_id>``, ``dlq.<tenant>.<kind>``; and
+``agentbus.state.query`` (core request/reply, answered by one worker of the queue group).
 Tenants and kinds are single tokens of ``[A-Za-z0-9_-]``, 1-64 characters, so no
 subject can smuggle a wildcard or an extra level into another tenant's space.
 """
@@ -14,6 +15,8 @@ from agentbus.errors import InvalidSubjectError
 __all__ = [
     "DLQ_PREFIX",
     "RESULTS_PREFIX",
+    "STATE_QUERY_QUEUE",
+    "STATE_QUERY_SUBJECT",
     "TASKS_PREFIX",
     "check_task_id",
     "check_token",
@@ -27,6 +30,8 @@ __all__ = [
 TASKS_PREFIX = "tasks"
 RESULTS_PREFIX = "results"
 DLQ_PREFIX = "dlq"
+STATE_QUERY_SUBJECT = "agentbus.state.query"
+STATE_QUERY_QUEUE = "agentbus-state"
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ID = re.compile(r"[A-Za-z0-9_-]{1,128}")

@@ -7,6 +7,7 @@ from a handler's store can touch another tenant.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from state.lww import LWWRegister
 from state.orset import ORSet
 from state.wire import Crdt, Entry
 
-__all__ = ["KIND", "C", "TenantLimits", "TenantState", "new_replica_id"]
+__all__ = ["KIND", "RESERVED", "C", "Folded", "TenantLimits", "TenantState", "new_replica_id"]
 
 KIND: dict[type, str] = {GCounter: "counter", PNCounter: "pncounter", ORSet: "set", LWWRegister: "register"}
 """What each CRDT class is called in errors and in ``Store.names()``."""
@@ -29,6 +30,15 @@ C = TypeVar("C", GCounter, PNCounter, ORSet, LWWRegister)
 
 SLOT_BYTES = 12
 """Rough encoded overhead of one counter slot or dot besides the replica id."""
+RESERVED = "~"
+"""Prefix of the names agentbus itself writes (usage counters, budgets, rate windows).
+
+They are bounded by construction (a handful per tenant), so the tenant's limits do
+not apply to them: a tenant that fills its store cannot stop its usage from being
+counted, nor escape its budget by leaving no room for the budget's counter."""
+Folded = dict[str, tuple[int, int]]
+"""What a prune folded away, per counter name: ``(increments, decrements)`` of the pruned slot."""
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,8 +59,12 @@ class TenantLimits:
 
 
 def new_replica_id(node: str = "replica") -> str:
-    """A fresh replica id: the node's name plus 32 random bits, new on every start (see persistence)."""
-    return f"{node[:48]}-{secrets.token_hex(4)}"
+    """A fresh replica id: the node's name plus 32 random bits, new on every start (see persistence).
+
+    Characters outside ``[A-Za-z0-9_-]`` become ``-``: the id is also the gossip node id,
+    a NATS subject token (a host name like ``box.local`` would otherwise add a level).
+    """
+    return f"{_UNSAFE.sub('-', node[:48]) or 'replica'}-{secrets.token_hex(4)}"
 
 
 def size_of(crdt: Crdt) -> int:
@@ -119,7 +133,7 @@ class TenantState:
     def create(self, name: str, crdt: Crdt) -> None:
         """Add a new entry, within ``max_entries`` and ``max_tenant_bytes``."""
         limits = self.limits
-        if len(self.entries) >= limits.max_entries:
+        if len(self.entries) >= limits.max_entries and not name.startswith(RESERVED):
             raise StateLimitError(self.tenant, "max_entries", limits.max_entries, len(self.entries) + 1)
         self.entries[name] = crdt
         self.sizes[name] = 0
@@ -128,7 +142,7 @@ class TenantState:
     def grow(self, name: str, n: int) -> None:
         """Account ``n`` more bytes to ``name``, refusing past ``max_tenant_bytes``."""
         allowed = self.limits.max_tenant_bytes
-        if n > 0 and self.size + n > allowed:
+        if n > 0 and self.size + n > allowed and not name.startswith(RESERVED):
             raise StateLimitError(self.tenant, "max_tenant_bytes", allowed, self.size + n)
         self.sizes[name] += n
         self.size += n
@@ -196,17 +210,73 @@ class TenantState:
             self.version += 1
         return clashes
 
-    def fold(self, node: str) -> None:
-        """Move ``node``'s counter slots into this replica's own (the pruning owner's step)."""
+    def fold(self, node: str) -> Folded:
+        """Move ``node``'s counter slots into this replica's own (the pruning owner's step).
+
+        Returns what was folded, per counter: the prune marker carries it, so a replica
+        that was pruned while only paused can tell what of its own slot the fold counted.
+        """
+        folded: Folded = {}
         for name, crdt in self.entries.items():
-            slot_maps = [crdt.slots] if isinstance(crdt, GCounter) else []
-            if isinstance(crdt, PNCounter):
-                slot_maps = [crdt.p, crdt.n]
-            for slots in slot_maps:
-                value = slots.pop(node, None)
-                if value is not None:
-                    slots[self.replica] = slots.get(self.replica, 0) + value
-                    self.dirty[name] = None
+            if isinstance(crdt, GCounter):
+                p = crdt.slots.pop(node, None)
+                if p is not None:
+                    crdt.slots[self.replica] = crdt.slots.get(self.replica, 0) + p
+                    folded[name] = (p, 0)
+            elif isinstance(crdt, PNCounter):
+                p, n = crdt.p.pop(node, None), crdt.n.pop(node, None)
+                for slots, value in ((crdt.p, p), (crdt.n, n)):
+                    if value is not None:
+                        slots[self.replica] = slots.get(self.replica, 0) + value
+                if p is not None or n is not None:
+                    folded[name] = (p or 0, n or 0)
+            else:
+                continue
+            if name in folded:
+                self.dirty[name] = None
+        self.version += 1
+        return folded
+
+    def rehome(self, old: str, new: str, folded: Folded | None) -> None:
+        """This replica was pruned as ``old`` and now writes as ``new``: move what the fold missed.
+
+        For each counter, the part of ``old``'s slot above what the owner folded
+        (``folded``: nothing folded for a name that is absent) moves to ``new``'s slot;
+        ``old``'s slot goes, as it goes on every peer. ``folded=None`` means the fold is
+        unknown (it was forgotten): then all of the slot counts as folded, which can only
+        under-count what this replica never got to gossip, never count anything twice.
+        """
+        self.replica = new
+        for name, crdt in self.entries.items():
+            if isinstance(crdt, GCounter):
+                if old not in crdt.slots:
+                    continue
+                mine = crdt.slots.pop(old)
+                done = mine if folded is None else folded.get(name, (0, 0))[0]
+                surplus = max(0, mine - done)
+                crdt.total -= mine - surplus
+                if surplus:
+                    crdt.slots[new] = crdt.slots.get(new, 0) + surplus
+            elif isinstance(crdt, PNCounter):
+                if old not in crdt.p and old not in crdt.n:
+                    continue
+                p, n = crdt.p.pop(old, 0), crdt.n.pop(old, 0)
+                done_p, done_n = (p, n) if folded is None else folded.get(name, (0, 0))
+                surplus, sn = max(0, p - done_p), max(0, n - done_n)
+                crdt.ptotal -= p - surplus
+                crdt.ntotal -= n - sn
+                if surplus:
+                    crdt.p[new] = crdt.p.get(new, 0) + surplus
+                if sn:
+                    crdt.n[new] = crdt.n.get(new, 0) + sn
+                surplus += sn
+            else:
+                continue
+            if surplus:
+                self.dirty[name] = None
+            size = size_of(crdt) + len(name)
+            self.size += size - self.sizes[name]
+            self.sizes[name] = size
         self.version += 1
 
     def drop_replica(self, node: str) -> None:

@@ -73,9 +73,28 @@ class Budget:
         self._store._internal(name, PNCounterView).increment(n)
         return True
 
+    def charge(self, n: int) -> None:
+        """Count ``n`` as spent whether or not it fits: a cost known only afterwards (model tokens).
+
+        Pair it with a check of :attr:`remaining` before the spending starts; the total then
+        passes ``limit`` by at most the last charge (plus the gossip bound above).
+        """
+        if type(n) is not int or n < 0:
+            raise ValueError(f"amount must be an int >= 0, got {n!r}")
+        if n:
+            self._store._internal(self._counter_name(create=True), PNCounterView).increment(n)
+
     def refund(self, n: int) -> None:
         """Give back ``n`` of what was spent (a failed call that cost nothing)."""
         self._store._internal(self._counter_name(create=True), PNCounterView).decrement(n)
+
+    @property
+    def resets_in_s(self) -> float | None:
+        """Seconds until the period rolls over (periods are aligned to the Unix epoch); None if never."""
+        if self.period_ns is None:
+            return None
+        now = self._t.clock()
+        return (self.period_ns - now % self.period_ns) / 1e9
 
 
 class RateLimiter:
@@ -95,6 +114,25 @@ class RateLimiter:
     def _count(self, window: int) -> int:
         crdt = self._t.get(f"{self._name}.{window}", GCounter)
         return 0 if crdt is None else crdt.value
+
+    def retry_after_s(self, n: int = 1, now_ns: int | None = None) -> float:
+        """How long until ``n`` more fit if nobody acquires meanwhile (this replica's view).
+
+        The sliding estimate drops as the previous window's weight fades, then as the
+        current window (the previous one by then) fades in turn.
+        """
+        now = self._t.clock() if now_ns is None else now_ns
+        window, into = divmod(now, self.window_ns)
+        excess = self.estimate(now) + n - self.limit
+        if excess <= 0:
+            return 0.0
+        window_s = self.window_ns / 1e9
+        previous, current = self._count(window - 1), self._count(window)
+        fading = previous * (1.0 - into / self.window_ns)
+        if previous and excess <= fading:
+            return excess * window_s / previous
+        wait_s = (self.window_ns - into) / 1e9
+        return wait_s + ((excess - fading) * window_s / current if current else window_s)
 
     def estimate(self, now_ns: int | None = None) -> float:
         """Acquisitions in the sliding window ending now (the previous window weighted by its overlap)."""

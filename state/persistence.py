@@ -188,11 +188,13 @@ class SnapshotWriter:
         self._written: dict[str, int] = {}
         self._last_full = time.monotonic()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._lock = asyncio.Lock()
 
     def start(self) -> None:
         """Start the background task (from a running loop)."""
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.get_running_loop().create_task(self._run(), name="state-snapshot-writer")
 
     async def flush(self) -> bool:
@@ -230,7 +232,14 @@ class SnapshotWriter:
             return len(rest)
 
     async def stop(self, *, flush: bool = True) -> None:
-        """Stop the task, writing once more first if ``flush``."""
+        """Stop the task, writing once more first if ``flush``.
+
+        The loop also checks a flag: redis-py can swallow a cancellation that lands
+        inside a command (seen when a hung Redis resumes: the write's timeout and the
+        cancel race), and a worker's drain must not wait forever for a writer that
+        never saw it.
+        """
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -240,6 +249,7 @@ class SnapshotWriter:
             await self.flush()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.interval_s)
-            await self.tick()
+            if not self._stopping:
+                await self.tick()

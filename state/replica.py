@@ -19,7 +19,22 @@ anything else in a payload and travel in every full state, every snapshot and, f
 (a late delta, an old Redis snapshot, a peer that missed the prune) has that slot
 dropped instead of counted twice. OR-set dots and LWW writer ids are not pruned:
 a dot of a live element is data, and a departed replica's version-vector entry is
-one integer.
+one integer. The owner also discards the pruned replica's members of
+``live_agents`` (a ``kill -9`` never says goodbye).
+
+A replica that was only *paused or cut off* for longer than gossip's
+``prune_after_s`` comes back under its old id after a peer pruned it; its later
+writes to that slot would be dropped by every peer, and locally the folded value
+would count twice (its own slot plus the owner's fold). So a replica that merges a
+prune marker naming *itself* moves to a new replica id first (Akka quarantines such
+a node; ``_move``): each counter's part of the old slot *above* what the owner
+folded goes to the new slot, the old slot goes as everywhere else, and its own
+``live_agents`` members are added again under the new id. For that the marker
+carries the folded values (``StateMessage.folded``), kept ``fold_keep_s`` after the
+prune; a replica that returns later than that counts the whole old slot as folded
+(it can under-count what it never got to gossip, never count twice). The gossip
+node follows the new id (``Gossip.rejoin``, called by whoever runs both: the
+worker's ``agents.shared_state``).
 """
 
 from __future__ import annotations
@@ -30,7 +45,8 @@ from collections.abc import Callable
 
 from agentbus.errors import CorruptStateError
 from state import wire
-from state._tenant import TenantLimits, TenantState, new_replica_id
+from state._tenant import Folded, TenantLimits, TenantState, new_replica_id
+from state.orset import ORSet
 from state.store import CounterView, SetView, Store, check_tenant
 from state.wire import SYSTEM_TENANT, Crdt, StateMessage, TenantSnapshot
 
@@ -58,9 +74,13 @@ class ReplicaState:
         clock: Callable[[], int] = time.time_ns,
         max_delta_entries: int = 500,
         marker_recent_s: float = 3600.0,
+        fold_keep_s: float = 3600.0,
     ) -> None:
         """``node`` names the process; the replica id adds a random suffix unless given (tests)."""
+        self.node = node
         self.replica_id = replica_id or new_replica_id(node)
+        self.former_ids: list[str] = []
+        """Ids this replica wrote under before a peer pruned it (see the module docstring)."""
         self.limits = limits or TenantLimits()
         self.clock = clock
         self.max_delta_entries = max_delta_entries
@@ -75,6 +95,10 @@ class ReplicaState:
         self.marker_recent_s = marker_recent_s
         """Deltas carry prune markers this young (full states and snapshots carry all of them)."""
         self._pruned: dict[str, int] = {}
+        self.fold_keep_s = fold_keep_s
+        """How long the values a prune folded are kept and sent with its marker."""
+        self._folded: dict[str, dict[str, Folded]] = {}
+        # pruned replica id -> tenant -> what the prune folded (for that replica, if it returns)
         self._prune_pending = False
         self._digest: tuple[tuple[int, ...], bytes] = ((), b"")
 
@@ -97,10 +121,22 @@ class ReplicaState:
         """The add-wins set of live agent replicas (add on start, discard on drain)."""
         return self.system._internal(LIVE_AGENTS, SetView)
 
-    def record_task(self, tenant: str, *, ok: bool) -> None:
-        """Count one finished task of ``tenant`` (cheap enough for every task: about a microsecond)."""
+    def live_agent_replicas(self) -> dict[str, frozenset[str]]:
+        """Each member of ``live_agents`` and the replica ids whose adds keep it there.
+
+        A member whose replicas gossip has declared dead belongs to a killed worker that
+        never said goodbye; it leaves the set itself when its replica is pruned.
+        """
+        t = self._tenants.get(SYSTEM_TENANT)
+        crdt = t.entries.get(LIVE_AGENTS) if t is not None else None
+        if not isinstance(crdt, ORSet):
+            return {}
+        return {member: frozenset(r for r, _ in dots) for member, dots in crdt.entries.items()}
+
+    def record_task(self, tenant: str, *, ok: bool, n: int = 1) -> None:
+        """Count ``n`` finished tasks of ``tenant`` (cheap enough for every task: about a microsecond)."""
         views = self._usage.get(tenant) or self._usage_views(tenant)
-        views[0 if ok else 1].increment()
+        views[0 if ok else 1].increment(n)
 
     def record_tokens(self, tenant: str, n: int) -> None:
         """Count ``n`` LLM tokens spent by ``tenant``."""
@@ -117,8 +153,15 @@ class ReplicaState:
         return sorted(t for t, s in self._tenants.items() if s.entries and t != SYSTEM_TENANT)
 
     def collect_expired(self, *, grace_s: float = 60.0) -> int:
-        """Drop entries expired more than ``grace_s`` ago (call every few seconds); returns how many."""
-        horizon = self.clock() - int(grace_s * 1e9)
+        """Drop entries expired more than ``grace_s`` ago (call every few seconds); returns how many.
+
+        Also forgets the folded values of prunes older than ``fold_keep_s`` (the markers stay).
+        """
+        now = self.clock()
+        horizon = now - int(grace_s * 1e9)
+        keep = now - int(self.fold_keep_s * 1e9)
+        for node in [n for n in self._folded if self._pruned.get(n, 0) < keep]:
+            del self._folded[node]
         return sum(t.collect(horizon) for t in self._tenants.values())
 
     @property
@@ -152,7 +195,8 @@ class ReplicaState:
         self._prune_pending = False
         horizon = self.clock() - int(self.marker_recent_s * 1e9)
         recent = {node: at for node, at in self._pruned.items() if at >= horizon}
-        return wire.encode(StateMessage(self.replica_id, False, out, recent))
+        folded = {node: f for node, f in self._folded.items() if node in recent}
+        return wire.encode(StateMessage(self.replica_id, False, out, recent, folded))
 
     def merge(self, data: bytes) -> None:
         """Validate and merge deltas or a full state from a peer; CorruptStateError if malformed."""
@@ -165,12 +209,15 @@ class ReplicaState:
             self.rejected += 1
             log.warning("gossip payload rejected: %s", e.reason)
             raise
+        for node, tenants in msg.folded.items():
+            self._join_folded(node, tenants)
         self._apply_markers(msg.pruned)
         self._apply(decoded)
 
     def full_state(self) -> bytes:
         """The whole state for push-pull."""
-        return wire.encode(StateMessage(self.replica_id, True, self._full(), dict(self._pruned)))
+        folded = {node: dict(f) for node, f in self._folded.items()}
+        return wire.encode(StateMessage(self.replica_id, True, self._full(), dict(self._pruned), folded))
 
     def digest(self) -> bytes:
         """16 bytes, equal on replicas whose states are equal (cached until something changes)."""
@@ -191,8 +238,13 @@ class ReplicaState:
         if node == self.replica_id or node in self._pruned:
             return
         self._pruned[node] = self.clock()
-        for t in self._tenants.values():
-            t.fold(node)
+        # recorded even when empty: "nothing was folded" differs from "the fold is forgotten"
+        self._folded[node] = {name: f for name, t in self._tenants.items() if (f := t.fold(node))}
+        agents = self._tenants.get(SYSTEM_TENANT)
+        crdt = agents.entries.get(LIVE_AGENTS) if agents is not None else None
+        if isinstance(crdt, ORSet):  # members only ``node`` added: a crashed worker's leftovers
+            for member in [m for m, dots in crdt.entries.items() if all(r == node for r, _ in dots)]:
+                self.live_agents.discard(member)
         self._prune_pending = True
 
     # -- persistence --
@@ -204,7 +256,8 @@ class ReplicaState:
     def tenant_snapshot(self, tenant: str) -> bytes:
         """``tenant``'s whole state as a framed, checksummed snapshot blob."""
         t = self._tenant(tenant)
-        snapshot = TenantSnapshot(tenant, self.replica_id, self.clock(), t.full(), dict(self._pruned))
+        folded = {node: f[tenant] for node, f in self._folded.items() if tenant in f}
+        snapshot = TenantSnapshot(tenant, self.replica_id, self.clock(), t.full(), dict(self._pruned), folded)
         return wire.encode(snapshot)
 
     def restore(self, blob: bytes, *, tenant: str, replica: str) -> None:
@@ -215,6 +268,8 @@ class ReplicaState:
         if msg.tenant != tenant or msg.replica != replica:
             raise CorruptStateError(f"snapshot of {msg.tenant}/{msg.replica} stored under {tenant}/{replica}")
         decoded = _from_wire({tenant: msg.entries})
+        for node, slots in msg.folded.items():
+            self._join_folded(node, {tenant: slots})
         self._apply_markers(msg.pruned)
         self._apply(decoded)
 
@@ -237,11 +292,46 @@ class ReplicaState:
     def _full(self) -> dict[str, dict[str, wire.Entry]]:
         return {name: t.full() for name, t in self._tenants.items() if t.entries}
 
+    def _join_folded(self, node: str, tenants: dict[str, dict[str, tuple[int, int]]]) -> None:
+        """Join what a prune folded (one owner folds once; max keeps the join idempotent)."""
+        mine = self._folded.setdefault(node, {})
+        for tenant, slots in tenants.items():
+            have = mine.setdefault(tenant, {})
+            for name, (p, n) in slots.items():
+                old = have.get(name, (0, 0))
+                have[name] = (max(p, old[0]), max(n, old[1]))
+
+    def _move(self, at: int) -> None:
+        """A peer pruned this replica's id while it lived on (a pause, a partition): write under a new one."""
+        old, new = self.replica_id, new_replica_id(self.node)
+        folded = self._folded.get(old)
+        if folded is None:
+            log.error(
+                "replica %s was pruned by a peer and the folded values are no longer known:"
+                " increments it had not gossiped before it was cut off are lost",
+                old,
+            )
+        else:
+            log.warning("replica %s was pruned by a peer while alive: moving to %s", old, new)
+        agents = self._tenants.get(SYSTEM_TENANT)
+        crdt = agents.entries.get(LIVE_AGENTS) if agents is not None else None
+        mine = []
+        if isinstance(crdt, ORSet):
+            mine = [m for m, dots in crdt.entries.items() if any(r == old for r, _ in dots)]
+        self.replica_id = new
+        self.former_ids.append(old)
+        self._pruned[old] = at
+        for name, t in self._tenants.items():
+            t.rehome(old, new, None if folded is None else folded.get(name, {}))
+        for member in mine:  # the owner discards them with the prune: add them again, as the new id
+            self.live_agents.add(member)
+        self._prune_pending = True
+
     def _apply_markers(self, markers: dict[str, int]) -> None:
         for node, at in markers.items():
             known = self._pruned.get(node)
             if node == self.replica_id:
-                log.error("a peer pruned this live replica %s: its counts are dropped elsewhere", node)
+                self._move(at)
             elif known is None:
                 self._pruned[node] = at
                 for t in self._tenants.values():

@@ -8,7 +8,8 @@ Each name holds one kind of CRDT for good (:class:`~agentbus.errors.StateTypeErr
 otherwise), created by its first write; reading a name that was never written
 gives the empty value. Writes check the tenant's :class:`TenantLimits` and raise
 :class:`~agentbus.errors.StateLimitError`. Names starting with ``~`` belong to
-agentbus (usage counters, budgets): handlers can read them, not write them.
+agentbus (usage counters, budgets): handlers can read them, not write them,
+and they do not count against the limits (they are few by construction).
 
 Values are eventually consistent: a read shows this replica's writes at once and
 other replicas' writes after gossip (typically a few 200 ms rounds).
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from agentbus.errors import StateLimitError
-from state._tenant import KIND, C, TenantLimits, TenantState, new_replica_id
+from state._tenant import KIND, RESERVED, C, TenantLimits, TenantState, new_replica_id
 from state.counters import GCounter, PNCounter
 from state.lww import LWWRegister
 from state.orset import ORSet
@@ -32,8 +33,6 @@ __all__ = ["CounterView", "PNCounterView", "RegisterView", "SetView", "Store", "
 
 V = TypeVar("V", bound="_View")
 
-RESERVED = "~"
-"""Prefix of names that agentbus itself writes."""
 _TENANT = re.compile(TENANT_PATTERN)
 
 

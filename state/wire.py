@@ -36,6 +36,7 @@ __all__ = [
     "VERSION",
     "Crdt",
     "Entry",
+    "FoldedSlots",
     "GCounterState",
     "LWWState",
     "ORSetState",
@@ -64,6 +65,8 @@ ReplicaId = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 Seq = Annotated[int, msgspec.Meta(ge=1)]
 Ns = Annotated[int, msgspec.Meta(ge=0)]
+FoldedSlots = dict[Name, tuple[Count, Count]]
+"""Per counter name: the ``(increments, decrements)`` a prune folded away from one replica's slot."""
 
 
 class GCounterState(msgspec.Struct, tag="g", frozen=True):
@@ -110,6 +113,9 @@ class StateMessage(msgspec.Struct, tag="state", frozen=True):
     tenants: dict[Tenant, dict[Name, Entry]]
     pruned: dict[ReplicaId, Ns] = {}
     """Prune markers: replica id -> when it was pruned. Applied before ``tenants``."""
+    folded: dict[ReplicaId, dict[Tenant, FoldedSlots]] = {}
+    """What each prune folded, for the markers sent (kept ``fold_keep_s``): the pruned replica
+    itself needs it if it was only paused (``ReplicaState`` moves it to a new id)."""
 
 
 class TenantSnapshot(msgspec.Struct, tag="snapshot", frozen=True):
@@ -121,6 +127,8 @@ class TenantSnapshot(msgspec.Struct, tag="snapshot", frozen=True):
     entries: dict[Name, Entry]
     pruned: dict[ReplicaId, Ns] = {}
     """Every prune marker the writer knew: a restore must not count a pruned slot twice."""
+    folded: dict[ReplicaId, FoldedSlots] = {}
+    """What the prunes of ``pruned`` folded in this tenant, while the writer still kept it."""
 
 
 Body = StateMessage | TenantSnapshot

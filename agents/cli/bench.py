@@ -1,7 +1,10 @@
 """``agentbus bench``: agentbus against the raw nats-py anchor (throughput, I/O, latency, memory).
 
 Prints human-readable lines, then one JSON line with every figure (the last line
-of stdout; ``--json-only`` prints just that).
+of stdout; ``--json-only`` prints just that). ``--suite state`` (only when named)
+adds the shared-state figures of ``loadtest.bench_state`` under ``"state"``: our
+CRDTs' cost per operation against the ``crdts`` package, and gossip convergence
+rounds by cluster size, clean and under 10 % loss + 5 % duplication.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any
 __all__ = ["register"]
 
 _ALIASES = {"a": "throughput", "b": "throughput", "c": "io", "d": "latency", "e": "memory"}
+STATE_SUITE = "state"
+"""Shared-state CRDT costs and gossip convergence (no NATS needed); run only when named."""
 
 
 def register(sub: Any) -> None:
@@ -30,7 +35,8 @@ def register(sub: Any) -> None:
         "--suite",
         action="append",
         metavar="SUITE",
-        help="throughput (a, b), io (c), latency (d), memory (e); comma-separated or repeated; default all",
+        help="throughput (a, b), io (c), latency (d), memory (e), state; comma-separated or repeated;"
+        " default all but state",
     )
     p.add_argument("--nats-url", help="use this nats-server instead of starting an embedded one")
     p.add_argument("--n", type=int, help="tasks per throughput repetition (default 200000, quick 20000)")
@@ -48,19 +54,26 @@ def register(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
+def _named(values: list[str] | None) -> set[str]:
+    return {
+        _ALIASES.get(name, name)
+        for value in values or ()
+        for name in filter(None, (v.strip().lower() for v in value.split(",")))
+    }
+
+
 def _suites(values: list[str] | None) -> tuple[str, ...]:
+    """The suites of ``loadtest.bench`` the flags name (all when none is named; ``state`` aside)."""
     from agentbus.errors import ConfigError
     from loadtest.bench import SUITES
 
     if not values:
         return SUITES
-    chosen: set[str] = set()
-    for value in values:
-        for name in filter(None, (v.strip().lower() for v in value.split(","))):
-            name = _ALIASES.get(name, name)
-            if name not in SUITES:
-                raise ConfigError(f"unknown suite {name!r}; choose from {', '.join(SUITES)} or a-e")
-            chosen.add(name)
+    chosen = _named(values)
+    for name in sorted(chosen - {STATE_SUITE}):
+        if name not in SUITES:
+            known = ", ".join((*SUITES, STATE_SUITE))
+            raise ConfigError(f"unknown suite {name!r}; choose from {known} or a-e")
     return tuple(s for s in SUITES if s in chosen)
 
 
@@ -97,7 +110,11 @@ def run(args: argparse.Namespace) -> int:
         if not args.json_only:
             print(line, flush=True)
 
-    result = run_bench(options, say=say)
+    result: dict[str, Any] = {"suites": [], "targets_met": {}}
+    if options.suites:
+        result = run_bench(options, say=say)
+    if STATE_SUITE in _named(args.suite):
+        _state_suite(result, quick=args.quick, say=say)
     print(json.dumps(result, sort_keys=True), flush=True)
     missed = [k for k, ok in result["targets_met"].items() if not ok]
     if missed and not args.json_only:
@@ -105,3 +122,25 @@ def run(args: argparse.Namespace) -> int:
     if result.get("errors"):  # a suite could not run: its figures are missing
         return 1
     return 1 if (args.check and missed) else 0
+
+
+def _state_suite(result: dict[str, Any], *, quick: bool, say: Any) -> None:
+    """Add ``loadtest.bench_state``'s figures to ``result`` under ``"state"`` (errors like the others)."""
+    from loadtest.bench_state import bench_state
+
+    say("state: CRDT cost per operation against the crdts package, then gossip convergence rounds")
+    result["suites"] = [*result.get("suites", []), STATE_SUITE]
+    try:
+        state = bench_state(quick=quick)
+    except Exception as exc:  # reported like a failed suite: the figures are missing
+        result.setdefault("errors", {})[STATE_SUITE] = repr(exc)
+        return
+    result[STATE_SUITE] = state
+    ours = state["ours"]
+    say(f"  counter increment {ours['counter_increment_us']} us, OR-set add {ours['orset_add_us']} us")
+    if state.get("crdts"):
+        say(f"  crdts.CounterSet increase {state['crdts']['counterset_increase_us']} us")
+    rounds = state.get("convergence_rounds", {})
+    lossy = state.get("convergence_rounds_loss10_dup5", {})
+    for n in sorted(rounds, key=int):
+        say(f"  {n} replicas converge in {rounds[n]} rounds ({lossy.get(n, '?')} with 10% loss, 5% dup)")

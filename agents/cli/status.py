@@ -1,4 +1,10 @@
-"""``agentbus status``: queue depth per tenant and kind, in-flight, rates and DLQ size, as a table."""
+"""``agentbus status``: queue depth per tenant and kind, in-flight, rates, DLQ size, tenant usage.
+
+Queues and consumers come from JetStream. Tenant usage (tasks completed and failed,
+LLM tokens) and the live agents come from the shared state: one worker answers
+``agentbus.state.query`` with its replica's view, which lags the cluster by at most a
+gossip round or two (docs/state.md). No worker running: that part is left out.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +14,20 @@ from collections import defaultdict
 from typing import Any
 
 import msgspec
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from rich.console import Console
 from rich.table import Table
 
 from agents.config import resolve_nats_url
 from bus.connection import connect
+from bus.messages import StateQuery, StateReport, encode
+from bus.subjects import STATE_QUERY_SUBJECT
 from bus.topology import DLQ_STREAM, TASKS_STREAM
 
-__all__ = ["Snapshot", "register", "snapshot"]
+__all__ = ["Snapshot", "query_state", "register", "snapshot"]
 
 
 class KindRow(msgspec.Struct):
@@ -42,11 +53,15 @@ class Snapshot(msgspec.Struct):
     completed_per_s: float
     tasks_total: int
     dlq_total: int
+    state: StateReport | None = None
+    """Tenant usage and live agents from one worker's replica of the shared state (None: no answer)."""
 
 
 def register(sub: Any) -> None:
     """Add the subcommand."""
-    p: argparse.ArgumentParser = sub.add_parser("status", help="queue depth, in-flight, rates, DLQ size")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "status", help="queue depth, in-flight, rates, DLQ size, tenant usage"
+    )
     p.add_argument("--nats-url", help="NATS server (default: $AGENTBUS_NATS_URL or a running `agentbus up`)")
     p.add_argument("--interval-s", type=float, default=1.0, help="sampling interval for rates")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -102,6 +117,18 @@ async def snapshot(js: JetStreamContext, interval_s: float = 1.0) -> Snapshot:
     )
 
 
+async def query_state(nc: Client, *, timeout_s: float = 2.0, max_tenants: int = 1000) -> StateReport | None:
+    """Ask one worker for its view of the shared state; None when no worker answers."""
+    try:
+        reply = await nc.request(STATE_QUERY_SUBJECT, encode(StateQuery(max_tenants)), timeout=timeout_s)
+    except (NoRespondersError, NatsTimeoutError):
+        return None
+    try:
+        return msgspec.json.decode(reply.data, type=StateReport)
+    except msgspec.DecodeError:
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the snapshot."""
     snap = asyncio.run(_status(args))
@@ -132,12 +159,32 @@ def run(args: argparse.Namespace) -> int:
         f"queued {snap.tasks_total}  dlq {snap.dlq_total}  "
         f"published {snap.published_per_s:,.0f}/s  completed {snap.completed_per_s:,.0f}/s"
     )
+    _print_state(console, snap.state)
     return 0
+
+
+def _print_state(console: Console, state: StateReport | None) -> None:
+    if state is None:
+        console.print("Tenant usage: no worker answered (none running?)")
+        return
+    where = "cluster-wide, from gossip" if state.gossip else f"worker {state.worker} only: gossip is off"
+    usage = Table(title=f"Tenant usage ({where})")
+    for col in ("tenant", "tasks completed", "tasks failed", "llm tokens"):
+        usage.add_column(col, justify="left" if col == "tenant" else "right")
+    for tenant, u in sorted(state.tenants.items()):
+        usage.add_row(tenant, f"{u.tasks_completed:,}", f"{u.tasks_failed:,}", f"{u.llm_tokens:,}")
+    console.print(usage)
+    if state.tenants_total > len(state.tenants):
+        console.print(f"({state.tenants_total - len(state.tenants)} quieter tenants not shown)")
+    console.print(f"Live agents ({len(state.live_agents)}): {', '.join(state.live_agents) or '-'}")
+    console.print(f"answered by {state.worker} (replica {state.replica}, {state.peers} gossip peers)")
 
 
 async def _status(args: argparse.Namespace) -> Snapshot:
     nc = await connect(resolve_nats_url(args.nats_url), name="agentbus-status", first_connect_timeout_s=5.0)
     try:
-        return await snapshot(nc.jetstream(), args.interval_s)
+        snap = await snapshot(nc.jetstream(), args.interval_s)
+        snap.state = await query_state(nc)
+        return snap
     finally:
         await nc.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from agents.config import WorkerConfig, resolve_nats_url
+from agents.config import GOSSIP_PRESETS, WorkerConfig, resolve_nats_url
 from agents.registry import Registry
 from agents.worker import run_worker
 
@@ -34,6 +34,8 @@ WORKER_OPTIONS = (
     "unrouted_grace_s",
     "sweep_interval_s",
     "consumer_info_interval_s",
+    "redis_url",
+    "gossip_preset",
 )
 """Options ``agentbus up`` passes through to its workers unchanged."""
 
@@ -59,6 +61,21 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
         help="how often the consumer's pending counts are refreshed for /metrics (default 5; autoscaling: 1)",
     )
     p.add_argument("--no-provision", action="store_true", help="do not create streams and consumers")
+    p.add_argument(
+        "--redis-url",
+        help="persist shared tenant state in Redis, e.g. redis://127.0.0.1:6379/0"
+        " (default: $AGENTBUS_REDIS_URL; none: gossip only)",
+    )
+    p.add_argument(
+        "--gossip-preset",
+        choices=GOSSIP_PRESETS,
+        help="gossip timings of shared state: lan (200 ms rounds, the default) or test (~10x faster)",
+    )
+    p.add_argument(
+        "--no-gossip",
+        action="store_true",
+        help="keep shared state in this process only (not replicated to the other workers)",
+    )
 
 
 def worker_argv(args: argparse.Namespace) -> list[str]:
@@ -72,8 +89,9 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
                 argv += [flag, str(item)]
         elif value is not None:
             argv += [flag, str(value)]
-    if getattr(args, "no_provision", False):
-        argv.append("--no-provision")
+    for flag in ("no_provision", "no_gossip"):
+        if getattr(args, flag, False):
+            argv.append("--" + flag.replace("_", "-"))
     return argv
 
 
@@ -96,6 +114,9 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         sweep_interval_s=args.sweep_interval_s,
         consumer_info_interval_s=args.consumer_info_interval_s,
         provision=False if args.no_provision else None,
+        redis_url=args.redis_url,
+        gossip_preset=args.gossip_preset,
+        gossip=False if args.no_gossip else None,
     )
 
 

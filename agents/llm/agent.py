@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -40,7 +41,7 @@ from agentbus.errors import (
 from agents.api import AgentSpec, Context
 from agents.llm.budget import LocalLimits, TenantLimits
 from agents.llm.client import ChatClient
-from agents.llm.config import LLMConfig
+from agents.llm.config import LimitsConfig, LLMConfig
 from agents.llm.metrics import LLMCollector
 from agents.llm.planner import Brain, ModelBrain, PlannedCall, Run, Turn
 from agents.llm.tools import Toolbox, ToolOutcome
@@ -119,6 +120,8 @@ class TaskAgent:
         self.brain: Brain = offline
         self.client: ChatClient | None = None
         self.limits: TenantLimits | None = None
+        self.limits_factory: Callable[[LimitsConfig], TenantLimits] = LocalLimits
+        """Makes the limits when none were given: the worker installs shared (cluster-wide) ones."""
         self.tokens: dict[str, int] = {}
         self.tool_calls: dict[tuple[str, bool], int] = {}
         self._traced = False
@@ -142,7 +145,7 @@ class TaskAgent:
         elif not cfg.offline:
             self.client = ChatClient(cfg)
             self.brain = ModelBrain(self.client, cfg)
-        self.limits = self._limits or LocalLimits(cfg.limits)
+        self.limits = self._limits or self.limits_factory(cfg.limits)
         self._traced = tracing.enabled()
         self.config = cfg
 

@@ -1,10 +1,11 @@
 """Per-tenant limits of the LLM agents: a token budget per window and a request rate.
 
 :class:`TenantLimits` is the interface; :class:`LocalLimits` keeps the counts in this
-process. With N replicas a tenant may therefore spend up to N budgets: the
-cluster-wide version implements the same two methods on the state store's CRDT
-counters (a PN-counter of tokens per tenant and window, merged by gossip), and the
-agent does not change.
+process, so with N replicas a tenant may spend up to N budgets. A worker running
+shared state (the default) gives its task agents
+:class:`~agents.llm.shared_limits.SharedLimits` instead: the same two methods on the
+state store's CRDT counters (a PN-counter of tokens per tenant and window, merged by
+gossip), approximate within the gossip delay; the agent does not change.
 
 * Budget: tokens reported by the model (``usage``) are charged after each call; a
   tenant at or over its budget is refused with

@@ -42,7 +42,7 @@ class BreakerConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LimitsConfig:
-    """Per-tenant limits (per process until the shared counters of the state store back them)."""
+    """Per-tenant limits: cluster-wide on a worker with shared state, else per process."""
 
     token_budget: int | None = None  # model tokens per tenant per window; None: unlimited
     budget_window_s: float = 86_400.0  # a day

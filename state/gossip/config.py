@@ -91,8 +91,9 @@ class GossipConfig:
             gossip_to_the_dead_s=3.0,
             push_pull_interval_s=0.5,
             announce_interval_s=1.0,
-            # far longer than any pause the tests inject (R13 SIGSTOPs a replica for 10 s): see
-            # pruning.py on why a pruned replica must never come back under its old id
+            # longer than any pause the timing-sensitive tests inject (R13 SIGSTOPs a replica for
+            # 10 s), so pruning stays out of them; a replica pruned while paused is safe (it moves
+            # to a new id, pruning.py) and tests/property/test_self_prune.py covers it with 2 s
             prune_after_s=60.0,
             prune_pull_timeout_s=1.0,
         )

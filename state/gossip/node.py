@@ -83,9 +83,6 @@ class Gossip:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        if not _NODE_ID.fullmatch(node):
-            raise ConfigError(f"gossip node id {node!r}: use 1-64 of [A-Za-z0-9_-]")
-        self.node = node
         self.config = config or GossipConfig()
         self.stats = GossipStats()
         self._transport = transport
@@ -93,15 +90,22 @@ class Gossip:
         self._clock = clock
         self._rng = rng or random.Random()
         self._outbox: dict[str, _Outgoing] = {}
-        self.membership = Membership(node, self.config, send=self._send_later, rng=self._rng)
-        self._deltas = DeltaLog(node, self._rng)
-        prune = delegate.prune if isinstance(delegate, Pruning) else None
-        self.pruner = Pruner(self.config, self.membership, prune=prune, pull=self._pull)
+        self._become(node)
         self._running = False
         self._task: asyncio.Task[None] | None = None
         self._next_gossip_at = 0.0
         self._next_push_pull_at = 0.0
         self._next_announce_at = 0.0
+
+    def _become(self, node: str) -> None:
+        """Take ``node`` as this replica's identity: a fresh membership view, delta log and pruner."""
+        if not _NODE_ID.fullmatch(node):
+            raise ConfigError(f"gossip node id {node!r}: use 1-64 of [A-Za-z0-9_-]")
+        self.node = node
+        self.membership = Membership(node, self.config, send=self._send_later, rng=self._rng)
+        self._deltas = DeltaLog(node, self._rng)
+        prune = self._delegate.prune if isinstance(self._delegate, Pruning) else None
+        self.pruner = Pruner(self.config, self.membership, prune=prune, pull=self._pull)
 
     # -- views --
 
@@ -136,10 +140,17 @@ class Gossip:
             self._task = asyncio.create_task(self._run(), name=f"gossip-{self.node}")
 
     async def stop(self, *, leave: bool = True) -> None:
-        """Stop; with ``leave`` first tell peers we depart (they mark us left, not dead)."""
+        """Stop; with ``leave`` first hand our state over and tell peers we depart (left, not dead).
+
+        The hand-off sends what is pending as one last delta batch and our full state
+        to ``gossip_nodes`` live peers, so writes of the last round are not left to a
+        push-pull that will never come (a draining worker's final counts).
+        """
         if not self._running:
             return
         if leave:
+            self._hand_off()
+            await self._flush()
             notice = self.membership.leave()
             packet = Packet(self.config.cluster, [], [notice])
             for _ in range(2):  # at-most-once transport: a second copy costs nothing
@@ -151,6 +162,26 @@ class Gossip:
                 await self._task
             self._task = None
         await self._transport.close()
+
+    async def rejoin(self, node: str) -> None:
+        """Leave as the current node and join again as ``node``: the delegate moved to a new id.
+
+        ``ReplicaState`` takes a new replica id when it learns that a peer pruned its
+        old one (it was paused or cut off for longer than ``prune_after_s``). The gossip
+        node id must follow: pruning is decided per node id, so a node that kept the old
+        id would have its new slots never pruned. Peers see the old node leave and a new
+        one join; membership is learnt again from their answers. Call it from outside
+        the gossip loop (not from a delegate callback).
+        """
+        if node == self.node:
+            return
+        autotick = self._task is not None
+        running = self._running
+        await self.stop(leave=True)
+        self._outbox = {}
+        self._become(node)
+        if running:
+            await self.start(autotick=autotick)
 
     async def _run(self) -> None:
         resolution_s = min(self.config.gossip_interval_s, self.config.probe_timeout_s / 2)
@@ -200,6 +231,20 @@ class Gossip:
         for peer in self._rng.sample(peers, min(self.config.gossip_nodes, len(peers))):
             if batches or len(self.membership.updates):  # membership news rides along in _flush
                 self._outbox.setdefault(peer, _Outgoing()).messages.extend(batches)
+
+    def _hand_off(self) -> None:
+        pending = self._delegate.pending()
+        if pending:
+            self._deltas.add_local(pending)
+        batches = self._deltas.queue.take(limit=1, max_items=10_000, max_bytes=self.config.max_packet_bytes)
+        peers = self.membership.alive_peers()
+        if not peers:
+            return
+        state, digest = self._delegate.full_state(), self._delegate.digest()
+        for peer in self._rng.sample(peers, min(self.config.gossip_nodes, len(peers))):
+            out = self._outbox.setdefault(peer, _Outgoing())
+            out.messages.extend(batches)
+            out.messages.append(PushPull(digest, state, False))
 
     def _start_push_pull(self) -> None:
         peers = self.membership.alive_peers()

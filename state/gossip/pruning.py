@@ -11,13 +11,18 @@ Here gossip decides *when* and *who*; the state decides *how*
 1. **The removed replica writes no more.** Only replicas dead or left for
    ``prune_after_s`` (far beyond any suspicion timeout and refutation) qualify. A
    crashed replica restarts under a new replica id (``state.replica``), so its old id
-   never writes again. The one gap: a replica that was only *paused or cut off* for
-   longer than ``prune_after_s`` comes back under its old id. Akka quarantines such
-   a node; here the state must do the same when it merges a prune marker naming
-   itself: take a new replica id and re-home its own slot's surplus over the folded
-   value (the marker must carry that value), or its later writes would be dropped by
-   peers and double-count the fold locally. Until then keep ``prune_after_s`` far
-   above any pause or partition you expect (300 s by default, 60 s in tests).
+   never writes again. A replica that was only *paused or cut off* for longer than
+   ``prune_after_s`` comes back under its old id. Akka quarantines such a node; here
+   the state does the same when it merges a prune marker naming itself
+   (``ReplicaState._move``): it takes a new replica id and re-homes its own slot's
+   surplus over the folded value, which the marker carries, so its later writes are
+   neither dropped by peers nor the fold counted twice locally. Its gossip node then
+   rejoins under the new id (:meth:`Gossip.rejoin`, called by the worker's upkeep), so
+   the new slots can be pruned in turn. The folded values are kept ``fold_keep_s``
+   (1 h): a replica back later than that counts its whole old slot as folded
+   (under-counts what it never gossiped, never double-counts).
+   ``tests/property/test_self_prune.py`` runs a pause and a partition past a 2 s
+   ``prune_after_s`` with exact totals.
 2. **The owner holds the largest value of the removed slot.** Akka's "seen by all"
    phase becomes a pull: the owner sends a push-pull digest to *every* live peer and
    prunes only when all have answered, each answer carrying that peer's full state
