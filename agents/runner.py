@@ -81,7 +81,17 @@ class RetryPolicy:
 class _Slot:
     """A message being processed whose handler suspended (tracked for heartbeats and the drain)."""
 
-    __slots__ = ("deadline", "in_handler", "msg", "started", "task", "timed_out", "timeout_s", "timer")
+    __slots__ = (
+        "deadline",
+        "in_handler",
+        "msg",
+        "released",
+        "started",
+        "task",
+        "timed_out",
+        "timeout_s",
+        "timer",
+    )
 
     def __init__(self, msg: Msg) -> None:
         self.msg = msg
@@ -94,6 +104,8 @@ class _Slot:
         self.timeout_s = 0.0
         self.in_handler = False
         self.timed_out = False
+        self.released = False
+        """The slot was already freed by ``PullConsumer.ack_next`` (success path)."""
 
     def expire(self) -> None:
         """The attempt ran out of time: cancel it and remember why."""
@@ -167,7 +179,8 @@ class KindRunner:
             self._log.exception("unexpected error processing a message")
             task = None
         if task is None:  # done without suspending: no Task, no slot to track
-            self.consumer.release()
+            if not slot.released:
+                self.consumer.release()
             return
         slot.task = task
         self.slots[task] = slot
@@ -208,7 +221,8 @@ class KindRunner:
         if not self.slots and self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
-        self.consumer.release()
+        if slot is None or not slot.released:
+            self.consumer.release()
         if not task.cancelled() and (exc := task.exception()) is not None:
             self._log.error("unexpected error processing a message", exc_info=exc)
 
@@ -316,7 +330,11 @@ class KindRunner:
                 return await self._dead_letter(
                     msg, tenant, task.id, DlqReason.REJECTED, detail, attempt, task
                 )
-        await self._ack(self._nc, msg, AckKind.ACK)
+        if self._traced:
+            await self._ack(self._nc, msg, AckKind.ACK)
+        else:
+            slot.released = True  # ack_next frees the slot and may pull in the same message
+            await self.consumer.ack_next(msg)
         stats.tasks[(tenant, Outcome.OK)] += 1
         return None
 

@@ -130,6 +130,34 @@ class PullConsumer:
         if self.fetching and self._wants(self.slots - self.held - self.credit):
             self._schedule_pull()
 
+    async def ack_next(self, msg: Msg) -> None:
+        """Ack ``msg``, free its slot and, if more are wanted, ask for them in the same message.
+
+        ``+NXT <pull request>`` makes the server apply the ack before it serves the new
+        request. A separate ``+ACK`` and pull request are applied on two server queues, so
+        a pull could be served while acks sent before it were still queued, and the
+        consumer's ``num_ack_pending`` would read above ``slots`` for an instant.
+        """
+        self.held -= 1
+        free = self.slots - self.held - self.credit
+        if self.fetching and self._sub is not None and self._wants(free):
+            batch = min(free, self._max_batch)
+            self.credit += batch
+            try:
+                await self._nc.publish(msg.reply, b"+NXT " + self._request(batch), reply=self._inbox)
+            except Exception:
+                self.credit -= batch
+                raise
+            return
+        await self._nc.publish(msg.reply, AckKind.ACK)
+
+    def _request(self, batch: int) -> bytes:
+        return b'{"batch":%d,"expires":%d,"idle_heartbeat":%d}' % (
+            batch,
+            self._expires_ns,
+            self._heartbeat_ns,
+        )
+
     def _wants(self, free: int) -> bool:
         """Whether ``free`` slots are worth a pull request now."""
         if free >= self._threshold or (free > 0 and self.credit == 0):
@@ -185,13 +213,8 @@ class PullConsumer:
                 return
             batch = min(free, self._max_batch)
             self.credit += batch
-            request = b'{"batch":%d,"expires":%d,"idle_heartbeat":%d}' % (
-                batch,
-                self._expires_ns,
-                self._heartbeat_ns,
-            )
             try:
-                await self._nc.publish(self._next_subject, request, reply=self._inbox)
+                await self._nc.publish(self._next_subject, self._request(batch), reply=self._inbox)
             except Exception as exc:
                 self.credit -= batch
                 log.warning("pull request failed: %s", exc)

@@ -5,19 +5,17 @@
 * the worker's own count of held messages (``agentbus_inflight``): never above 8,
   and 8 at some point (or the test would prove nothing);
 * JetStream's count of delivered-but-unacked messages (``num_ack_pending``), the
-  independent witness. The server handles acks and pull requests on two separate
-  goroutines (nats-server ``consumer.go``: ``processInboundAcks`` and
-  ``processInboundNextMsgReqs``), so a pull request can be served before the acks
-  the worker sent just ahead of it are counted, and a snapshot may show a few more
-  than 8 for an instant. A worker that fetched past its slots (FastStream #2563)
-  would show thousands, steadily: that is what the server-side bounds catch;
+  independent witness: never above 8 either. (The worker asks for more in the same
+  ``+NXT`` message that acks a finished task; a separate pull request could be served
+  by the server before acks sent ahead of it are counted - nats-server applies acks
+  and pull requests on two queues - and a snapshot would read above 8 for an instant.)
+  A worker that fetched past its slots (FastStream #2563) would show thousands;
 * the worker's RSS, which must stay flat once it is warm.
 """
 
 from __future__ import annotations
 
 import asyncio
-import statistics
 from collections.abc import Callable
 
 import psutil
@@ -101,13 +99,9 @@ async def test_worker_holds_at_most_max_inflight_and_stays_flat(
     assert max(sampler.held) <= SLOTS, sampler.held
     assert max(sampler.held) == SLOTS, "the worker never filled its slots: the test proves nothing"
 
-    # JetStream's count: at most the slots almost always (see the module docstring for the
-    # instants above), never the backlog, and every message delivered exactly once.
-    over = [n for n in sampler.ack_pending if n > SLOTS]
+    # JetStream's count: never above the slots, reaching them, and every message delivered once.
+    assert max(sampler.ack_pending) <= SLOTS, sorted(n for n in sampler.ack_pending if n > SLOTS)
     assert SLOTS in sampler.ack_pending
-    assert statistics.median(sampler.ack_pending) <= SLOTS
-    assert len(over) <= len(sampler.ack_pending) // 10, sorted(over)
-    assert max(sampler.ack_pending) <= 8 * SLOTS, sorted(over)
     info = await nc.jetstream().consumer_info(TASKS_STREAM, consumer_name("echo"))
     assert info.delivered.consumer_seq == TASKS, "a message was delivered twice"
     assert (info.num_redelivered or 0) == 0
