@@ -61,7 +61,6 @@ class KindStats:
         "dead_letters",
         "fetched",
         "inflight",
-        "latency_count",
         "latency_sum",
         "pending",
         "redelivered",
@@ -75,7 +74,6 @@ class KindStats:
         self.redelivered = 0
         self.buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)
         self.latency_sum = 0.0
-        self.latency_count = 0
         self.pending = -1  # from consumer info; -1 until first read
         self.ack_pending = -1
         self.inflight: Callable[[], int] = lambda: 0  # the runner installs its live count
@@ -84,7 +82,6 @@ class KindStats:
         """Record one handler latency."""
         self.buckets[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
         self.latency_sum += seconds
-        self.latency_count += 1
 
 
 class WorkerStats:

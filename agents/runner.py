@@ -136,7 +136,6 @@ class KindRunner:
         self.spec = spec
         self.kind = spec.kind
         self._nc = nc
-        self._publisher = publisher
         self._dlq = dlq
         self.stats = stats
         self._worker = worker

@@ -112,7 +112,6 @@ class TaskAgent:
         timeout_s: float = 120.0,
     ) -> None:
         self.tools = tools
-        self._offline = offline
         self._config = config
         self._brain = brain
         self._limits = limits
