@@ -60,6 +60,7 @@ class WorkerConfig:
     gossip: bool = True  # replicate shared state to the other workers; off: this process's state only
     gossip_preset: str = "lan"  # one of GOSSIP_PRESETS
     redis_url: str | None = None  # snapshots of shared state in Redis; None: gossip only
+    gc_gen0_threshold: int = 50_000  # the worker process's gen-0 GC threshold; 0: Python's (700)
 
     def __post_init__(self) -> None:
         if self.drain_timeout_s < 0 or self.ack_wait_s <= 0 or self.max_deliver < 1:
@@ -70,6 +71,8 @@ class WorkerConfig:
             raise ConfigError("consumer_info_interval_s must be > 0")
         if self.max_inflight is not None and self.max_inflight < 1:
             raise ConfigError("max_inflight must be >= 1")
+        if self.gc_gen0_threshold < 0:
+            raise ConfigError("gc_gen0_threshold must be >= 0")
         if self.gossip_preset not in GOSSIP_PRESETS:
             raise ConfigError(f"gossip_preset must be one of {', '.join(GOSSIP_PRESETS)}")
 
@@ -98,6 +101,7 @@ class WorkerConfig:
             "AGENTBUS_MAX_DELIVER": ("max_deliver", int),
             "AGENTBUS_CONSUMER_INFO_INTERVAL_S": ("consumer_info_interval_s", float),
             "AGENTBUS_GOSSIP_PRESET": ("gossip_preset", str),
+            "AGENTBUS_GC_GEN0_THRESHOLD": ("gc_gen0_threshold", int),
         }
         for var, (name, typ) in conv.items():
             if var in env:

@@ -58,7 +58,7 @@ HDR_REPLY = "Agentbus-Reply"
 """Inbox the worker also sends the :class:`Result` to (JetStream uses the real reply for its ack)."""
 
 
-class Task(msgspec.Struct, Generic[T], omit_defaults=True):
+class Task(msgspec.Struct, Generic[T], omit_defaults=True, gc=False):
     """A unit of work for one agent kind of one tenant."""
 
     id: str
@@ -71,7 +71,7 @@ class Task(msgspec.Struct, Generic[T], omit_defaults=True):
     kind: str | None = None
 
 
-class Result(msgspec.Struct, Generic[T], omit_defaults=True):
+class Result(msgspec.Struct, Generic[T], omit_defaults=True, gc=False):
     """The outcome of a task, sent once the task is done (or dead-lettered, to a waiter)."""
 
     task_id: str
@@ -154,7 +154,7 @@ def now() -> float:
 # LLM task agent sends them; its result's audit trail is the same decision and step events.
 
 
-class TokenEvent(msgspec.Struct, tag="token", tag_field="type", omit_defaults=True):
+class TokenEvent(msgspec.Struct, tag="token", tag_field="type", omit_defaults=True, gc=False):
     """A piece of model text as it is produced; the answer is the tokens of the final turn."""
 
     seq: int
@@ -163,7 +163,7 @@ class TokenEvent(msgspec.Struct, tag="token", tag_field="type", omit_defaults=Tr
     attempt: int = 1
 
 
-class DecisionEvent(msgspec.Struct, tag="decision", tag_field="type", omit_defaults=True):
+class DecisionEvent(msgspec.Struct, tag="decision", tag_field="type", omit_defaults=True, gc=False):
     """A brain's decision for one turn: the tools it calls next, or (``final``) that it answers."""
 
     seq: int
@@ -179,7 +179,7 @@ class DecisionEvent(msgspec.Struct, tag="decision", tag_field="type", omit_defau
     attempt: int = 1
 
 
-class StepEvent(msgspec.Struct, tag="step", tag_field="type", omit_defaults=True):
+class StepEvent(msgspec.Struct, tag="step", tag_field="type", omit_defaults=True, gc=False):
     """One executed tool call: arguments as the brain sent them, and the result or the error."""
 
     seq: int
@@ -194,7 +194,7 @@ class StepEvent(msgspec.Struct, tag="step", tag_field="type", omit_defaults=True
     attempt: int = 1
 
 
-class DoneEvent(msgspec.Struct, tag="done", tag_field="type", omit_defaults=True):
+class DoneEvent(msgspec.Struct, tag="done", tag_field="type", omit_defaults=True, gc=False):
     """The last event of an attempt: the task ended (the result follows) or failed with ``error``."""
 
     seq: int

@@ -43,17 +43,40 @@ __all__ = ["HTTPPool", "Response"]
 
 _MAX_HEAD_BYTES = 64 * 1024
 _MAX_BODY_BYTES = 32 * 1024 * 1024
+_SWEEP_S = 0.05  # how often outstanding requests are checked against their deadlines
 
 
 class Response:
-    """Status, lower-cased headers and (for a non-streamed request) the body."""
+    """Status, lower-cased headers (parsed on first use) and (for a non-streamed request) the body."""
 
-    __slots__ = ("body", "headers", "status")
+    __slots__ = ("_fields", "_headers", "body", "status")
 
-    def __init__(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
+    def __init__(self, status: int, fields: bytes, body: bytes = b"") -> None:
         self.status = status
-        self.headers = headers
+        self._fields = fields  # the head after the status line, starting with CRLF
+        self._headers: dict[str, str] | None = None
         self.body = body
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Header names lower-cased; a repeated header keeps its last value."""
+        if self._headers is None:
+            self._headers = {}
+            for line in self._fields.decode("latin-1").split("\r\n"):
+                name, colon, value = line.partition(":")
+                if colon:
+                    self._headers[name.strip().lower()] = value.strip()
+        return self._headers
+
+
+def _field(fields: bytes, name: bytes) -> bytes | None:
+    """The value of header ``name`` (``b"\\r\\nname:"``, lower case) in lower-cased ``fields``."""
+    at = fields.find(name)
+    if at < 0:
+        return None
+    at += len(name)
+    end = fields.find(b"\r\n", at)
+    return fields[at : end if end >= 0 else len(fields)].strip()
 
 
 class _Conn(asyncio.Protocol):
@@ -74,7 +97,7 @@ class _Conn(asyncio.Protocol):
         self.keep_alive = True
         self.used = False  # served a response before: a silent close means "stale", resend once
         self.got_bytes = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # loop.time() by which the whole response must have arrived
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -83,6 +106,8 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        if self.waiting and not self.buf and self.body is not None and self._whole(data):
+            return
         self.buf += data
         try:
             if self.waiting and not self._parse_head():
@@ -91,6 +116,30 @@ class _Conn(asyncio.Protocol):
         except _ProtocolError as exc:
             self._fail(ModelConnectionError(f"bad HTTP response: {exc}"))
             self.close()
+
+    def _whole(self, data: bytes) -> bool:
+        """The common case, a whole ``200 OK`` with a Content-Length body in one read: parse it
+        straight from ``data``, with no buffer. False (nothing consumed) for anything else."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or not data.startswith(b"HTTP/1.1 200 "):
+            return False
+        cut = data.find(b"\r\n")
+        fields = data[cut:end]
+        lower = fields.lower()
+        length = _field(lower, b"\r\ncontent-length:")
+        if length is None or not length.isdigit() or b"\r\ntransfer-encoding:" in lower:
+            return False
+        start = end + 4
+        size = int(length)
+        if len(data) != start + size:  # partial, or more than one response: the general path
+            return False
+        self.keep_alive = _field(lower, b"\r\nconnection:") != b"close"
+        self.waiting = False
+        self.response = response = Response(200, fields, data[start:])
+        self.mode = ""
+        if self.done is not None and not self.done.done():
+            self.done.set_result(response)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.mode == "close" and not self.waiting:
@@ -103,35 +152,39 @@ class _Conn(asyncio.Protocol):
     # -- parsing ------------------------------------------------------------------------------
 
     def _parse_head(self) -> bool:
+        # only the three fields that frame the body are looked at here; Response.headers
+        # parses the rest if someone asks (error answers: Retry-After)
         end = self.buf.find(b"\r\n\r\n")
         if end < 0:
             if len(self.buf) > _MAX_HEAD_BYTES:
                 raise _ProtocolError("response head too large")
             return False
-        lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+        head = bytes(self.buf[:end])
         del self.buf[: end + 4]
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise _ProtocolError(f"bad status line {lines[0][:80]!r}")
-        status = int(parts[1])
+        cut = head.find(b"\r\n")
+        status_line, fields = (head, b"") if cut < 0 else (head[:cut], head[cut:])
+        code = status_line[9:12]
+        if not status_line.startswith(b"HTTP/1.") or not code.isdigit() or status_line[12:13] not in b" ":
+            raise _ProtocolError(f"bad status line {status_line[:80]!r}")
+        status = int(code)
         if status < 200:  # 100 Continue and friends: skip, the real head follows
             return self._parse_head()
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        conn = headers.get("connection", "").lower()
-        self.keep_alive = (parts[0] == "HTTP/1.1" and conn != "close") or conn == "keep-alive"
-        if "chunked" in headers.get("transfer-encoding", "").lower():
+        lower = fields.lower()
+        conn = _field(lower, b"\r\nconnection:") or b""
+        self.keep_alive = (status_line[7:8] == b"1" and conn != b"close") or conn == b"keep-alive"
+        length = _field(lower, b"\r\ncontent-length:")
+        if b"chunked" in (_field(lower, b"\r\ntransfer-encoding:") or b""):
             self.mode, self.left = "chunked", -1
-        elif "content-length" in headers:
-            self.mode, self.left = "length", int(headers["content-length"])
+        elif length is not None:
+            if not length.isdigit():
+                raise _ProtocolError(f"bad Content-Length {length[:20]!r}")
+            self.mode, self.left = "length", int(length)
         elif status in (204, 304):
             self.mode, self.left = "length", 0
         else:
             self.mode, self.keep_alive = "close", False
         self.waiting = False
-        self.response = Response(status, headers)
+        self.response = Response(status, fields)
         if self.head is not None:
             self.head.set_result(self.response)
         return True
@@ -205,8 +258,6 @@ class _Conn(asyncio.Protocol):
 
     def _finish(self) -> None:
         self.mode = ""
-        if self.timer is not None:
-            self.timer.cancel()
         if self.chunks is not None:
             self.chunks.put_nowait(None)
         if self.done is not None and not self.done.done() and self.response is not None:
@@ -216,8 +267,6 @@ class _Conn(asyncio.Protocol):
     def _fail(self, exc: BaseException) -> None:
         self.mode = ""
         self.waiting = False
-        if self.timer is not None:
-            self.timer.cancel()
         for fut in (self.head, self.done):
             if fut is not None and not fut.done():
                 fut.set_exception(exc)
@@ -227,14 +276,11 @@ class _Conn(asyncio.Protocol):
 
     # -- use ----------------------------------------------------------------------------------
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
         self._fail(TimeoutError())
         self.close()
 
-    def start(self, request: bytes, *, stream: bool, timeout_s: float) -> None:
-        # a timer, not asyncio.timeout(): no cancellation machinery on the hot path
-        loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(timeout_s, self._expire)
+    def start(self, loop: asyncio.AbstractEventLoop, request: bytes, *, stream: bool) -> None:
         self.response = None
         self.waiting = True
         self.head = loop.create_future() if stream else None
@@ -283,19 +329,28 @@ class HTTPPool:
         host = self.host if default_port else f"{self.host}:{self.port}"
         self._fixed = f"Host: {host}\r\nUser-Agent: {user_agent}\r\n".encode("latin-1")
         self._connect_timeout_s = connect_timeout_s
+        self._starts: dict[tuple[str, str], bytes] = {}
         self._idle: deque[_Conn] = deque()
         self._all: set[_Conn] = set()
+        self._busy: set[_Conn] = set()  # waiting for (the rest of) a response
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def _request_bytes(self, path: str, body: bytes, headers: str) -> bytes:
-        head = f"POST {self.prefix}{path} HTTP/1.1\r\nContent-Length: {len(body)}\r\n{headers}"
-        return head.encode("latin-1") + self._fixed + b"\r\n" + body
+        start = self._starts.get((path, headers))
+        if start is None:  # the request line and fixed headers are encoded once per (path, headers)
+            line = f"POST {self.prefix}{path} HTTP/1.1\r\n{headers}".encode("latin-1") + self._fixed
+            start = self._starts[(path, headers)] = line + b"Content-Length: "
+        return b"%s%d\r\n\r\n%s" % (start, len(body), body)
 
-    async def _conn(self) -> _Conn:
+    def _idle_conn(self) -> _Conn | None:
         while self._idle:
             conn = self._idle.pop()  # the most recently used: least likely to have timed out
             if not conn.closing:
                 return conn
             self._all.discard(conn)
+        return None
+
+    async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
@@ -305,7 +360,30 @@ class HTTPPool:
         self._all.add(conn)
         return conn
 
+    def _begin(self, conn: _Conn, request: bytes, *, stream: bool, timeout_s: float) -> None:
+        # one sweeping timer per pool, not a timer per request: arming and cancelling a
+        # timer cost more than the rest of sending a request (a timeout fires up to
+        # _SWEEP_S late, which no LLM call's timeout notices)
+        loop = asyncio.get_running_loop()
+        conn.deadline = loop.time() + timeout_s
+        conn.start(loop, request, stream=stream)
+        self._busy.add(conn)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(_SWEEP_S, self._sweep)
+
+    def _sweep(self) -> None:
+        """Expire every request past its deadline; re-arm while any is outstanding."""
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in [c for c in self._busy if c.deadline <= now]:
+            self._busy.discard(conn)
+            conn.expire()
+        if self._busy:
+            self._sweeper = loop.call_later(_SWEEP_S, self._sweep)
+
     def _release(self, conn: _Conn) -> None:
+        self._busy.discard(conn)
         conn.used = True
         if conn.reusable:
             self._idle.append(conn)
@@ -314,6 +392,7 @@ class HTTPPool:
             self._all.discard(conn)
 
     def _discard(self, conn: _Conn) -> None:
+        self._busy.discard(conn)
         conn.close()
         self._all.discard(conn)
 
@@ -322,8 +401,8 @@ class HTTPPool:
         once ``timeout_s`` passed without the whole response."""
         request = self._request_bytes(path, body, headers)
         for _ in range(2):
-            conn = await self._conn()
-            conn.start(request, stream=False, timeout_s=timeout_s)
+            conn = self._idle_conn() or await self._connect()
+            self._begin(conn, request, stream=False, timeout_s=timeout_s)
             try:
                 assert conn.done is not None
                 response = await conn.done  # one wake-up per request: head and body together
@@ -344,8 +423,8 @@ class HTTPPool:
         bounds the whole response: past it the iterator raises TimeoutError."""
         request = self._request_bytes(path, body, headers)
         for _ in range(2):
-            conn = await self._conn()
-            conn.start(request, stream=True, timeout_s=timeout_s)
+            conn = self._idle_conn() or await self._connect()
+            self._begin(conn, request, stream=True, timeout_s=timeout_s)
             try:
                 assert conn.head is not None
                 response = await conn.head
@@ -380,8 +459,12 @@ class HTTPPool:
 
     async def aclose(self) -> None:
         """Close every connection."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in list(self._all):
             conn.close()
         self._all.clear()
         self._idle.clear()
+        self._busy.clear()
         await asyncio.sleep(0)  # let transports run connection_lost

@@ -43,7 +43,7 @@ from agents.llm.budget import LocalLimits, TenantLimits
 from agents.llm.client import ChatClient
 from agents.llm.config import LimitsConfig, LLMConfig
 from agents.llm.metrics import LLMCollector
-from agents.llm.planner import Brain, ModelBrain, PlannedCall, Run, Turn
+from agents.llm.planner import Brain, ModelBrain, Plan, PlannedCall, Run, Turn
 from agents.llm.tools import Toolbox, ToolOutcome
 from bus import tracing
 from bus.messages import AuditEvent, DecisionEvent, DoneEvent, StepEvent, TokenEvent, now
@@ -51,7 +51,7 @@ from bus.messages import AuditEvent, DecisionEvent, DoneEvent, StepEvent, TokenE
 __all__ = ["TaskAgent", "TaskIn", "TaskOut", "agent_of", "task_agent"]
 
 
-class TaskIn(msgspec.Struct):
+class TaskIn(msgspec.Struct, gc=False):
     """A request in natural language."""
 
     request: str
@@ -60,7 +60,7 @@ class TaskIn(msgspec.Struct):
     say ``false`` (the audit trail is in the result either way)."""
 
 
-class TaskOut(msgspec.Struct):
+class TaskOut(msgspec.Struct, gc=False):
     """The answer and the audit trail of every decision and tool call."""
 
     answer: str
@@ -165,7 +165,8 @@ class TaskAgent:
             if fate is exc:
                 raise
             raise fate from exc
-        await events.send(DoneEvent(seq=events.next(), ok=True, attempt=events.attempt))
+        if events.on:
+            await events.send(DoneEvent(seq=events.next(), ok=True, attempt=events.attempt))
         return out
 
     async def _run(self, ctx: Context, task: TaskIn, events: _Events) -> TaskOut:
@@ -183,10 +184,7 @@ class TaskAgent:
         for turn in range(cfg.max_turns):
             events.turn = turn
             limits.check(ctx.tenant)
-            with tracing.maybe_span(self._traced, "plan", turn=turn, brain=brain.name) as span:
-                plan = await brain.plan(run)
-                if span is not None and not plan.calls:
-                    span.update_name("answer")
+            plan = await (self._plan_traced(brain, run, turn) if self._traced else brain.plan(run))
             limits.charge(ctx.tenant, plan.tokens)
             tokens += plan.tokens
             self.tokens[ctx.tenant] = self.tokens.get(ctx.tenant, 0) + plan.tokens
@@ -208,7 +206,8 @@ class TaskAgent:
                     attempt=events.attempt,
                 )
                 audit.append(decision)
-                await events.send(decision)
+                if events.on:
+                    await events.send(decision)
                 if final:
                     return TaskOut(plan.text, audit, brain.name, turn + 1, tokens)
                 steps += len(plan.calls)
@@ -234,7 +233,8 @@ class TaskAgent:
                         attempt=events.attempt,
                     )
                     audit.append(step)
-                    await events.send(step)
+                    if events.on:
+                        await events.send(step)
                     if not outcome.ok:
                         errors += 1
                         last_error = outcome.error
@@ -246,9 +246,19 @@ class TaskAgent:
                 )
         raise ModelOutputError(f"no answer within max_turns={cfg.max_turns} (the step bound)")
 
+    async def _plan_traced(self, brain: Brain, run: Run, turn: int) -> Plan:
+        with tracing.span("plan", turn=turn, brain=brain.name) as span:
+            plan = await brain.plan(run)
+            if not plan.calls:
+                span.update_name("answer")
+            return plan
+
     async def _step(self, ctx: Context, call: PlannedCall) -> tuple[ToolOutcome, float]:
         started = time.perf_counter()
-        with tracing.maybe_span(self._traced, "tool", tool=call.tool):
+        if self._traced:
+            with tracing.span("tool", tool=call.tool):
+                outcome = await self.tools.call(ctx, call.tool, call.arguments)
+        else:
             outcome = await self.tools.call(ctx, call.tool, call.arguments)
         key = (call.tool, outcome.ok)
         self.tool_calls[key] = self.tool_calls.get(key, 0) + 1

@@ -82,7 +82,8 @@ class ChatRequest(msgspec.Struct, omit_defaults=True, gc=False):
 
     model: str
     messages: list[Message]
-    tools: list[ToolSpec] | None = None
+    tools: list[ToolSpec] | msgspec.Raw | None = None
+    """The specs, or the same already encoded (``Toolbox.specs_json``; sent as is)."""
     stream: bool = False
     stream_options: _StreamOptions | None = None
     temperature: float | None = None

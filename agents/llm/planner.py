@@ -46,7 +46,7 @@ SYSTEM_PROMPT = (
 )
 
 
-class PlannedCall(msgspec.Struct):
+class PlannedCall(msgspec.Struct, gc=False):
     """One step of a plan: a tool name and its arguments as JSON text (unvalidated)."""
 
     id: str
@@ -106,12 +106,18 @@ class ModelBrain:
         self.config = config
         self.system_prompt = system_prompt
         self.name = f"model:{config.model}"
+        self._system: dict[str, Message] = {}
 
     def messages(self, run: Run) -> list[Message]:
         """The conversation for the next turn (built incrementally in ``run.memo``)."""
         if not run.memo:
-            run.memo += [0, [Message("system", self.system_prompt.format(tenant=run.tenant))]]
-            run.memo[1].append(Message("user", run.request))
+            system = self._system.get(run.tenant)
+            if system is None:  # one per tenant, shared by its runs (never changed)
+                if len(self._system) >= 4096:
+                    self._system.clear()
+                system = Message("system", self.system_prompt.format(tenant=run.tenant))
+                self._system[run.tenant] = system
+            run.memo += [0, [system, Message("user", run.request)]]
         done: int = run.memo[0]
         msgs: list[Message] = run.memo[1]
         if msgs[-1].role == "user" and len(msgs) > 2:  # drop the previous nudge
@@ -135,7 +141,7 @@ class ModelBrain:
         request = ChatRequest(
             model=cfg.model,
             messages=self.messages(run),
-            tools=run.tools.specs or None,
+            tools=run.tools.specs_json,
             stream=cfg.stream,
             stream_options=_StreamOptions() if cfg.stream else None,
             temperature=cfg.temperature,

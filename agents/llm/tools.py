@@ -111,6 +111,8 @@ class Toolbox:
                 raise ConfigError(f"two tools named {t.name!r}")
             self._tools[t.name] = t
         self.specs = [t.spec() for t in self._tools.values()]
+        self.specs_json = msgspec.Raw(msgspec.json.encode(self.specs)) if self.specs else None
+        """The specs encoded once: every model call sends them."""
 
     @property
     def names(self) -> list[str]:
