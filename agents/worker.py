@@ -39,7 +39,7 @@ from bus.dlq import DeadLetterQueue
 from bus.publisher import Publisher
 from bus.topology import TASKS_STREAM, ConsumerSpec, consumer_name, ensure_consumer, ensure_streams
 
-__all__ = ["Worker", "run_worker"]
+__all__ = ["Worker", "run_worker", "tune_gc"]
 
 log = logging.getLogger("agentbus.worker")
 
@@ -263,7 +263,7 @@ def tune_gc(gen0_threshold: int) -> None:
     never traversed again, so a full collection costs only what tasks allocated. With
     thousands of tasks in flight, each holding a few dozen container objects, Python's
     gen-0 threshold of 700 means a collection every few tasks, each walking every young
-    in-flight object: 17 % of the LLM benchmark's CPU (docs/performance.md). 0 keeps
+    in-flight object: 17 % of the LLM benchmark's CPU (docs/llm.md). 0 keeps
     Python's thresholds.
     """
     gc.collect()

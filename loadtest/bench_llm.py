@@ -17,10 +17,15 @@ the worker sustains, not what this driver can publish (on two shared cores the
 publisher would take CPU from the worker it measures; in production publishers run
 elsewhere). Every result is still received here and must say ``ok``; the rate is
 measured between 20 % and 90 % of them (ramp-up and tail left out). The worker's
-CPU per task is split into user and system (kernel: socket I/O) time. Last, the
-HTTP layer alone: ``ChatClient`` calls at the same concurrency from this process
-(``client_*``), which separates the client's cost from the worker's.
-Ends with one JSON line: rate, ideal, overhead_pct, rss_per_inflight_kb and the details.
+CPU per task is split into user and system (kernel: socket I/O) time.
+
+The anchor runs next, the same way (a backlog of the same size, then the process):
+``loadtest.llm_raw``, a hand-written minimal worker sending the same bytes to the
+same model (``raw_*``, and ``ratio_to_raw``). What it cannot reach, this machine
+cannot. Last, the HTTP layer alone: ``ChatClient`` calls at the same concurrency
+from this process (``client_*``), which separates the client's cost from the worker's.
+Ends with one JSON line: rate, ideal, overhead_pct, the anchor's, rss_per_inflight_kb
+and the details.
 """
 
 from __future__ import annotations
