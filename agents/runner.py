@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import random
 import time
@@ -37,9 +38,10 @@ from agents._eager import start_eager
 from agents.api import AgentSpec, Context, Stores
 from agents.metrics import KindStats, Outcome
 from agents.tenancy import _tenant
-from bus import tracing
+from bus import fastpub, tracing
 from bus.consumer import AckKind, PullConsumer, ack, delivery_count, stream_seq
 from bus.dlq import DeadLetterQueue
+from bus.fastpub import publish_now
 from bus.messages import (
     DLQ_MAX_DATA_BYTES,
     HDR_MSG_ID,
@@ -151,7 +153,7 @@ class KindRunner:
         self.draining = False
         self._expiry: asyncio.TimerHandle | None = None  # the shared timer, armed for the oldest slot
         self._submit = publisher.submit  # bound once, not per task
-        self._emit = nc.publish
+        self._emit = functools.partial(fastpub.publish, nc)
         self._done_cb = self._done
         # tracing is decided once, here: with no tracer provider the hot path is untouched
         self._traced = tracing.enabled()
@@ -351,9 +353,11 @@ class KindRunner:
             return
         data = encode(result)
         if self._publish_results:
-            await self._nc.publish(result_subject(tenant, task_id), data)
+            subject = result_subject(tenant, task_id)
+            if not publish_now(self._nc, subject, data):
+                await self._nc.publish(subject, data)
         if reply:
-            await self._nc.publish(reply, data)
+            await fastpub.publish(self._nc, reply, data)
 
     async def _retry_later(
         self, msg: Msg, tenant: str, task: Task[Any], attempt: int, reason: str, delay_s: float | None

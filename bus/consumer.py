@@ -37,6 +37,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from bus.fastpub import publish_now
+
 __all__ = ["AckKind", "PullConsumer", "ack", "delivery_count", "stream_seq"]
 
 log = logging.getLogger("agentbus.bus")
@@ -62,7 +64,8 @@ class AckKind:
 
 async def ack(nc: Client, msg: Msg, kind: bytes) -> None:
     """Send an acknowledgement of ``kind`` for ``msg`` (fire and forget, like ``msg.ack()``)."""
-    await nc.publish(msg.reply, kind)
+    if not publish_now(nc, msg.reply, kind):
+        await nc.publish(msg.reply, kind)
 
 
 def delivery_count(msg: Msg) -> int:
@@ -143,13 +146,15 @@ class PullConsumer:
         if self.fetching and self._sub is not None and self._wants(free):
             batch = min(free, self._max_batch)
             self.credit += batch
+            request = b"+NXT " + self._request(batch)
             try:
-                await self._nc.publish(msg.reply, b"+NXT " + self._request(batch), reply=self._inbox)
+                if not publish_now(self._nc, msg.reply, request, self._inbox):
+                    await self._nc.publish(msg.reply, request, reply=self._inbox)
             except Exception:
                 self.credit -= batch
                 raise
             return
-        await self._nc.publish(msg.reply, AckKind.ACK)
+        await ack(self._nc, msg, AckKind.ACK)
 
     def _request(self, batch: int) -> bytes:
         return b'{"batch":%d,"expires":%d,"idle_heartbeat":%d}' % (
