@@ -19,11 +19,13 @@ elsewhere). Every result is still received here and must say ``ok``; the rate is
 measured between 20 % and 90 % of them (ramp-up and tail left out). The worker's
 CPU per task is split into user and system (kernel: socket I/O) time.
 
-The anchor runs next, the same way (a backlog of the same size, then the process):
+The anchor runs the same way (a backlog of the same size, then the process):
 ``loadtest.llm_raw``, a hand-written minimal worker sending the same bytes to the
 same model (``raw_*``, and ``ratio_to_raw``). What it cannot reach, this machine
-cannot. Last, the HTTP layer alone: ``ChatClient`` calls at the same concurrency
-from this process (``client_*``), which separates the client's cost from the worker's.
+cannot. Both sides run ``--reps`` times in ABBA order (this machine's speed drifts by
+10 % from minute to minute); the run with the median rate is reported, with all rates.
+Last, the HTTP layer alone: ``ChatClient`` calls at the same concurrency from this
+process (``client_*``), which separates the client's cost from the worker's.
 Ends with one JSON line: rate, ideal, overhead_pct, the anchor's, rss_per_inflight_kb
 and the details.
 """
@@ -49,7 +51,7 @@ from bus.connection import connect
 from bus.embedded import EmbeddedNats, free_port
 from bus.publisher import Publisher, TaskSpec
 from bus.topology import ConsumerSpec, ensure_consumer, ensure_streams
-from loadtest.bench_common import run_on_uvloop
+from loadtest.bench_common import alternate, run_on_uvloop
 
 __all__ = ["main"]
 
@@ -161,6 +163,7 @@ async def _measure(
     nc: Any,
     tasks: int,
     kind: str,
+    rep: str,
     stream: bool,
     start: Callable[[], subprocess.Popen[bytes]],
     port: int | None,
@@ -170,7 +173,7 @@ async def _measure(
     The rate is taken between 20 % and 90 % of the results (start-up and tail left out);
     CPU is the consumer's over the whole round, per task, split into user and system.
     """
-    tag = f"run-{kind}"
+    tag = f"run{rep}-{kind}"
     request = {"request": REQUEST, "stream": stream}
     await pub.submit_many(TaskSpec(TENANT, kind, request, task_id=f"{tag}-{i}") for i in range(tasks))
     sub, done = await _results(nc, tasks, tag)
@@ -192,6 +195,12 @@ async def _measure(
         "user_us": round(user_s / tasks * 1e6, 1),
         "system_us": round(system_s / tasks * 1e6, 1),
     }
+
+
+def _median_run(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """The run with the median rate (CPU figures from that same run), and every rate."""
+    ordered = sorted(runs, key=lambda r: r["rate"])
+    return {**ordered[(len(ordered) - 1) // 2], "rates": [r["rate"] for r in runs]}
 
 
 async def _memory(pub: Publisher, nc: Any, port: int, pid: int, inflight: int) -> tuple[int, int]:
@@ -261,10 +270,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
             await ensure_consumer(nc.jetstream(), ConsumerSpec(kind=RAW_KIND))
             stream = not args.no_events
-            measured = {
-                "agentbus": await _measure(pub, nc, tasks, KIND, stream, start_ours, port),
-                "raw": await _measure(pub, nc, tasks, RAW_KIND, stream, start_anchor, None),
-            }
+            sides = {"agentbus": (KIND, start_ours, port), "raw": (RAW_KIND, start_anchor, None)}
+
+            async def one(side: str, rep: int) -> dict[str, float]:
+                kind, start, ready_port = sides[side]
+                return await _measure(pub, nc, tasks, kind, f"{rep}", stream, start, ready_port)
+
+            runs = await alternate(args.reps, list(sides), one)
+            measured = {side: _median_run(runs[side]) for side in sides}
             await nc.close()
             client_rate, client_cpu_us = await _client_only(model_url, args.inflight)
         finally:
@@ -281,7 +294,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "rate": ours["rate"],
         "ideal": round(ideal, 1),
         "overhead_pct": round((1 - ours["rate"] / ideal) * 100, 2),
+        "rates": ours["rates"],
         "raw_rate": raw["rate"],
+        "raw_rates": raw["rates"],
         "raw_overhead_pct": round((1 - raw["rate"] / ideal) * 100, 2),
         "ratio_to_raw": round(ours["rate"] / raw["rate"], 3),
         "rss_idle_mib": round(rss_idle / 2**20, 1),
@@ -308,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--inflight", type=int, default=2000, help="worker slots (concurrent LLM tasks)")
     parser.add_argument("--delay-ms", type=float, default=200.0, help="the model's answer time")
+    parser.add_argument(
+        "--reps", type=int, default=3, help="measured rounds per side, alternated ABBA; medians reported"
+    )
     parser.add_argument(
         "--tasks", type=int, default=0, help="tasks in the measured round (default: 12 s worth)"
     )
