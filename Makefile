@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test lint bench loadtest clean
+.PHONY: setup system-deps demo test lint bench bench-llm loadtest clean
 
 setup: $(STAMP) system-deps
 
@@ -33,8 +33,14 @@ lint: $(STAMP)
 test: setup lint
 	$(BIN)/pytest
 
+# The data path against a raw nats-py loop, then LLM agents against a hand-written anchor;
+# both print the anchor and the ratio. Exit 1 when the data path misses a target.
 bench: setup
-	$(BIN)/agentbus bench
+	$(BIN)/agentbus bench; rc=$$?; $(BIN)/python -m loadtest.bench_llm || rc=1; exit $$rc
+
+# One worker, 2,000 LLM tasks in flight against a 200 ms model (docs/llm.md#performance).
+bench-llm: setup
+	$(BIN)/python -m loadtest.bench_llm $(ARGS)
 
 # Locust against the embedded default, judged by loadtest/slo.toml (docs/loadtest.md).
 # make loadtest ARGS="--scenario spike"; ARGS="--scenario all"; ARGS="--nats-url nats://host:4222 --metrics ..."

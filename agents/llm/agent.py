@@ -20,7 +20,6 @@ delay they carry; spent budget, refused request, unusable output -> ``Reject``.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,17 +27,12 @@ from typing import Any
 import msgspec
 
 from agentbus.errors import (
-    BudgetExceededError,
-    CircuitOpenError,
     LLMError,
     ModelOutputError,
-    ModelUnavailableError,
-    RateLimitedError,
-    Reject,
-    Retry,
     TaskFate,
 )
 from agents.api import AgentSpec, Context
+from agents.llm.attempt import Events, fate
 from agents.llm.budget import LocalLimits, TenantLimits
 from agents.llm.client import ChatClient
 from agents.llm.config import LimitsConfig, LLMConfig
@@ -46,7 +40,7 @@ from agents.llm.metrics import LLMCollector
 from agents.llm.planner import Brain, ModelBrain, Plan, PlannedCall, Run, Turn
 from agents.llm.tools import Toolbox, ToolOutcome
 from bus import tracing
-from bus.messages import AuditEvent, DecisionEvent, DoneEvent, StepEvent, TokenEvent, now
+from bus.messages import AuditEvent, DecisionEvent, DoneEvent, StepEvent, now
 
 __all__ = ["TaskAgent", "TaskIn", "TaskOut", "agent_of", "task_agent"]
 
@@ -68,32 +62,6 @@ class TaskOut(msgspec.Struct, gc=False):
     brain: str
     turns: int
     tokens: int
-
-
-class _Events:
-    """Numbers and sends one attempt's stream events (numbered even when not sent)."""
-
-    __slots__ = ("attempt", "ctx", "on", "seq", "turn")
-
-    def __init__(self, ctx: Context, on: bool) -> None:
-        self.ctx = ctx
-        self.on = on
-        self.attempt = ctx.attempt
-        self.seq = 0
-        self.turn = 0
-
-    def next(self) -> int:
-        self.seq += 1
-        return self.seq
-
-    async def token(self, text: str) -> None:
-        self.seq += 1
-        if self.on:
-            await self.ctx.stream(TokenEvent(seq=self.seq, text=text, turn=self.turn, attempt=self.attempt))
-
-    async def send(self, event: Any) -> None:
-        if self.on:
-            await self.ctx.stream(event)
 
 
 class TaskAgent:
@@ -156,20 +124,20 @@ class TaskAgent:
     async def handle(self, ctx: Context, task: TaskIn) -> TaskOut:
         """The handler: run the loop, map LLM failures to the task's fate."""
         self.setup()
-        events = _Events(ctx, task.stream)
+        events = Events(ctx, task.stream)
         try:
             out = await self._run(ctx, task, events)
         except (LLMError, TaskFate) as exc:
-            fate = _fate(exc)
+            ending = fate(exc)
             await events.send(DoneEvent(seq=events.next(), ok=False, error=str(exc), attempt=events.attempt))
-            if fate is exc:
+            if ending is exc:
                 raise
-            raise fate from exc
+            raise ending from exc
         if events.on:
             await events.send(DoneEvent(seq=events.next(), ok=True, attempt=events.attempt))
         return out
 
-    async def _run(self, ctx: Context, task: TaskIn, events: _Events) -> TaskOut:
+    async def _run(self, ctx: Context, task: TaskIn, events: Events) -> TaskOut:
         cfg, limits, brain = self.config, self.limits, self.brain
         assert cfg is not None
         assert limits is not None
@@ -263,22 +231,6 @@ class TaskAgent:
         key = (call.tool, outcome.ok)
         self.tool_calls[key] = self.tool_calls.get(key, 0) + 1
         return outcome, round((time.perf_counter() - started) * 1000, 3)
-
-
-def _fate(exc: LLMError | TaskFate) -> TaskFate:
-    """The fate of a task that ended with ``exc``."""
-    if isinstance(exc, TaskFate):
-        return exc
-    if isinstance(exc, CircuitOpenError | RateLimitedError):
-        # spread the returns over +20% so a burst of nakked tasks does not come back at once
-        return Retry(str(exc), delay_s=exc.retry_after_s * (1 + 0.2 * random.random()))
-    if isinstance(exc, ModelUnavailableError):
-        return Retry(str(exc), delay_s=exc.retry_after_s)
-    if isinstance(exc, BudgetExceededError):
-        return Reject(str(exc))
-    if isinstance(exc, ModelOutputError):
-        return Reject(f"model output unusable: {exc}")
-    return Reject(str(exc))  # ModelHTTPError and the rest: retrying the same request cannot help
 
 
 def task_agent(
