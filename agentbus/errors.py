@@ -127,10 +127,12 @@ class StreamFullError(PublishError):
 class PayloadTooLargeError(PublishError):
     """The encoded task is larger than the stream's max message size."""
 
-    def __init__(self, size: int, limit: int, *, task_id: str = "", subject: str = "") -> None:
-        super().__init__(
-            f"task is {size} bytes, the limit is {limit} bytes", task_id=task_id, subject=subject
-        )
+    def __init__(
+        self, size: int, limit: int, *, task_id: str = "", subject: str = "", detail: str = ""
+    ) -> None:
+        """``limit`` 0: unknown here (the server refused the size: ``detail`` says why)."""
+        bound = f"the limit is {limit} bytes" if limit else f"the server refused it: {detail}"
+        super().__init__(f"task is {size} bytes, {bound}", task_id=task_id, subject=subject)
         self.size = size
         self.limit = limit
 

@@ -53,8 +53,10 @@ class EmbeddedNats:
         store_dir: str | os.PathLike[str] | None = None,
         sync_always: bool = False,
         log_file: str | os.PathLike[str] | None = None,
+        max_payload_bytes: int = 1 << 20,
     ) -> None:
         self.port = port or free_port()
+        self.max_payload_bytes = max_payload_bytes
         self.http_port = free_port()
         self._own_dir = store_dir is None
         self.store_dir = Path(store_dir or tempfile.mkdtemp(prefix="agentbus-nats-"))
@@ -73,7 +75,8 @@ class EmbeddedNats:
         conf = self.store_dir / "nats.conf"
         sync = "sync_interval: always" if self.sync_always else ""
         conf.write_text(
-            f"listen: 127.0.0.1:{self.port}\nhttp: 127.0.0.1:{self.http_port}\nmax_payload: 1MB\n"
+            f"listen: 127.0.0.1:{self.port}\nhttp: 127.0.0.1:{self.http_port}\n"
+            f"max_payload: {self.max_payload_bytes}\n"
             f"jetstream {{\n  store_dir: {_quote(str(self.store_dir / 'js'))}\n  {sync}\n}}\n"
         )
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child, closed below

@@ -119,8 +119,10 @@ class Publisher:
         subject = task_subject(tenant, kind)
         task_id = check_task_id(task_id) if task_id else new_task_id()
         data = encode(Task(id=task_id, payload=payload, created_at=now(), deadline=deadline))
-        if len(data) > self._max_msg_bytes:
-            raise PayloadTooLargeError(len(data), self._max_msg_bytes, task_id=task_id, subject=subject)
+        # the server's max_payload too: above it nats-py raises its own MaxPayloadError
+        limit = min(self._max_msg_bytes, self._nc.max_payload or self._max_msg_bytes)
+        if len(data) > limit:
+            raise PayloadTooLargeError(len(data), limit, task_id=task_id, subject=subject)
         headers = {HDR_MSG_ID: task_id}
         if wait:
             assert self._inbox is not None
@@ -165,7 +167,7 @@ class Publisher:
 
         def done(f: asyncio.Future[PubAck]) -> None:
             timer.cancel()
-            _resolve(f, out, tid, subject)
+            _resolve(f, out, tid, subject, len(data))
 
         ack.add_done_callback(done)
         return out
@@ -256,7 +258,9 @@ def _expire(ack: asyncio.Future[PubAck], timeout_s: float) -> None:
         ack.set_exception(_AckTimeout(timeout_s))
 
 
-def _resolve(ack: asyncio.Future[PubAck], out: asyncio.Future[TaskRef], task_id: str, subject: str) -> None:
+def _resolve(
+    ack: asyncio.Future[PubAck], out: asyncio.Future[TaskRef], task_id: str, subject: str, size: int
+) -> None:
     if out.done():
         return
     if ack.cancelled():
@@ -267,11 +271,11 @@ def _resolve(ack: asyncio.Future[PubAck], out: asyncio.Future[TaskRef], task_id:
         pub = ack.result()
         out.set_result(TaskRef(task_id, subject, pub.seq, bool(pub.duplicate)))
     else:
-        out.set_exception(map_publish_error(exc, task_id, subject))
+        out.set_exception(map_publish_error(exc, task_id, subject, size))
 
 
-def map_publish_error(exc: BaseException, task_id: str, subject: str) -> PublishError:
-    """Translate a nats-py publish failure into the agentbus error tree."""
+def map_publish_error(exc: BaseException, task_id: str, subject: str, size: int = 0) -> PublishError:
+    """Translate a nats-py publish failure into the agentbus error tree (``size``: the task's bytes)."""
     if isinstance(exc, _AckTimeout):
         return PublishError(
             f"no ack from JetStream within {exc.timeout_s:g}s: the task may or may not be stored; "
@@ -283,8 +287,8 @@ def map_publish_error(exc: BaseException, task_id: str, subject: str) -> Publish
         return NoStreamError(f"no stream captures {subject}", task_id=task_id, subject=subject)
     if isinstance(exc, APIError):
         desc = exc.description or ""
-        if exc.err_code in _TOO_LARGE_CODES:
-            return PublishError(f"task too large: {desc}", task_id=task_id, subject=subject)
+        if exc.err_code in _TOO_LARGE_CODES:  # the stream's max_msg_size is below our limit
+            return PayloadTooLargeError(size, 0, task_id=task_id, subject=subject, detail=desc)
         if exc.err_code in _STREAM_FULL_CODES or "maximum" in desc:
             return StreamFullError(
                 f"stream full, task refused ({desc}); consume or raise the limits",

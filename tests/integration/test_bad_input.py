@@ -12,6 +12,7 @@ import re
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -29,6 +30,7 @@ from agents.registry import Registry
 from agents.worker import Worker
 from bus.connection import connect
 from bus.dlq import DeadLetterQueue
+from bus.embedded import EmbeddedNats
 from bus.messages import DLQ_MAX_DATA_BYTES, HDR_MSG_ID, DeadLetter, DlqReason, Result, Task, encode, now
 from bus.publisher import Publisher, TaskSpec
 from bus.topology import DLQ_STREAM, TASKS_STREAM, ConsumerSpec, StreamLimits, ensure_consumer, ensure_streams
@@ -380,6 +382,34 @@ async def test_publisher_checks_the_stream_limit_it_is_given(nc: Client) -> None
     with pytest.raises(PayloadTooLargeError) as info:
         await pub.submit("acme", "echo", {"text": "z" * 70_000})
     assert info.value.limit == 64 * 1024
+    assert await tasks_in_stream(nc.jetstream()) == 0
+
+
+async def test_the_servers_max_payload_bounds_the_publisher_too(tmp_path: Path) -> None:
+    # a publisher configured above the server's max_payload gets our error, not nats-py's
+    with EmbeddedNats(store_dir=tmp_path / "small", max_payload_bytes=64 * 1024) as server:
+        client = await connect(server.url, name="test")
+        try:
+            await ensure_streams(client.jetstream())
+            pub = Publisher(client)  # 1 MiB by default
+            with pytest.raises(PayloadTooLargeError) as info:
+                await pub.submit("acme", "echo", {"text": "x" * 100_000}, task_id="over-server")
+            assert info.value.limit == 64 * 1024 < info.value.size
+            assert (await pub.submit("acme", "echo", {"text": "small"})).seq == 1
+        finally:
+            await client.close()
+
+
+async def test_a_stream_limit_below_the_publishers_is_a_payload_error(nc: Client) -> None:
+    # the stream allows 64 KiB, the publisher thinks 1 MiB: JetStream refuses, and the refusal
+    # is the same typed error (with the size), not a generic PublishError
+    await ensure_streams(nc.jetstream(), StreamLimits(max_msg_bytes=64 * 1024))
+    pub = Publisher(nc)
+    with pytest.raises(PayloadTooLargeError) as info:
+        await asyncio.wait_for(pub.submit("acme", "echo", {"text": "w" * 70_000}, task_id="big"), 10)
+    assert info.value.size > 70_000
+    assert info.value.task_id == "big"
+    assert "refused" in str(info.value)
     assert await tasks_in_stream(nc.jetstream()) == 0
 
 
