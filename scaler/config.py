@@ -74,11 +74,15 @@ class ScalerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     kubernetes: KubernetesConfig = KubernetesConfig()
     scrape_targets: tuple[str, ...] = ()  # /metrics URLs scraped directly when there is no Prometheus
     dry_run: bool = False  # decide and log, never resize
-    http_port: int = -1  # the scaler's own /metrics; -1: none
+    http_host: str = "127.0.0.1"  # the chart sets 0.0.0.0 so the kubelet can probe
+    http_port: int = -1  # the scaler's own /metrics, /readyz, /healthz; -1: none
 
     def __post_init__(self) -> None:
         if self.interval_s <= 0:
             raise ConfigError(f"interval_s={self.interval_s} must be > 0")
+        if not self.http_host.strip():
+            # asyncio reads an empty host as "every interface": that must be said, not implied.
+            raise ConfigError("http_host must not be empty (0.0.0.0 listens on every interface)")
 
 
 _ENV: dict[str, tuple[tuple[str, ...], type]] = {
@@ -88,6 +92,8 @@ _ENV: dict[str, tuple[tuple[str, ...], type]] = {
     "AGENTBUS_SCALER_MIN_REPLICAS": (("policy", "min_replicas"), int),
     "AGENTBUS_SCALER_MAX_REPLICAS": (("policy", "max_replicas"), int),
     "AGENTBUS_SCALER_INTERVAL_S": (("interval_s",), float),
+    "AGENTBUS_SCALER_HTTP_HOST": (("http_host",), str),
+    "AGENTBUS_SCALER_HTTP_PORT": (("http_port",), int),
 }
 
 

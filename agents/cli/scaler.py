@@ -46,6 +46,7 @@ def register(sub: Any) -> None:
     p.add_argument("--interval-s", type=float, help="evaluation period (default 15)")
     p.add_argument("--dry-run", action="store_true", default=None, help="print decisions, never resize")
     p.add_argument("--once", action="store_true", help="evaluate once and exit")
+    p.add_argument("--http-host", help="address of /healthz, /readyz, /metrics (default 127.0.0.1)")
     p.add_argument("--http-port", type=int, help="serve the scaler's own /metrics and /readyz here")
     p.set_defaults(run=run)
 
@@ -76,6 +77,7 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> ScalerConfig:
         "policy.down_window_s": args.down_window_s,
         "interval_s": getattr(args, "interval_s", None),
         "dry_run": getattr(args, "dry_run", None),
+        "http_host": getattr(args, "http_host", None),
         "http_port": getattr(args, "http_port", None),
         **extra,
     }
@@ -127,6 +129,7 @@ async def _run(args: argparse.Namespace) -> int:
                 registry=registry,
                 ready=lambda: _ready(scaler),
                 alive=lambda: (True, "ok"),
+                host=config.http_host,
                 port=config.http_port,
             )
             await http.start()

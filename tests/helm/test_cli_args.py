@@ -146,6 +146,7 @@ def test_scaler_args_and_config_file_make_the_intended_config(
         assert 'job="agentbus"' in config.prometheus.selector
         assert config.interval_s == 10
         assert config.policy.down_window_s == 120
+        assert config.http_host == "0.0.0.0"  # the kubelet's httpGet probes reach it
         assert config.http_port == 9100 + n == c["ports"][0]["containerPort"]
         assert config.dry_run is False
         bounds = {"echo": (2, 20, 256.0), "summarize": (3, 12, 64.0)}[kind]

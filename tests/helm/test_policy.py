@@ -100,6 +100,22 @@ def test_workers_probe_healthz_and_readyz_on_the_port_they_listen_on(rendered: R
         assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
 
 
+def test_scalers_probe_healthz_and_readyz_on_their_own_named_port(full: Rendered) -> None:
+    scalers = [(where, c, spec) for component, where, c, spec in containers(full) if component == "scaler"]
+    assert len(scalers) == 2
+    names = [p["name"] for _, c, _ in scalers for p in c["ports"]]
+    assert len(names) == len(set(names)), names  # port names are unique within the pod
+    for where, c, _ in scalers:
+        port = int(flag(c["args"], "--http-port"))
+        assert flag(c["args"], "--http-host") == "0.0.0.0", where  # probes come from the kubelet
+        ((name, container_port),) = [(p["name"], p["containerPort"]) for p in c["ports"]]
+        assert container_port == port, where
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": name}, where
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": name}, where
+        assert "exec" not in c["livenessProbe"], where  # one handler per probe
+        assert "exec" not in c["readinessProbe"], where
+
+
 def test_the_grace_period_exceeds_the_drain_timeout(rendered: Rendered) -> None:
     agents = [(obj, spec) for component, obj, spec in pods(rendered) if component == "agent"]
     assert agents

@@ -167,6 +167,7 @@ def test_config_layers_file_then_env_then_overrides(tmp_path: Path) -> None:
         ('[[policy.metrics]]\nname = "cpu"\ntarget = 0\n', "target must be > 0"),
         ('[[policy.metrics]]\nname = "cpu"\ntarget = 1\nkind = "avg"\n', "Invalid enum value 'avg'"),
         ("interval_s = -1\n", "interval_s=-1"),
+        ('http_host = ""\n', "http_host must not be empty"),
         ("[policy\n", "not valid TOML"),
     ],
 )
@@ -188,6 +189,28 @@ def test_cli_flags_override_and_targets_apply() -> None:
         ("http://w/metrics",),
     )
     assert {m.name: m.target for m in cfg.policy.metrics} == {"cpu": 0.7, "queue_depth": 4}
+
+
+def test_http_host_defaults_to_loopback_and_layers_file_env_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_config(environ={}).http_host == "127.0.0.1"  # nothing outside the host by default
+    path = tmp_path / "scaler.toml"
+    path.write_text('http_host = "127.0.0.5"\n')
+    assert load_config(path, environ={}).http_host == "127.0.0.5"
+    env = {"AGENTBUS_SCALER_HTTP_HOST": "0.0.0.0"}
+    assert load_config(path, environ=env).http_host == "0.0.0.0"
+    assert load_config(path, environ={"AGENTBUS_SCALER_HTTP_HOST": ""}).http_host == "127.0.0.5"
+    assert load_config(environ={"AGENTBUS_HTTP_HOST": "0.0.0.0"}).http_host == "127.0.0.1"  # the worker's
+    assert load_config(environ={}).http_port == -1  # no endpoint unless asked
+    assert load_config(environ={"AGENTBUS_SCALER_HTTP_PORT": "9102"}).http_port == 9102
+
+    monkeypatch.setenv("AGENTBUS_SCALER_HTTP_HOST", "10.1.2.3")
+    args = build_parser().parse_args(["scaler", "--http-host", "0.0.0.0", "--http-port", "9100"])
+    assert (args.http_host, args.http_port) == ("0.0.0.0", 9100)
+    cfg = config_from_args(args)
+    assert (cfg.http_host, cfg.http_port) == ("0.0.0.0", 9100)
+    assert config_from_args(build_parser().parse_args(["scaler"])).http_host == "10.1.2.3"
 
 
 def test_cli_bad_config_exits_2_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
