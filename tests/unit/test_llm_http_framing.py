@@ -525,11 +525,11 @@ async def test_an_idle_connection_outlives_its_last_requests_deadline(
 ) -> None:
     server.answer("/chat", Answer(one_write(response(b"one"))), Answer(one_write(response(b"two"))))
 
-    assert (await pool.post("/chat", b"", timeout_s=0.1)).body == b"one"
-    await asyncio.sleep(0.4)  # the deadline and several sweeps pass while the connection is idle
+    assert (await pool.post("/chat", b"", timeout_s=0.5)).body == b"one"
+    await asyncio.sleep(0.8)  # the deadline and several sweeps pass while the connection is idle
 
     assert pool.connections == 1
-    assert (await pool.post("/chat", b"", timeout_s=0.1)).body == b"two"
+    assert (await pool.post("/chat", b"", timeout_s=0.5)).body == b"two"
     assert server.accepted == 1
 
 
