@@ -41,7 +41,6 @@ from agents.tenancy import _tenant
 from bus import fastpub, tracing
 from bus.consumer import AckKind, PullConsumer, ack, delivery_count, stream_seq
 from bus.dlq import DeadLetterQueue
-from bus.fastpub import publish_now
 from bus.messages import (
     DLQ_MAX_DATA_BYTES,
     HDR_MSG_ID,
@@ -353,9 +352,7 @@ class KindRunner:
             return
         data = encode(result)
         if self._publish_results:
-            subject = result_subject(tenant, task_id)
-            if not publish_now(self._nc, subject, data):
-                await self._nc.publish(subject, data)
+            await fastpub.publish(self._nc, result_subject(tenant, task_id), data)
         if reply:
             await fastpub.publish(self._nc, reply, data)
 

@@ -13,10 +13,10 @@ OpenTelemetry. Spans of one task: ``publish`` (producer, its context injected as
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-__all__ = ["enabled", "extract", "inject", "maybe_span", "span"]
+__all__ = ["enabled", "extract", "inject", "span"]
 
 
 def enabled() -> bool:
@@ -63,8 +63,3 @@ def _span(name: str, kind: str, context: Any, attributes: dict[str, Any]) -> Ite
     tracer = trace.get_tracer("agentbus")
     with tracer.start_as_current_span(name, context=context, kind=kinds[kind], attributes=attributes) as s:
         yield s
-
-
-def maybe_span(on: bool, name: str, **attributes: Any) -> AbstractContextManager[Any]:
-    """:func:`span` when ``on``, else a no-op context (the caller checked :func:`enabled` once)."""
-    return span(name, **attributes) if on else nullcontext()

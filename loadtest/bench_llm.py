@@ -143,9 +143,9 @@ async def _results(nc: Any, n: int, tag: str) -> tuple[Any, asyncio.Future[list[
     return sub, done
 
 
-async def _publish(pub: Publisher, n: int, tag: str, stream: bool, text: str) -> None:
+async def _publish(pub: Publisher, n: int, tag: str, stream: bool, text: str, kind: str = KIND) -> None:
     request = {"request": text, "stream": stream}
-    await pub.submit_many(TaskSpec(TENANT, KIND, request, task_id=f"{tag}-{i}") for i in range(n))
+    await pub.submit_many(TaskSpec(TENANT, kind, request, task_id=f"{tag}-{i}") for i in range(n))
 
 
 async def _round(pub: Publisher, nc: Any, n: int, tag: str, stream: bool, text: str = REQUEST) -> list[float]:
@@ -174,8 +174,7 @@ async def _measure(
     CPU is the consumer's over the whole round, per task, split into user and system.
     """
     tag = f"run{rep}-{kind}"
-    request = {"request": REQUEST, "stream": stream}
-    await pub.submit_many(TaskSpec(TENANT, kind, request, task_id=f"{tag}-{i}") for i in range(tasks))
+    await _publish(pub, tasks, tag, stream, REQUEST, kind)
     sub, done = await _results(nc, tasks, tag)
     proc = start()
     try:

@@ -57,6 +57,23 @@ def _field(fields: bytes, name: bytes) -> bytes | None:
     return fields[at : end if end >= 0 else len(fields)].strip()
 
 
+def _framing(status: int, http11: bool, lower: bytes) -> tuple[str, int, bool]:
+    """How a response's body is delimited, from its lower-cased header block: ``("chunked", -1)``,
+    ``("length", n)`` or ``("close", 0)`` (read until the server closes), and keep-alive."""
+    conn = _field(lower, b"\r\nconnection:") or b""
+    keep_alive = (http11 and conn != b"close") or conn == b"keep-alive"
+    if b"chunked" in (_field(lower, b"\r\ntransfer-encoding:") or b""):
+        return "chunked", -1, keep_alive
+    length = _field(lower, b"\r\ncontent-length:")
+    if length is not None:
+        if not length.isdigit():
+            raise ProtocolError(f"bad Content-Length {length[:20]!r}")
+        return "length", int(length), keep_alive
+    if status in (204, 304):
+        return "length", 0, keep_alive
+    return "close", 0, False
+
+
 class Conn(asyncio.Protocol):
     """One keep-alive connection: parses one response at a time, pushing body bytes to a queue."""
 
@@ -107,15 +124,14 @@ class Conn(asyncio.Protocol):
             return False
         cut = data.find(b"\r\n")
         fields = data[cut:end]
-        lower = fields.lower()
-        length = _field(lower, b"\r\ncontent-length:")
-        if length is None or not length.isdigit() or b"\r\ntransfer-encoding:" in lower:
-            return False
+        try:
+            mode, size, keep_alive = _framing(200, True, fields.lower())
+        except ProtocolError:
+            return False  # the general path reports it
         start = end + 4
-        size = int(length)
-        if len(data) != start + size:  # partial, or more than one response: the general path
+        if mode != "length" or len(data) != start + size:  # partial, or more than one response
             return False
-        self.keep_alive = _field(lower, b"\r\nconnection:") != b"close"
+        self.keep_alive = keep_alive
         self.waiting = False
         self.response = response = Response(200, fields, data[start:])
         self.mode = ""
@@ -151,20 +167,7 @@ class Conn(asyncio.Protocol):
         status = int(code)
         if status < 200:  # 100 Continue and friends: skip, the real head follows
             return self._parse_head()
-        lower = fields.lower()
-        conn = _field(lower, b"\r\nconnection:") or b""
-        self.keep_alive = (status_line[7:8] == b"1" and conn != b"close") or conn == b"keep-alive"
-        length = _field(lower, b"\r\ncontent-length:")
-        if b"chunked" in (_field(lower, b"\r\ntransfer-encoding:") or b""):
-            self.mode, self.left = "chunked", -1
-        elif length is not None:
-            if not length.isdigit():
-                raise ProtocolError(f"bad Content-Length {length[:20]!r}")
-            self.mode, self.left = "length", int(length)
-        elif status in (204, 304):
-            self.mode, self.left = "length", 0
-        else:
-            self.mode, self.keep_alive = "close", False
+        self.mode, self.left, self.keep_alive = _framing(status, status_line[7:8] == b"1", fields.lower())
         self.waiting = False
         self.response = Response(status, fields)
         if self.head is not None:
