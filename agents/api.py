@@ -48,7 +48,18 @@ class _Submit(Protocol):
 class Context:
     """What a handler knows about its task; the tenant is fixed by the subject."""
 
-    __slots__ = ("_emit", "_stores", "_submit", "attempt", "deadline", "kind", "log", "task_id", "tenant")
+    __slots__ = (
+        "_emit",
+        "_stores",
+        "_submit",
+        "attempt",
+        "deadline",
+        "kind",
+        "log",
+        "streaming",
+        "task_id",
+        "tenant",
+    )
 
     def __init__(
         self,
@@ -62,6 +73,7 @@ class Context:
         submit: _Submit,
         emit: Callable[[str, bytes], Awaitable[None]],
         stores: Stores | None = None,
+        streaming: bool = False,
     ) -> None:
         self.tenant = tenant
         self.kind = kind
@@ -73,6 +85,9 @@ class Context:
         self._submit = submit
         self._emit = emit
         self._stores = stores
+        self.streaming = streaming
+        """The publisher follows this task's stream (its envelope says ``"stream": true``);
+        :meth:`stream` sends nothing otherwise, so a handler may skip building events."""
 
     @property
     def state(self) -> Store:
@@ -93,8 +108,10 @@ class Context:
         return await self._submit(self.tenant, kind, payload, task_id=task_id, deadline=deadline)
 
     async def stream(self, event: Any) -> None:
-        """Send a partial result to ``results.<tenant>.<task_id>.stream`` (core NATS, in order)."""
-        await self._emit(stream_subject(self.tenant, self.task_id), encode(event))
+        """Send a partial result to ``results.<tenant>.<task_id>.stream`` (core NATS, in order)
+        if the publisher follows the stream (:attr:`streaming`); otherwise do nothing."""
+        if self.streaming:
+            await self._emit(stream_subject(self.tenant, self.task_id), encode(event))
 
 
 Handler = Callable[[Context, In], Awaitable[Out]]

@@ -284,6 +284,7 @@ class KindRunner:
             submit=self._submit,
             emit=self._emit,
             stores=self.stores,
+            streaming=task.stream,
         )
         slot.timeout_s = timeout_s
         slot.in_handler = True

@@ -13,7 +13,8 @@ appending fields with defaults (msgspec decodes old and new messages alike).
 * :class:`DeadLetter` travels on ``dlq.<tenant>.<kind>`` (stream ``DLQ``) and keeps
   the original bytes, so a task can be inspected and replayed.
 * :data:`StreamEvent` (token, decision, step, done) travels on
-  ``results.<tenant>.<task_id>.stream`` while a task runs (``Context.stream``).
+  ``results.<tenant>.<task_id>.stream`` while a task runs (``Context.stream``), when
+  the task's envelope says ``"stream": true`` (``agentbus publish --wait --stream``).
 * :class:`StateQuery` is a request on ``agentbus.state.query``; one worker of the
   queue group answers with a :class:`StateReport`: its replica's view of the shared
   per-tenant usage counters and of the live agents (``agentbus status``).
@@ -69,6 +70,9 @@ class Task(msgspec.Struct, Generic[T], omit_defaults=True, gc=False):
     """Absolute wall-clock deadline; an expired task is dead-lettered, not run."""
     tenant: str | None = None
     kind: str | None = None
+    stream: bool = False
+    """The publisher follows ``results.<tenant>.<id>.stream``: the worker sends partial
+    output only then (core NATS keeps nothing, so events nobody subscribed to are waste)."""
 
 
 class Result(msgspec.Struct, Generic[T], omit_defaults=True, gc=False):

@@ -70,6 +70,7 @@ class TaskSpec:
     payload: Any
     task_id: str | None = None
     deadline: float | None = None
+    stream: bool = False
 
 
 class _JetStream(JetStreamContext):
@@ -114,11 +115,19 @@ class Publisher:
         self._traced = tracing.enabled()  # decided once: no tracer provider, no cost
 
     def _prepare(
-        self, tenant: str, kind: str, payload: Any, task_id: str | None, deadline: float | None, wait: bool
+        self,
+        tenant: str,
+        kind: str,
+        payload: Any,
+        task_id: str | None,
+        deadline: float | None,
+        wait: bool,
+        stream: bool,
     ) -> tuple[str, str, bytes, dict[str, str]]:
         subject = task_subject(tenant, kind)
         task_id = check_task_id(task_id) if task_id else new_task_id()
-        data = encode(Task(id=task_id, payload=payload, created_at=now(), deadline=deadline))
+        task = Task(id=task_id, payload=payload, created_at=now(), deadline=deadline, stream=stream)
+        data = encode(task)
         # the server's max_payload too: above it nats-py raises its own MaxPayloadError
         limit = min(self._max_msg_bytes, self._nc.max_payload or self._max_msg_bytes)
         if len(data) > limit:
@@ -140,9 +149,13 @@ class Publisher:
         *,
         task_id: str | None = None,
         deadline: float | None = None,
+        stream: bool = False,
     ) -> TaskRef:
-        """Publish one task and wait until JetStream has stored it."""
-        fut = await self.submit_nowait(tenant, kind, payload, task_id=task_id, deadline=deadline)
+        """Publish one task and wait until JetStream has stored it; ``stream``: the worker sends
+        the task's partial output to ``results.<tenant>.<id>.stream`` (subscribe first)."""
+        fut = await self.submit_nowait(
+            tenant, kind, payload, task_id=task_id, deadline=deadline, stream=stream
+        )
         return await fut
 
     async def submit_nowait(
@@ -153,13 +166,14 @@ class Publisher:
         *,
         task_id: str | None = None,
         deadline: float | None = None,
+        stream: bool = False,
         _wait: bool = False,
     ) -> asyncio.Future[TaskRef]:
         """Publish one task; the returned future resolves to its :class:`TaskRef` or a PublishError.
 
         Waits only while ``max_pending_acks`` acks are outstanding (the window).
         """
-        subject, tid, data, headers = self._prepare(tenant, kind, payload, task_id, deadline, _wait)
+        subject, tid, data, headers = self._prepare(tenant, kind, payload, task_id, deadline, _wait, stream)
         ack = await self._js.publish_async(subject, data, headers=headers)
         loop = asyncio.get_running_loop()
         out: asyncio.Future[TaskRef] = loop.create_future()
@@ -180,7 +194,7 @@ class Publisher:
         for s in specs:
             try:
                 fut = await self.submit_nowait(
-                    s.tenant, s.kind, s.payload, task_id=s.task_id, deadline=s.deadline
+                    s.tenant, s.kind, s.payload, task_id=s.task_id, deadline=s.deadline, stream=s.stream
                 )
             except AgentbusError as exc:  # refused before sending (bad subject, too large)
                 if not return_exceptions:
@@ -200,15 +214,17 @@ class Publisher:
         task_id: str | None = None,
         deadline: float | None = None,
         output_type: Any = None,
+        stream: bool = False,
     ) -> Result[Any]:
-        """Publish a task and wait for its result; ``output_type`` converts a successful output."""
+        """Publish a task and wait for its result; ``output_type`` converts a successful output;
+        ``stream`` as in :meth:`submit`."""
         await self._ensure_inbox()
         tid = task_id or new_task_id()
         waiter: asyncio.Future[Result[Any]] = asyncio.get_running_loop().create_future()
         self._waiters[tid] = waiter
         try:
             stored = await self.submit_nowait(
-                tenant, kind, payload, task_id=tid, deadline=deadline, _wait=True
+                tenant, kind, payload, task_id=tid, deadline=deadline, stream=stream, _wait=True
             )
             await stored
             result = await asyncio.wait_for(waiter, timeout_s)

@@ -144,8 +144,9 @@ async def _results(nc: Any, n: int, tag: str) -> tuple[Any, asyncio.Future[list[
 
 
 async def _publish(pub: Publisher, n: int, tag: str, stream: bool, text: str, kind: str = KIND) -> None:
-    request = {"request": text, "stream": stream}
-    await pub.submit_many(TaskSpec(TENANT, kind, request, task_id=f"{tag}-{i}") for i in range(n))
+    request = {"request": text}
+    specs = (TaskSpec(TENANT, kind, request, task_id=f"{tag}-{i}", stream=stream) for i in range(n))
+    await pub.submit_many(specs)
 
 
 async def _round(pub: Publisher, nc: Any, n: int, tag: str, stream: bool, text: str = REQUEST) -> list[float]:
@@ -255,7 +256,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await ensure_streams(nc.jetstream())
             pub = Publisher(nc, max_pending_acks=8192)
             await _wait_ready(port, worker)
-            await _round(pub, nc, min(args.inflight, 500), "warm", not args.no_events)
+            await _round(pub, nc, min(args.inflight, 500), "warm", args.events)
             rss_idle, rss_held = await _memory(pub, nc, port, worker.pid, args.inflight)
             _stop(worker)
 
@@ -268,7 +269,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 return subprocess.Popen([*argv, "--inflight", str(args.inflight)], stdout=subprocess.DEVNULL)
 
             await ensure_consumer(nc.jetstream(), ConsumerSpec(kind=RAW_KIND))
-            stream = not args.no_events
+            stream = args.events
             sides = {"agentbus": (KIND, start_ours, port), "raw": (RAW_KIND, start_anchor, None)}
 
             async def one(side: str, rep: int) -> dict[str, float]:
@@ -288,7 +289,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "bench": "llm",
         "inflight": args.inflight,
         "delay_ms": args.delay_ms,
-        "stream_events": not args.no_events,
+        "stream_events": args.events,
         "tasks": tasks,
         "rate": ours["rate"],
         "ideal": round(ideal, 1),
@@ -329,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         "--tasks", type=int, default=0, help="tasks in the measured round (default: 12 s worth)"
     )
     parser.add_argument(
-        "--no-events", action="store_true", help='tasks say "stream": false (no live events, audit kept)'
+        "--events",
+        action="store_true",
+        help='tasks ask for live events ("stream": true, as `publish --stream` does); nobody listens',
     )
     args = parser.parse_args(argv)
     summary = run_on_uvloop(run(args))

@@ -48,7 +48,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--stream",
         action="store_true",
-        help="with --wait: print each task's stream events live, then the result",
+        help="with --wait: ask for each task's stream events and print them live, then the result",
     )
     p.add_argument("--timeout-s", type=float, default=30.0, help="result wait (default %(default)s)")
     p.add_argument("--nats-url", help="NATS server (default: $AGENTBUS_NATS_URL or a running `agentbus up`)")
@@ -76,6 +76,8 @@ def _tasks(args: argparse.Namespace) -> Iterator[_Line]:
 
 def run(args: argparse.Namespace) -> int:
     """Publish, print one JSON line per task, exit 1 on any failure."""
+    if args.stream and not args.wait:
+        raise AgentbusError("--stream needs --wait (the events are printed while waiting for the result)")
     return asyncio.run(_publish(args))
 
 
@@ -102,6 +104,7 @@ async def _publish(args: argparse.Namespace) -> int:
                     timeout_s=args.timeout_s,
                     task_id=line.id,
                     deadline=line.deadline,
+                    stream=args.stream,
                 )
                 pending.append(asyncio.ensure_future(call))
             else:

@@ -9,8 +9,9 @@ a :class:`TaskAgent`'s method), so the worker runs it like any agent. Each turn:
 3. the calls run concurrently, each in a ``tool`` span; their outcomes, errors
    included, are recorded and go back to the brain.
 
-Every decision and step is a :data:`~bus.messages.AuditEvent`, sent live on
-``results.<tenant>.<task_id>.stream`` and kept in the result. Bounds: ``max_turns``
+Every decision and step is a :data:`~bus.messages.AuditEvent`, kept in the result and,
+when the publisher follows the task (``"stream": true`` in its envelope), sent live on
+``results.<tenant>.<task_id>.stream`` with the answer's tokens. Bounds: ``max_turns``
 plans, ``max_steps`` tool calls and ``max_tool_errors`` failed calls per task; past
 one the task is rejected with the reason (DLQ ``rejected``). Model failures are
 mapped to fates: open breaker, rate limit, unavailable model -> ``Retry`` with the
@@ -49,9 +50,6 @@ class TaskIn(msgspec.Struct, gc=False):
     """A request in natural language."""
 
     request: str
-    stream: bool = True
-    """Send live events to ``results.<tenant>.<task_id>.stream``; bulk work nobody watches can
-    say ``false`` (the audit trail is in the result either way)."""
 
 
 class TaskOut(msgspec.Struct, gc=False):
@@ -124,7 +122,7 @@ class TaskAgent:
     async def handle(self, ctx: Context, task: TaskIn) -> TaskOut:
         """The handler: run the loop, map LLM failures to the task's fate."""
         self.setup()
-        events = Events(ctx, task.stream)
+        events = Events(ctx)
         try:
             out = await self._run(ctx, task, events)
         except (LLMError, TaskFate) as exc:
@@ -145,7 +143,7 @@ class TaskAgent:
         deadline = loop.time() + self.spec.timeout_s  # the runner cancels the attempt then
         if ctx.deadline is not None:
             deadline = min(deadline, loop.time() + ctx.deadline - now())
-        run = Run(task.request, ctx.tenant, self.tools, events.token, deadline)
+        run = Run(task.request, ctx.tenant, self.tools, events.token, deadline, streaming=events.on)
         audit: list[AuditEvent] = []
         tokens = steps = errors = 0
         last_error = ""

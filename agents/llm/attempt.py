@@ -1,8 +1,8 @@
 """What becomes of one attempt of an LLM task: its stream events, and its fate when it fails.
 
 :class:`Events` numbers the attempt's events and sends them to
-``results.<tenant>.<task_id>.stream`` when the task asked for them (numbered either
-way, so the audit trail's sequence does not depend on who watched). :func:`fate` maps
+``results.<tenant>.<task_id>.stream`` when the publisher follows the task
+(:attr:`~agents.api.Context.streaming`); they are numbered either way. :func:`fate` maps
 a model failure to the task's fate: an open breaker or a rate limit -> ``Retry``
 after the delay it carries (spread by up to 20 %), an unavailable model -> ``Retry``,
 a spent budget, a refused request or unusable output -> ``Reject``.
@@ -35,9 +35,9 @@ class Events:
 
     __slots__ = ("attempt", "ctx", "on", "seq", "turn")
 
-    def __init__(self, ctx: Context, on: bool) -> None:
+    def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.on = on
+        self.on = ctx.streaming
         self.attempt = ctx.attempt
         self.seq = 0
         self.turn = 0

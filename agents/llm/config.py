@@ -58,7 +58,7 @@ class LLMConfig:
     base_url: str = ""  # e.g. http://127.0.0.1:8000/v1; empty: the offline brain
     model: str = ""
     api_key: str = field(default="", repr=False)
-    stream: bool = True  # ask for SSE and stream tokens to results.<tenant>.<id>.stream
+    stream: bool = True  # ask for SSE (tokens as they come) for tasks whose publisher follows the stream
     temperature: float | None = 0.0  # deterministic plans; None: the server's default
     max_tokens: int | None = None  # per completion; None: the server's default
     request_timeout_s: float = 60.0  # one attempt, capped by the task's deadline

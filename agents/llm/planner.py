@@ -86,6 +86,8 @@ class Run:
     """Set by the agent loop when the last turn was unusable (said nothing, called nothing)."""
     memo: list[Any] = field(default_factory=list)
     """A brain's own per-run state (the model brain keeps the conversation built so far)."""
+    streaming: bool = False
+    """Someone follows the task's stream: worth asking the model for tokens as they come."""
 
 
 class Brain(Protocol):
@@ -138,12 +140,13 @@ class ModelBrain:
     async def plan(self, run: Run) -> Plan:
         """One model call: its tool calls are the plan, or its text is the answer."""
         cfg = self.config
+        stream = cfg.stream and run.streaming  # SSE costs parsing: only for a task someone follows
         request = ChatRequest(
             model=cfg.model,
             messages=self.messages(run),
             tools=run.tools.specs_json,
-            stream=cfg.stream,
-            stream_options=_StreamOptions() if cfg.stream else None,
+            stream=stream,
+            stream_options=_StreamOptions() if stream else None,
             temperature=cfg.temperature,
             max_tokens=cfg.max_tokens,
         )
@@ -157,7 +160,7 @@ class ModelBrain:
             )
             for i, c in enumerate(done.tool_calls)
         ]
-        if not cfg.stream and done.content and not calls:
+        if not stream and done.content and not calls:
             await run.on_token(done.content)  # a non-streamed answer still reaches the stream, whole
         return Plan(calls, done.content, usage.total_tokens or usage.prompt_tokens + usage.completion_tokens)
 

@@ -80,9 +80,17 @@ class Running:
         self.pub = Publisher(nc)
         self.spec = spec
 
-    async def call(self, request: str, *, tenant: str = "acme", task_id: str | None = None) -> Result[Any]:
+    async def call(
+        self, request: str, *, tenant: str = "acme", task_id: str | None = None, stream: bool = False
+    ) -> Result[Any]:
         return await self.pub.call(
-            tenant, "assistant", {"request": request}, timeout_s=30, task_id=task_id, output_type=TaskOut
+            tenant,
+            "assistant",
+            {"request": request},
+            timeout_s=30,
+            task_id=task_id,
+            output_type=TaskOut,
+            stream=stream,
         )
 
     def metrics(self) -> str:
@@ -206,7 +214,7 @@ async def test_stream_events_arrive_in_order_and_make_the_answer(
         s.stream_text(["Both ", "are ", "in ", "stock", "."], event_delay_s=0.01),
     )
     events, done = await collect(nc, "acme", "streamed-1")
-    result = await r.call("customer U1 buys 2 of PROD-003", task_id="streamed-1")
+    result = await r.call("customer U1 buys 2 of PROD-003", task_id="streamed-1", stream=True)
     await asyncio.wait_for(done.wait(), 10)
     assert result.ok, result.error
     out: TaskOut = result.output
@@ -222,6 +230,32 @@ async def test_stream_events_arrive_in_order_and_make_the_answer(
         assert out.answer == "Both are in stock."
         steps = [e for e in out.audit if isinstance(e, StepEvent)]
         assert [(st.step, st.result["available"]) for st in steps] == [(0, 5), (1, 1_000_000)]
+
+
+@pytest.mark.parametrize("brain", ["model", "offline"])
+async def test_a_task_nobody_follows_streams_nothing_and_keeps_its_audit(
+    brain: str, llm: s.ScriptedLLM, run: Any, nc: Client
+) -> None:
+    config = model(llm, stream=True) if brain == "model" else LLMConfig()
+    r = await run(assistant(config))
+    llm.script(
+        s.tool_calls([CHECK]),
+        s.text("5 in stock."),
+        s.stream_tool_calls([CHECK]),
+        s.stream_text(["5 in ", "stock."]),
+    )
+    events, _ = await collect(nc, "acme", "unfollowed-1")
+    result = await r.call("customer U1 buys 2 of PROD-003", task_id="unfollowed-1")
+    followed = await r.call("customer U1 buys 2 of PROD-003", task_id="followed-1", stream=True)
+    assert result.ok, result.error
+    assert followed.ok, followed.error
+    await nc.flush()  # an event sent before the result would have arrived by now
+    assert events == []
+    out: TaskOut = result.output
+    assert [type(e) for e in out.audit][-1] is DecisionEvent
+    assert any(isinstance(e, StepEvent) for e in out.audit)
+    if brain == "model":  # SSE only for the task someone follows
+        assert [q.body.get("stream", False) for q in llm.requests] == [False, False, True, True]
 
 
 # -- 3. a model that misbehaves ----------------------------------------------------------------

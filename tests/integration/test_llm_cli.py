@@ -64,3 +64,11 @@ async def test_publish_wait_stream_prints_events_then_the_result(nats_url: str) 
         "".join(e["text"] for e in events if e["type"] == "token" and e.get("turn", 0) == last_turn) == answer
     )
     assert [e["tool"] for e in events if e["type"] == "step"] == ["check_inventory", "create_order"]
+
+
+def test_publish_stream_without_wait_is_refused_before_connecting(capsys: pytest.CaptureFixture[str]) -> None:
+    from agents.cli import main
+
+    # nothing listens on port 9: a connection attempt would fail differently (and slowly)
+    assert main(["publish", "assistant", "{}", "--stream", "--nats-url", "nats://127.0.0.1:9"]) == 2
+    assert "--stream needs --wait" in capsys.readouterr().err

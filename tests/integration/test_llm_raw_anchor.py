@@ -98,7 +98,7 @@ async def test_the_anchor_answers_every_task_with_the_assistants_prompt_and_tool
     sub = await nc.subscribe(f"results.{TENANT}.*", cb=on_result)
     await nc.flush()
     ids = [f"anchor-{i}" for i in range(TASKS)]
-    payload = {"request": REQUEST, "stream": False}
+    payload = {"request": REQUEST}
     refs = await Publisher(nc).submit_many(TaskSpec(TENANT, KIND, payload, task_id=t) for t in ids)
     assert len(refs) == TASKS
 
