@@ -37,6 +37,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from bus import fastsub
 from bus.fastpub import publish_now
 
 __all__ = ["AckKind", "PullConsumer", "ack", "delivery_count", "stream_seq"]
@@ -123,6 +124,7 @@ class PullConsumer:
         """Subscribe the delivery inbox and start pulling."""
         self._inbox = self._nc.new_inbox()
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_inbox, pending_msgs_limit=-1)
+        fastsub.route(self._nc, self._sub, self._on_inbox_now)  # no request is out yet: nothing queued
         self.fetching = True
         self._watchdog = asyncio.create_task(self._watch(), name="agentbus-pull-watchdog")
         await self._pull()
@@ -186,6 +188,8 @@ class PullConsumer:
                 await sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
             except Exception as exc:  # a closed connection has no requests left to withdraw
                 log.debug("withdrawing pull requests failed: %s", exc)
+            finally:
+                fastsub.unroute(self._nc, sub)
 
     def reset_credit(self) -> None:
         """Forget outstanding pull requests (after a reconnect) and ask again."""
@@ -205,6 +209,7 @@ class PullConsumer:
                 await self._sub.unsubscribe()
             except Exception as exc:  # a closed connection has nothing to unsubscribe
                 log.debug("unsubscribe failed: %s", exc)
+            fastsub.unroute(self._nc, self._sub)
             self._sub = None
 
     def _schedule_pull(self) -> None:
@@ -226,6 +231,10 @@ class PullConsumer:
                 return
 
     async def _on_inbox(self, msg: Msg) -> None:
+        self._on_inbox_now(msg)
+
+    def _on_inbox_now(self, msg: Msg) -> None:
+        """A delivery, a heartbeat or a pull status (routed here straight from the read loop)."""
         self._last_seen = time.monotonic()
         if msg.reply:
             self.credit = max(0, self.credit - 1)

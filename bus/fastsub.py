@@ -1,0 +1,96 @@
+"""Receiving the worker's pull deliveries without nats-py's per-subscription queue.
+
+nats-py puts every message of a callback subscription on an ``asyncio.Queue``; a
+task per subscription takes it off and awaits the callback. Per message that is a
+put, a get, a task wake-up and a coroutine, after the header block was parsed into
+a dict by a general parser. For the worker's pull inbox, one message per task, that
+was about 7 % of the LLM benchmark's worker CPU.
+
+:func:`route` hands the messages of one subscription to a plain function at once,
+from the client's read loop, in the order they arrived: the task deliveries with
+their headers parsed here (``Name: value`` lines), everything else (heartbeats and
+pull statuses, which carry inline status lines) after nats-py's own header parsing.
+A handler must not block and must not raise (an exception is logged, never passed
+to the read loop). It relies on nats-py internals, so it applies only with the
+version :mod:`bus.fastpub` was checked against; otherwise :func:`route` returns
+False and the subscription's callback gets the messages as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from bus.fastpub import SUPPORTED
+
+__all__ = ["Handler", "parse_headers", "route", "unroute"]
+
+log = logging.getLogger("agentbus.bus")
+
+Handler = Callable[[Msg], None]
+_ROUTES = "_agentbus_routes"  # the client's sid -> handler table, set by the first route()
+
+
+def parse_headers(block: bytes) -> dict[str, str] | None:
+    """The fields of a NATS header block with no inline status (``NATS/1.0\\r\\nName: value\\r\\n...``),
+    read as nats-py reads them (names stripped, ASCII, no inner whitespace; values stripped)."""
+    out: dict[str, str] = {}
+    for line in block.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name.isascii():
+            continue
+        key = name.strip().decode("ascii")
+        if key and key.split() != [key]:
+            continue  # whitespace inside the name
+        out[key] = value.strip().decode("utf-8", "replace")
+    return out or None
+
+
+def route(nc: Client, sub: Subscription, handler: Handler) -> bool:
+    """Deliver ``sub``'s messages to ``handler`` straight from the read loop; False when this
+    nats-py is not the supported one (then ``sub``'s callback keeps receiving them)."""
+    if not SUPPORTED:
+        return False
+    routes: dict[int, Handler] | None = getattr(nc, _ROUTES, None)
+    if routes is None:
+        routes = {}
+        setattr(nc, _ROUTES, routes)
+        nc._process_msg = _dispatcher(nc, routes, nc._process_msg)  # type: ignore[method-assign,assignment]
+    routes[sub._id] = handler
+    return True
+
+
+def unroute(nc: Client, sub: Subscription) -> None:
+    """Stop routing ``sub``'s messages (after it is unsubscribed or drained)."""
+    routes: dict[int, Handler] | None = getattr(nc, _ROUTES, None)
+    if routes is not None:
+        routes.pop(sub._id, None)
+
+
+def _dispatcher(
+    nc: Client, routes: dict[int, Handler], original: Callable[..., Awaitable[None]]
+) -> Callable[..., Awaitable[None]]:
+    async def process(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        handler = routes.get(sid)
+        sub = nc._subs.get(sid)
+        if handler is None or sub is None:
+            return await original(sid, subject, reply, data, headers)
+        stats = nc.stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        sub._received += 1
+        if reply:  # a delivery: plain header lines
+            fields = parse_headers(headers) if headers else None
+        else:  # a status (heartbeat, expired or refused pull): nats-py parses the inline status
+            fields = await nc._process_headers(headers)
+        msg = Msg(nc, subject.decode(), reply.decode(), data, fields, _sid=sid)
+        try:
+            handler(msg)
+        except Exception:
+            log.exception("handler of %s failed", msg.subject)
+
+    return process

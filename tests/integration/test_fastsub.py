@@ -1,0 +1,110 @@
+"""``bus.fastsub`` against a real nats-server: routed messages equal what the callback gets, in order."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import pytest
+from conftest import async_wait_until
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from bus import fastsub
+from bus.connection import connect
+
+pytestmark = pytest.mark.integration
+
+HEADERS = [
+    None,
+    {"Nats-Msg-Id": "t-1"},
+    {"Nats-Msg-Id": "t-2", "Agentbus-Reply": "_INBOX.x.t-2", "k": "a: b"},
+]
+
+
+def _seen(msgs: list[Msg]) -> list[tuple[str, str, bytes, dict[str, str] | None]]:
+    return [(m.subject, m.reply, m.data, m.headers) for m in msgs]
+
+
+async def _both(nc: Client, subject: str) -> tuple[list[Msg], list[Msg]]:
+    """Two subscriptions to ``subject`` on ``nc``: one routed, one through nats-py's callback."""
+    routed: list[Msg] = []
+    usual: list[Msg] = []
+
+    async def never(msg: Msg) -> None:
+        raise AssertionError(f"a routed message reached the callback: {msg}")
+
+    async def on_usual(msg: Msg) -> None:
+        usual.append(msg)
+
+    sub = await nc.subscribe(subject, cb=never)
+    assert fastsub.route(nc, sub, routed.append)
+    await nc.subscribe(subject, cb=on_usual)
+    await nc.flush()
+    return routed, usual
+
+
+async def test_routed_messages_equal_the_callbacks_in_order(nc: Client, nats_url: str) -> None:
+    routed, usual = await _both(nc, "fs.a")
+    other = await connect(nats_url, name="fs-publisher")
+    try:
+        for i in range(300):  # with and without reply (a delivery, or the status path), headers or none
+            reply = f"r.{i}" if i % 2 else ""
+            await other.publish("fs.a", b"m%d" % i, reply=reply, headers=HEADERS[i % 3])
+        await other.flush()
+    finally:
+        await other.close()
+    await async_wait_until(lambda: len(routed) == 300 and len(usual) == 300, what="300 messages each")
+    assert _seen(routed) == _seen(usual)
+    assert [m.data for m in routed] == [b"m%d" % i for i in range(300)]
+    assert nc.stats["in_msgs"] >= 600  # routed messages are counted like any other
+    assert all(m._client is nc for m in routed)  # respond/ack work on them
+
+
+async def test_a_failing_handler_is_logged_and_the_next_message_still_arrives(
+    nc: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    got: list[bytes] = []
+
+    def handler(msg: Msg) -> None:
+        if msg.data == b"boom":
+            raise RuntimeError("handler bug")
+        got.append(msg.data)
+
+    async def never(msg: Msg) -> None:
+        raise AssertionError("routed")
+
+    sub = await nc.subscribe("fs.b", cb=never)
+    assert fastsub.route(nc, sub, handler)
+    with caplog.at_level(logging.ERROR, logger="agentbus.bus"):
+        for data in (b"one", b"boom", b"two"):
+            await nc.publish("fs.b", data, reply="r")
+        await nc.flush()
+        await async_wait_until(lambda: got == [b"one", b"two"], what="both good messages")
+    assert "handler of fs.b failed" in caplog.text
+    assert nc.is_connected
+
+
+async def test_unrouted_subscriptions_get_their_callbacks_again_and_one_dispatcher_serves_all(
+    nc: Client,
+) -> None:
+    first, _ = await _both(nc, "fs.c")
+    second: list[Msg] = []
+    sub = await nc.subscribe("fs.d", cb=_append_to(second))
+    dispatcher = nc._process_msg
+    assert fastsub.route(nc, sub, second.append)
+    assert nc._process_msg is dispatcher  # installed once per client, not once per subscription
+    fastsub.unroute(nc, sub)
+    await nc.publish("fs.d", b"after unroute", reply="r")
+    await nc.publish("fs.c", b"still routed", reply="r")
+    await nc.flush()
+    await async_wait_until(lambda: len(second) == 1 and len(first) == 1, what="one message each")
+    assert second[0].data == b"after unroute"  # through the callback again
+    assert first[0].data == b"still routed"
+
+
+def _append_to(box: list[Msg]) -> Callable[[Msg], Awaitable[None]]:
+    async def on(msg: Msg) -> None:
+        box.append(msg)
+
+    return on
