@@ -31,6 +31,7 @@ as urllib3 does; nothing else is retried here (retries are :mod:`agents.llm.clie
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 from collections import deque
 from collections.abc import AsyncGenerator
@@ -41,7 +42,7 @@ from agents.llm._http_conn import Conn, Response, Stale
 
 __all__ = ["HTTPPool", "Response"]
 
-_SWEEP_S = 0.05  # how often outstanding requests are checked against their deadlines
+_SWEEP_S = 0.05  # the least time between two scans of the outstanding requests
 
 
 class HTTPPool:
@@ -66,6 +67,8 @@ class HTTPPool:
         self._all: set[Conn] = set()
         self._busy: set[Conn] = set()  # waiting for (the rest of) a response
         self._sweeper: asyncio.TimerHandle | None = None
+        self._due = math.inf  # no outstanding request's deadline is earlier (the sweeper's time)
+        self._loop: asyncio.AbstractEventLoop | None = None  # a pool belongs to one event loop
 
     def _request_bytes(self, path: str, body: bytes, headers: str) -> bytes:
         start = self._starts.get((path, headers))
@@ -83,7 +86,7 @@ class HTTPPool:
         return None
 
     async def _connect(self) -> Conn:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 _, conn = await loop.create_connection(Conn, self.host, self.port, ssl=self._ssl)
@@ -93,26 +96,37 @@ class HTTPPool:
         return conn
 
     def _begin(self, conn: Conn, request: bytes, *, stream: bool, timeout_s: float) -> None:
-        # one sweeping timer per pool, not a timer per request: arming and cancelling one
-        # costs ~3 us, as much as all of the request's own Python here (a timeout fires up
-        # to _SWEEP_S late, which no LLM call's timeout notices)
-        loop = asyncio.get_running_loop()
-        conn.deadline = loop.time() + timeout_s
+        # one timer per pool, not a timer per request (arming and cancelling one costs
+        # ~3 us, as much as all of the request's own Python here): it fires at the earliest
+        # deadline of any outstanding request, which with equal timeouts is the first
+        # request's, so it is re-armed only when a request has a shorter timeout than all
+        loop = self._loop
+        assert loop is not None  # set by the _connect that made conn
+        deadline = conn.deadline = loop.time() + timeout_s
         conn.start(loop, request, stream=stream)
         self._busy.add(conn)
-        if self._sweeper is None:
-            self._sweeper = loop.call_later(_SWEEP_S, self._sweep)
+        if deadline < self._due:
+            self._due = deadline
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+            self._sweeper = loop.call_at(deadline, self._sweep)
 
     def _sweep(self) -> None:
-        """Expire every request past its deadline; re-arm while any is outstanding."""
+        """Expire every request past its deadline; re-arm for the earliest deadline left
+        (at least ``_SWEEP_S`` on, so near deadlines are expired in batches)."""
+        assert self._loop is not None
+        now = self._loop.time()
+        due = math.inf
+        for conn in list(self._busy):
+            if conn.deadline <= now:
+                self._busy.discard(conn)
+                conn.expire()
+            elif conn.deadline < due:
+                due = conn.deadline
+        self._due = due
         self._sweeper = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for conn in [c for c in self._busy if c.deadline <= now]:
-            self._busy.discard(conn)
-            conn.expire()
-        if self._busy:
-            self._sweeper = loop.call_later(_SWEEP_S, self._sweep)
+        if due != math.inf:
+            self._sweeper = self._loop.call_at(max(due, now + _SWEEP_S), self._sweep)
 
     def _release(self, conn: Conn) -> None:
         self._busy.discard(conn)
@@ -194,6 +208,7 @@ class HTTPPool:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        self._due = math.inf
         for conn in list(self._all):
             conn.close()
         self._all.clear()

@@ -93,6 +93,7 @@ class Conn(asyncio.Protocol):
         self.used = False  # served a response before: a silent close means "stale", resend once
         self.got_bytes = False
         self.deadline = 0.0  # loop.time() by which the whole response must have arrived
+        self.closed = False  # closed by us or lost: never reused
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -139,7 +140,11 @@ class Conn(asyncio.Protocol):
             self.done.set_result(response)
         return True
 
+    def eof_received(self) -> None:
+        self.closed = True  # the transport closes itself next (returning None says so)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
         if self.mode == "close" and not self.waiting:
             self._finish()  # read-until-close body ends here
             return
@@ -278,19 +283,11 @@ class Conn(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return (
-            self.keep_alive
-            and not self.mode
-            and not self.buf
-            and self.transport is not None
-            and not self.closing
-        )
-
-    @property
-    def closing(self) -> bool:
-        return self.transport is None or self.transport.is_closing()
+        """Between responses, open and willing (the pool inlines this test on its hot path)."""
+        return self.keep_alive and not self.mode and not self.buf and not self.closed
 
     def close(self) -> None:
+        self.closed = True
         if self.transport is not None:
             self.transport.close()
 

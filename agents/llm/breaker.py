@@ -33,6 +33,9 @@ class BreakerState(enum.IntEnum):
     OPEN = 2
 
 
+_CLOSED = BreakerState.CLOSED
+
+
 class CircuitBreaker:
     """The breaker of one endpoint. Not thread-safe: one event loop owns it."""
 
@@ -61,6 +64,8 @@ class CircuitBreaker:
 
     def acquire(self) -> bool:
         """Before an attempt: raise ``CircuitOpenError`` if refused; True if this attempt is a probe."""
+        if self._state is _CLOSED:  # the common case, without a clock read
+            return False
         state = self.state
         if state is BreakerState.CLOSED:
             return False

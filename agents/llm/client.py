@@ -71,8 +71,7 @@ class ChatClient:
         """Attempts by outcome (``ok``, ``http_429``, ``http_503``, ``connection``, ``timeout``,
         ``bad_body``, ``http_400``, ``circuit_open``), for the metrics."""
 
-    def _http(self) -> HTTPPool:
-        loop = asyncio.get_running_loop()
+    def _http(self, loop: asyncio.AbstractEventLoop) -> HTTPPool:
         if self._pool is None or self._loop is not loop:  # a pool belongs to one event loop
             self._pool = HTTPPool(self.endpoint, connect_timeout_s=self.config.connect_timeout_s)
             self._loop = loop
@@ -107,7 +106,7 @@ class ChatClient:
                     if request.stream:
                         result = await self._stream(body, on_token, sent, timeout_s)
                     else:  # inline, not a coroutine of its own: one frame less to resume
-                        response = await self._http().post(
+                        response = await self._http(loop).post(
                             "/chat/completions", body, self._headers_json, timeout_s=timeout_s
                         )
                         result = self._completion(response)
@@ -170,7 +169,7 @@ class ChatClient:
     async def _stream(
         self, body: bytes, on_token: TokenSink | None, sent: list[bool], timeout_s: float
     ) -> Completion:
-        http = self._http()
+        http = self._http(asyncio.get_running_loop())
         response, chunks = await http.stream(
             "/chat/completions", body, self._headers_sse, timeout_s=timeout_s
         )

@@ -108,7 +108,7 @@ async def test_stale_keep_alive_connection_is_resent_once(server: str) -> None:
     pool = HTTPPool(server)
     try:
         assert (await pool.post("/drop", b"1")).body == b"ok"
-        await _until(lambda: not pool._idle or pool._idle[0].closing)
+        await _until(lambda: not pool._idle or pool._idle[0].closed)
         assert (await pool.post("/length", b"2")).body == b"got 2"
         assert len({s[2] for s in Handler.seen}) == 2
     finally:

@@ -520,6 +520,24 @@ async def test_the_sweep_expires_only_requests_past_their_deadline(server: RawSe
     assert pool.connections == 1  # the late one's connection is kept
 
 
+async def test_a_shorter_timeout_than_every_outstanding_one_still_fires_in_time(
+    server: RawServer, pool: HTTPPool
+) -> None:
+    # the pool's one timer waits for the earliest deadline: a request whose deadline comes
+    # before the ones already waiting must move it forward
+    server.answer("/never", Answer(None), Answer(None))
+    patient = asyncio.ensure_future(pool.post("/never", b"", timeout_s=3600))
+    await _until(lambda: server.accepted == 1)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await pool.post("/never", b"", timeout_s=0.2)
+    assert time.monotonic() - started < LIVENESS_S  # not an hour
+    assert not patient.done()  # its own deadline is far away
+    patient.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await patient
+
+
 async def test_an_idle_connection_outlives_its_last_requests_deadline(
     server: RawServer, pool: HTTPPool
 ) -> None:
