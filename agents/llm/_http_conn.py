@@ -278,8 +278,6 @@ class Conn(asyncio.Protocol):
         self.body = None if stream else bytearray()
         self.chunks = asyncio.Queue() if stream else None
         self.got_bytes = False
-        assert self.transport is not None
-        self.transport.write(request)
 
     @property
     def reusable(self) -> bool:

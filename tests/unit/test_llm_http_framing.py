@@ -20,7 +20,8 @@ from typing import TypeVar
 
 import pytest
 
-from agents.llm._http import HTTPPool
+from agentbus.errors import ModelConnectionError
+from agents.llm._http import _BURST, HTTPPool
 from agents.llm._http_conn import Conn as _Conn
 
 LIVENESS_S = 5.0  # a generous bound on anything that should happen at once
@@ -536,6 +537,40 @@ async def test_a_shorter_timeout_than_every_outstanding_one_still_fires_in_time(
     patient.cancel()
     with pytest.raises(asyncio.CancelledError):
         await patient
+
+
+async def test_requests_started_together_are_written_in_bursts_and_each_gets_its_answer(
+    server: RawServer, pool: HTTPPool
+) -> None:
+    n = 3 * _BURST + 3  # full bursts written at once, the rest at the end of the loop pass
+    for i in range(n):
+        server.answer(f"/p{i}", Answer(one_write(response(b"answer %d" % i))))
+
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(pool.post(f"/p{i}", b"q%d" % i) for i in range(n))), LIVENESS_S
+    )
+
+    assert [a.body for a in answers] == [b"answer %d" % i for i in range(n)]
+    assert sorted((q.path, q.body) for q in server.requests) == sorted(
+        (f"/p{i}", b"q%d" % i) for i in range(n)
+    )
+    assert server.accepted == n  # one request per connection at a time
+    assert pool._outbox == []
+
+
+async def test_requests_still_unwritten_when_the_pool_closes_fail_instead_of_hanging(
+    server: RawServer, pool: HTTPPool
+) -> None:
+    server.answer("/warm", Answer(one_write(response(b"ok"))), Answer(one_write(response(b"ok"))))
+    await asyncio.gather(pool.post("/warm", b""), pool.post("/warm", b""))  # two idle connections
+    calls = [asyncio.ensure_future(pool.post("/never", b"", timeout_s=3600)) for _ in range(2)]
+    await asyncio.sleep(0)  # both reuse an idle connection and wait in the outbox
+    assert len(pool._outbox) == 2
+    await pool.aclose()
+
+    results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), LIVENESS_S)
+    assert all(isinstance(r, ModelConnectionError) for r in results), results
+    assert [q.path for q in server.requests] == ["/warm", "/warm"]  # nothing was written
 
 
 async def test_an_idle_connection_outlives_its_last_requests_deadline(
