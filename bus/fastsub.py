@@ -52,8 +52,9 @@ def parse_headers(block: bytes) -> dict[str, str] | None:
 
 def route(nc: Client, sub: Subscription, handler: Handler) -> bool:
     """Deliver ``sub``'s messages to ``handler`` straight from the read loop; False when this
-    nats-py is not the supported one (then ``sub``'s callback keeps receiving them)."""
-    if not SUPPORTED:
+    nats-py is not the supported one or ``sub`` unsubscribes itself after a number of
+    messages (then ``sub``'s callback keeps receiving them)."""
+    if not SUPPORTED or sub._max_msgs > 0:
         return False
     routes: dict[int, Handler] | None = getattr(nc, _ROUTES, None)
     if routes is None:

@@ -281,7 +281,7 @@ class Conn(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        """Between responses, open and willing (the pool inlines this test on its hot path)."""
+        """Between responses, open and willing to serve another request."""
         return self.keep_alive and not self.mode and not self.buf and not self.closed
 
     def close(self) -> None:

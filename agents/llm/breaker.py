@@ -66,9 +66,7 @@ class CircuitBreaker:
         """Before an attempt: raise ``CircuitOpenError`` if refused; True if this attempt is a probe."""
         if self._state is _CLOSED:  # the common case, without a clock read
             return False
-        state = self.state
-        if state is BreakerState.CLOSED:
-            return False
+        state = self.state  # open, or half-open once open_s has passed
         if state is BreakerState.HALF_OPEN and self._probes < self.config.half_open_probes:
             self._probes += 1
             return True

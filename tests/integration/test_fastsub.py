@@ -108,3 +108,14 @@ def _append_to(box: list[Msg]) -> Callable[[Msg], Awaitable[None]]:
         box.append(msg)
 
     return on
+
+
+async def test_a_subscription_that_unsubscribes_itself_is_left_to_nats_py(nc: Client) -> None:
+    got: list[Msg] = []
+    sub = await nc.subscribe("fs.e", cb=_append_to(got), max_msgs=2)
+    assert not fastsub.route(nc, sub, lambda msg: None)  # nats-py counts it down itself
+    for data in (b"1", b"2", b"3"):
+        await nc.publish("fs.e", data, reply="r")
+    await nc.flush()
+    await async_wait_until(lambda: len(got) == 2, what="two messages")
+    assert [m.data for m in got] == [b"1", b"2"]
