@@ -119,3 +119,45 @@ async def test_a_subscription_that_unsubscribes_itself_is_left_to_nats_py(nc: Cl
     await nc.flush()
     await async_wait_until(lambda: len(got) == 2, what="two messages")
     assert [m.data for m in got] == [b"1", b"2"]
+
+
+def _frame(subject: str, sid: int, reply: str, payload: bytes, headers: bytes = b"") -> bytes:
+    """A frame as nats-server writes it: ``MSG``, or ``HMSG`` when there are headers."""
+    rep = f" {reply}" if reply else ""
+    if headers:
+        head = f"HMSG {subject} {sid}{rep} {len(headers)} {len(headers) + len(payload)}\r\n"
+        return head.encode() + headers + payload + b"\r\n"
+    return f"MSG {subject} {sid}{rep} {len(payload)}\r\n".encode() + payload + b"\r\n"
+
+
+@pytest.mark.parametrize("cut", [1, 7, 64, 1000, 1 << 20])
+async def test_frames_cut_anywhere_reach_their_subscriptions_whole_and_in_order(nc: Client, cut: int) -> None:
+    # the read loop's parser, fed the bytes a server could send, in pieces of ``cut`` bytes:
+    # frames whole at the start of a piece take the fast lane, the rest nats-py's parser
+    routed: list[Msg] = []
+    usual: list[Msg] = []
+
+    async def never(msg: Msg) -> None:
+        raise AssertionError("routed")
+
+    sub = await nc.subscribe("fs.f", cb=never)
+    assert fastsub.route(nc, sub, routed.append)
+    other = await nc.subscribe("fs.g", cb=_append_to(usual))
+    wire, want_routed, want_usual = b"", [], []
+    for i in range(40):
+        headers = b"NATS/1.0\r\nNats-Msg-Id: m%d\r\n\r\n" % i if i % 3 else b""
+        payload = bytes([i]) * (i * 37 % 3000)
+        if i % 4 == 0:  # an op the fast lane leaves to nats-py in the middle of the stream
+            wire += b"+OK\r\n"
+        if i % 2:
+            wire += _frame("fs.f", sub._id, f"r.{i}", payload, headers)
+            want_routed.append((f"r.{i}", payload, {"Nats-Msg-Id": f"m{i}"} if headers else None))
+        else:
+            wire += _frame("fs.g", other._id, "", payload, headers)
+            want_usual.append(payload)
+    for at in range(0, len(wire), cut):
+        await nc._ps.parse(wire[at : at + cut])
+    await async_wait_until(lambda: len(usual) == len(want_usual), what="the callback's messages")
+    assert [(m.reply, m.data, m.headers) for m in routed] == want_routed
+    assert [m.data for m in usual] == want_usual
+    assert not nc._ps.buf  # nothing left half-parsed
