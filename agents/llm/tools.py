@@ -94,7 +94,19 @@ class Tool:
             return ToolOutcome(False, error=f"{self.name} failed: {type(exc).__name__}: {exc}")
 
 
-def tool(fn: ToolFn | None = None, *, name: str | None = None, description: str | None = None) -> Any:
+@typing.overload
+def tool(fn: ToolFn, *, name: str | None = None, description: str | None = None) -> Tool: ...
+
+
+@typing.overload
+def tool(
+    fn: None = None, *, name: str | None = None, description: str | None = None
+) -> Callable[[ToolFn], Tool]: ...
+
+
+def tool(
+    fn: ToolFn | None = None, *, name: str | None = None, description: str | None = None
+) -> Tool | Callable[[ToolFn], Tool]:
     """Make a :class:`Tool` of ``fn(ctx, args: Struct)``; usable bare or with arguments."""
     if fn is None:
         return lambda f: Tool(f, name=name, description=description)

@@ -91,8 +91,8 @@ class PrometheusServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                log = self.log_path.read_text()
-                raise AssertionError(f"prometheus exited {self.proc.returncode}:\n{log}")
+                output = self.log_path.read_text()
+                raise AssertionError(f"prometheus exited {self.proc.returncode}:\n{output}")
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
                     if r.status == 200:

@@ -12,6 +12,7 @@ import re
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -293,12 +294,14 @@ async def test_every_bad_input_is_dead_lettered_and_good_work_completes(nc: Clie
     for task_id in good:
         assert results[task_id].ok, results[task_id]
         assert results[task_id].attempts == 1
-    assert results["good-3-globex"].output["text"] == "good-3-globex"
+    output = results["good-3-globex"].output
+    assert output is not None
+    assert output["text"] == "good-3-globex"
     assert results["good-3-globex"].tenant == "globex"
 
     # a waiter learns the fate of a dead-lettered task (it has an id and the kind has an agent)
     for task_id in ("bad-schema", "bad-reject", "bad-late", "bad-poison", "bad-tenant"):
-        await async_wait_until(lambda t=task_id: t in results, 10, f"failed result of {task_id}")
+        await async_wait_until(partial(results.__contains__, task_id), 10, f"failed result of {task_id}")
         assert not results[task_id].ok
         assert results[task_id].error is not None
     assert results["bad-reject"].error.startswith("rejected")  # type: ignore[union-attr]

@@ -119,7 +119,9 @@ async def dead_letters(nc: Client) -> list[DeadLetter]:
     state = (await js.stream_info(DLQ_STREAM)).state
     out = []
     for seq in range(state.first_seq, state.last_seq + 1) if state.messages else ():
-        out.append(msgspec.json.decode((await js.get_msg(DLQ_STREAM, seq)).data, type=DeadLetter))
+        data = (await js.get_msg(DLQ_STREAM, seq)).data
+        assert data is not None
+        out.append(msgspec.json.decode(data, type=DeadLetter))
     return out
 
 
@@ -351,7 +353,9 @@ async def test_breaker_opens_on_a_5xx_burst_parks_tasks_and_closes_after_recover
     breaker = None
     calls = [asyncio.ensure_future(r.call(f"task {i}", tenant="acme")) for i in range(5)]
     await until(lambda: agent_of(r.spec).client is not None, "the client")
-    breaker = agent_of(r.spec).client.breaker
+    client = agent_of(r.spec).client
+    assert client is not None
+    breaker = client.breaker
     await until(lambda: breaker.state is BreakerState.OPEN, "the breaker to open")
     assert breaker_state(r.metrics()) == 2.0
     opened_at, seen = time.monotonic(), len(llm.requests)

@@ -73,7 +73,7 @@ class FakeScale:
 
 
 def _refuse(code: int, message: str) -> None:
-    raise km.KubernetesError(status=code, reason=str(code), message=message)  # type: ignore[call-arg]
+    raise km.KubernetesError(status=code, reason=str(code), message=message)
 
 
 def _pod(name: str, *, labels: dict[str, str], ip: str, **meta: Any) -> dict[str, Any]:
@@ -202,7 +202,7 @@ async def test_scale_down_marks_the_idlest_pods_before_shrinking(
     }
     assert result.retired == ("agents-b", "agents-a")
     patch_order = [
-        f"{r.method.value} {r.resource.plural if r.resource else r.path}{'/' + r.name if r.name else ''}"
+        f"{r.method.value} {r.resource.plural if r.resource else r.url}{'/' + r.name if r.name else ''}"
         for r in kmock
         if r.method.value == "PATCH"
     ]

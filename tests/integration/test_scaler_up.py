@@ -93,7 +93,9 @@ async def test_up_autoscale_adds_a_worker_for_a_backlog_and_drains_on_sigterm(tm
         grown = await wait_for_state(
             state_file, lambda s: len(s.get("metrics_ports", {})) == 2, "a second worker"
         )
-        assert set(grown["metrics_ports"]) == {"w1", "w2"}  # type: ignore[arg-type]
+        ports = grown["metrics_ports"]
+        assert isinstance(ports, dict)
+        assert set(ports) == {"w1", "w2"}
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     finally:

@@ -38,7 +38,7 @@ def join(*states: T) -> T:
     """The join of ``states`` (merge is in place, so work on a copy)."""
     out = states[0].copy()
     for s in states[1:]:
-        out.merge(s)  # type: ignore[arg-type]
+        out.merge(s)
     return out
 
 
@@ -139,7 +139,7 @@ def mutation_cases(draw: st.DrawFn, kind: str) -> tuple[Any, Any, Any, Any]:
         e = draw(st.sampled_from(ELEMENTS))
         d = x.add("rx", e) if draw(st.booleans()) else x.remove(e)
         return y, before, d, x
-    gen = {"gcounter": gcounters, "pncounter": pncounters, "lww": registers}[kind]
+    gen: Any = {"gcounter": gcounters, "pncounter": pncounters, "lww": registers}[kind]
     y, x = draw(gen), draw(gen)
     before, d = _mutations(draw, kind, x)
     return y, before, d, x

@@ -119,7 +119,7 @@ def test_config_is_frozen_and_keyword_only() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.max_deliver = 9  # type: ignore[misc]
     with pytest.raises(TypeError):
-        WorkerConfig("nats://x:1")  # type: ignore[misc]
+        WorkerConfig("nats://x:1")  # type: ignore[call-arg]
 
 
 def test_with_ignores_none_and_validates() -> None:

@@ -56,7 +56,7 @@ class Handler(BaseHTTPRequestHandler):
 def server() -> Iterator[str]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = False  # server_close() joins the handler threads: none outlives the test
-    httpd.handle_error = lambda request, address: None  # type: ignore[method-assign]
+    httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
     Handler.seen = []
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
