@@ -79,17 +79,19 @@ def unroute(nc: Client, sub: Subscription) -> None:
 
 def _deliver(
     nc: Client,
+    sub: Subscription,
     handler: Handler,
-    sid: int,
     subject: bytes,
     reply: bytes,
     data: bytes,
     fields: dict[str, str] | None,
 ) -> None:
+    """Count a routed message as nats-py would, then hand it to ``handler``."""
+    sub._received += 1
     stats = nc.stats
     stats["in_msgs"] += 1
     stats["in_bytes"] += len(data)
-    msg = Msg(nc, subject.decode(), reply.decode(), data, fields, _sid=sid)
+    msg = Msg(nc, subject.decode(), reply.decode(), data, fields, _sid=sub._id)
     try:
         handler(msg)
     except Exception:
@@ -104,12 +106,11 @@ def _dispatcher(
         sub = nc._subs.get(sid)
         if handler is None or sub is None:
             return await original(sid, subject, reply, data, headers)
-        sub._received += 1
         if reply:  # a delivery: plain header lines
             fields = parse_headers(headers) if headers else None
         else:  # a status (heartbeat, expired or refused pull): nats-py parses the inline status
             fields = await nc._process_headers(headers)
-        _deliver(nc, handler, sid, subject, reply, data, fields)
+        _deliver(nc, sub, handler, subject, reply, data, fields)
 
     return process
 
@@ -154,19 +155,16 @@ def _parser(
             if start + size + 2 > end or hsize > size or not args[1].isdigit() or not all(args[:2]):
                 break  # partial (or odd): nats-py's parser buffers it
             subject, sid, reply = args[0], int(args[1]), args[2]
-            headers = data[start : start + hsize] if hsize else b""
+            headers = data[start : start + hsize] if hsize else None  # None, as nats-py's parser passes
             payload = data[start + hsize : start + size]
             pos = start + size + 2
             handler = routes.get(sid)
             sub = nc._subs.get(sid) if handler is not None else None
-            if sub is not None and reply and handler is not None:
-                sub._received += 1
-                _deliver(
-                    nc, handler, sid, subject, reply, payload, parse_headers(headers) if headers else None
-                )
+            if handler is not None and sub is not None and reply:
+                fields = parse_headers(headers) if headers else None
+                _deliver(nc, sub, handler, subject, reply, payload, fields)
             else:
-                # as nats-py's parser calls it: None for no headers
-                await nc._process_msg(sid, subject, reply, payload, headers or None)  # type: ignore[arg-type]
+                await nc._process_msg(sid, subject, reply, payload, headers)  # type: ignore[arg-type]
         if pos < end:
             await original(data[pos:] if pos else data)
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import msgspec
 import nats
 from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -37,6 +38,7 @@ __all__ = [
     "Queue",
     "alternate",
     "bench_agent",
+    "fetch_all",
     "payload",
     "percentile",
     "publish",
@@ -155,6 +157,45 @@ async def pull_subscription(url: str, kind: str) -> tuple[Client, JetStreamConte
     js = nc.jetstream()
     psub = await js.pull_subscribe_bind(durable=consumer_name(kind), stream=TASKS_STREAM)
     return nc, js, psub
+
+
+async def fetch_all(
+    psub: Any,
+    n: int,
+    work: Callable[[Any], Coroutine[Any, Any, None]],
+    running: set[asyncio.Task[None]],
+    *,
+    batch: int,
+    slots: int,
+    on_done: Callable[[asyncio.Task[None]], None] | None = None,
+) -> None:
+    """The raw anchors' loop: ``fetch(batch)`` whenever ``batch`` of ``slots`` are free, one
+    asyncio task running ``work(msg)`` per message (kept in ``running`` until it ends), until
+    ``n`` messages were fetched; ``on_done`` sees each task as it ends."""
+    room = asyncio.Event()
+
+    def done(task: asyncio.Task[None]) -> None:
+        running.discard(task)
+        room.set()
+        if on_done is not None:
+            on_done(task)
+
+    fetched = 0
+    while fetched < n:
+        want = min(batch, n - fetched)
+        if slots - len(running) < want:
+            room.clear()
+            await room.wait()
+            continue
+        try:
+            msgs = await psub.fetch(want, timeout=5)
+        except NatsTimeoutError:
+            continue
+        for msg in msgs:
+            task = asyncio.create_task(work(msg))
+            running.add(task)
+            task.add_done_callback(done)
+        fetched += len(msgs)
 
 
 async def alternate(

@@ -21,7 +21,6 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 
 from agents.api import Context
 from agents.config import WorkerConfig
@@ -35,6 +34,7 @@ from loadtest.bench_common import (
     Queue,
     alternate,
     bench_agent,
+    fetch_all,
     publish,
     pull_subscription,
     rss_mib,
@@ -124,7 +124,6 @@ async def raw_io_child(p: dict[str, Any]) -> dict[str, Any]:
     nc, js, psub = await pull_subscription(p["url"], kind)
     decode = decoder_for(BenchIn).decode
     countdown = Countdown(n)
-    room = asyncio.Event()
     running: set[asyncio.Task[None]] = set()
 
     async def work(msg: Msg) -> None:
@@ -134,26 +133,10 @@ async def raw_io_child(p: dict[str, Any]) -> dict[str, Any]:
             await msg.ack()
         finally:
             countdown.hit()
-            room.set()
 
     meter = _Meter(lambda: len(running))
     meter.start()
-    fetched = 0
-    while fetched < n:
-        want = min(batch, n - fetched)
-        if slots - len(running) < want:
-            room.clear()
-            await room.wait()
-            continue
-        try:
-            msgs = await psub.fetch(want, timeout=5)
-        except NatsTimeoutError:
-            continue
-        for msg in msgs:
-            task = asyncio.create_task(work(msg))
-            running.add(task)
-            task.add_done_callback(running.discard)
-        fetched += len(msgs)
+    await fetch_all(psub, n, work, running, batch=batch, slots=slots)
     await countdown.done.wait()
     await nc.flush()
     await wait_drained(js, kind)

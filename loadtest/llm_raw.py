@@ -21,13 +21,12 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import msgspec
-from nats.errors import TimeoutError as NatsTimeoutError
 
 from agents.builtin.assistant import assistant
 from agents.llm.agent import agent_of
 from agents.llm.planner import SYSTEM_PROMPT
 from bus.subjects import split_task_subject
-from loadtest.bench_common import pull_subscription, run_on_uvloop
+from loadtest.bench_common import fetch_all, pull_subscription, run_on_uvloop
 
 __all__ = ["main"]
 
@@ -93,8 +92,6 @@ async def _run(args: argparse.Namespace) -> None:
     encode, decode = msgspec.json.encode, msgspec.json.decode
     stock = {"PROD-001": 100}
     running: set[asyncio.Task[None]] = set()
-    room = asyncio.Event()
-    left = args.tasks
 
     async def work(msg: Any) -> None:
         tenant, _ = split_task_subject(msg.subject)
@@ -118,27 +115,11 @@ async def _run(args: argparse.Namespace) -> None:
         await msg.ack()
 
     def finished(task: asyncio.Task[None]) -> None:
-        running.discard(task)
-        room.set()
         if not task.cancelled() and task.exception() is not None:
             raise SystemExit(f"anchor task failed: {task.exception()!r}")
 
     print("ready", flush=True)
-    while left > 0:
-        want = min(args.batch, left)
-        if args.inflight - len(running) < want:
-            room.clear()
-            await room.wait()
-            continue
-        try:
-            msgs = await psub.fetch(want, timeout=5)
-        except NatsTimeoutError:
-            continue
-        for msg in msgs:
-            task = asyncio.create_task(work(msg))
-            running.add(task)
-            task.add_done_callback(finished)
-        left -= len(msgs)
+    await fetch_all(psub, args.tasks, work, running, batch=args.batch, slots=args.inflight, on_done=finished)
     while running:
         await asyncio.gather(*running)
     await nc.flush()
