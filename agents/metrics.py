@@ -63,6 +63,7 @@ class KindStats:
         "inflight",
         "latency_sum",
         "pending",
+        "prefetched",
         "redelivered",
         "tasks",
     )
@@ -77,6 +78,7 @@ class KindStats:
         self.pending = -1  # from consumer info; -1 until first read
         self.ack_pending = -1
         self.inflight: Callable[[], int] = lambda: 0  # the runner installs its live count
+        self.prefetched: Callable[[], int] = lambda: 0  # and of messages waiting for a slot
 
     def observe(self, seconds: float) -> None:
         """Record one handler latency."""
@@ -125,7 +127,12 @@ class StatsCollector(Collector):
             "agentbus_redeliveries", "Deliveries that were not the first for their message", labels=["kind"]
         )
         inflight = GaugeMetricFamily(
-            "agentbus_inflight", "Messages held unacked by this worker", labels=["kind"]
+            "agentbus_inflight", "Messages being processed by this worker (in its slots)", labels=["kind"]
+        )
+        prefetched = GaugeMetricFamily(
+            "agentbus_prefetched",
+            "Messages delivered to this worker ahead, waiting for a slot",
+            labels=["kind"],
         )
         pending = GaugeMetricFamily(
             "agentbus_consumer_pending", "Messages waiting in the consumer (num_pending)", labels=["kind"]
@@ -146,6 +153,7 @@ class StatsCollector(Collector):
             fetched.add_metric([kind], k.fetched)
             redelivered.add_metric([kind], k.redelivered)
             inflight.add_metric([kind], k.inflight())
+            prefetched.add_metric([kind], k.prefetched())
             if k.pending >= 0:
                 pending.add_metric([kind], k.pending)
                 ack_pending.add_metric([kind], k.ack_pending)
@@ -167,6 +175,7 @@ class StatsCollector(Collector):
             fetched,
             redelivered,
             inflight,
+            prefetched,
             pending,
             ack_pending,
             latency,

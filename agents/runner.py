@@ -133,6 +133,7 @@ class KindRunner:
         retry: RetryPolicy,
         tenants: frozenset[str] | None,
         slots: int,
+        prefetch: int = 0,
     ) -> None:
         self.spec = spec
         self.kind = spec.kind
@@ -164,6 +165,7 @@ class KindRunner:
             consumer=consumer_name(spec.kind),
             slots=slots,
             on_message=self._on_message,
+            prefetch=prefetch,
         )
 
     # -- delivery ---------------------------------------------------------------------------
@@ -430,11 +432,15 @@ class KindRunner:
     # -- upkeep -----------------------------------------------------------------------------
 
     async def heartbeat(self, older_than_s: float) -> None:
-        """``+WPI`` for every task running longer than ``older_than_s`` (resets the ack wait)."""
+        """``+WPI`` for every task running (or prefetched) longer than ``older_than_s``.
+
+        (It resets the message's ack wait.)
+        """
         limit = time.monotonic() - older_than_s
-        for slot in list(self.slots.values()):
-            if slot.started < limit:
-                await ack(self._nc, slot.msg, AckKind.IN_PROGRESS)
+        waiting = [*(s.msg for s in self.slots.values() if s.started < limit)]
+        waiting += self.consumer.waiting_since(limit)
+        for msg in waiting:
+            await ack(self._nc, msg, AckKind.IN_PROGRESS)
 
 
 async def _traced_ack(nc: Client, msg: Msg, kind: bytes) -> None:

@@ -133,9 +133,11 @@ class Worker:
                 max_deliver=cfg.max_deliver,
                 retry=retry,
                 tenants=cfg.tenants,
-                slots=cfg.max_inflight or spec.max_inflight,
+                slots=(slots := cfg.max_inflight or spec.max_inflight),
+                prefetch=cfg.prefetch_for(slots),
             )
             runner.stats.inflight = lambda r=runner: r.consumer.held  # type: ignore[misc]
+            runner.stats.prefetched = lambda r=runner: r.consumer.prefetched  # type: ignore[misc]
             self.runners.append(runner)
         await dlq.watch_max_deliveries()
         self._dlq = dlq

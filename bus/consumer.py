@@ -1,17 +1,27 @@
 """A credit-based pull consumer: the worker only ever asks for messages it has room for.
 
 This is the backpressure of agentbus. The consumer keeps ``credit``, the number of
-messages requested from JetStream and not yet delivered or expired, and ``held``,
-the messages handed to the worker and not yet released. It maintains::
+messages requested from JetStream and not yet delivered or expired, ``held``, the
+messages handed to the worker and not yet released, and up to ``prefetch`` messages
+delivered ahead, waiting in order for a slot. It maintains::
 
-    held + credit <= slots
+    held <= slots
+    held + prefetched + credit <= slots + prefetch
 
 and asks for more (one pull request for the free amount) only when at least
-``threshold`` slots are free, or when no request is outstanding at all (credit 0:
-the queue had more than was asked for) and any slot is free, so a deep queue keeps
+``threshold`` places are free, or when no request is outstanding at all (credit 0:
+the queue had more than was asked for) and any place is free, so a deep queue keeps
 every slot busy while an idle one is not pestered with small requests. A worker
-with 8 slots therefore never holds more than 8 unacked messages, however deep the
-queue (FastStream #2563 is what happens without this).
+with 8 slots and no prefetch therefore never holds more than 8 unacked messages,
+however deep the queue (FastStream #2563 is what happens without this).
+
+Prefetch hides the refill: a pull request takes a flush, the server and a read
+(milliseconds on a busy worker) to come back, and without messages in hand a freed
+slot stays empty all that time; with them the next task starts as the previous one
+ends. It is bounded (the worker's default, ``WorkerConfig.prefetch_for``, is
+``slots // 8`` up to 256 from 64 slots on, none below; Celery's is four times the
+slots). What it costs is a short wait for the prefetched messages: their ack-wait
+clock runs (heartbeats cover them), and on a drain they are handed back.
 
 Pull requests carry an expiry and an idle heartbeat. Credit is returned by the
 server's 408/409 status replies (header ``Nats-Pending-Messages``), reset after a
@@ -21,8 +31,8 @@ wedge waiting on a request the server no longer has. A drain withdraws the
 outstanding requests (see :meth:`PullConsumer.stop_fetching`).
 
 Messages are delivered to the ``on_message`` callback, synchronously, in order;
-the worker calls :meth:`release` once per message when it has acked, nakked or
-terminated it.
+the worker calls :meth:`release` (or :meth:`ack_next`) once per message when it has
+acked, nakked or terminated it.
 """
 
 from __future__ import annotations
@@ -31,7 +41,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -97,9 +108,10 @@ class PullConsumer:
         expires_s: float = 30.0,
         heartbeat_s: float = 5.0,
         max_batch: int = 256,
+        prefetch: int = 0,
     ) -> None:
-        if slots < 1:
-            raise ValueError("slots must be >= 1")
+        if slots < 1 or prefetch < 0:
+            raise ValueError("slots must be >= 1 and prefetch >= 0")
         self._nc = nc
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self.slots = slots
@@ -107,12 +119,16 @@ class PullConsumer:
         self._expires_ns = int(expires_s * 1e9)
         self._heartbeat_ns = int(heartbeat_s * 1e9)
         self._heartbeat_s = heartbeat_s
-        self._threshold = max(1, min(slots // 2, max_batch))
-        self._busy_threshold = max(1, min(self._threshold, slots // 32))
-        self._busy_credit = slots // 4
+        self.prefetch = prefetch
+        self._places = places = slots + prefetch
+        self._threshold = max(1, min(places // 2, max_batch))
+        self._busy_threshold = max(1, min(self._threshold, places // 32))
+        self._busy_credit = places // 4
         self._max_batch = max_batch
         self.held = 0
         self.credit = 0
+        self._ahead: deque[tuple[float, Msg]] = deque()  # prefetched: (arrival, message)
+        self._handing = False  # a hand-over of prefetched messages is scheduled
         self.fetching = False
         self._inbox = ""
         self._sub: Subscription | None = None
@@ -129,11 +145,42 @@ class PullConsumer:
         self._watchdog = asyncio.create_task(self._watch(), name="agentbus-pull-watchdog")
         await self._pull()
 
+    @property
+    def prefetched(self) -> int:
+        """Messages delivered ahead, waiting for a slot."""
+        return len(self._ahead)
+
+    def waiting_since(self, before: float) -> Iterator[Msg]:
+        """The prefetched messages that arrived before ``before`` (monotonic), for heartbeats."""
+        return (msg for arrived, msg in self._ahead if arrived < before)
+
     def release(self, n: int = 1) -> None:
         """The worker finished with ``n`` messages: their slots are free again."""
         self.held -= n
-        if self.fetching and self._wants(self.slots - self.held - self.credit):
+        if self._ahead:
+            self._hand_over_soon()
+        if self.fetching and self._wants(self._free()):
             self._schedule_pull()
+
+    def _free(self) -> int:
+        return self._places - self.held - len(self._ahead) - self.credit
+
+    def _hand_over_soon(self) -> None:
+        """Start prefetched messages in freed slots at the loop's next turn.
+
+        Not inline: ``release`` and ``ack_next`` run inside the finishing task, and a
+        handler's first step must not run inside another task.
+        """
+        if not self._handing:
+            self._handing = True
+            asyncio.get_running_loop().call_soon(self._hand_over)
+
+    def _hand_over(self) -> None:
+        self._handing = False
+        ahead = self._ahead
+        while ahead and self.held < self.slots:
+            self.held += 1
+            self._on_message(ahead.popleft()[1])
 
     async def ack_next(self, msg: Msg) -> None:
         """Ack ``msg``, free its slot and, if more are wanted, ask for them in the same message.
@@ -144,7 +191,9 @@ class PullConsumer:
         consumer's ``num_ack_pending`` would read above ``slots`` for an instant.
         """
         self.held -= 1
-        free = self.slots - self.held - self.credit
+        if self._ahead:
+            self._hand_over_soon()
+        free = self._free()
         if self.fetching and self._sub is not None and self._wants(free):
             batch = min(free, self._max_batch)
             self.credit += batch
@@ -190,6 +239,9 @@ class PullConsumer:
                 log.debug("withdrawing pull requests failed: %s", exc)
             finally:
                 fastsub.unroute(self._nc, sub)
+        while self._ahead:
+            self.held += 1
+            self._on_message(self._ahead.popleft()[1])
 
     def reset_credit(self) -> None:
         """Forget outstanding pull requests (after a reconnect) and ask again."""
@@ -201,6 +253,7 @@ class PullConsumer:
     async def close(self) -> None:
         """Stop pulling and unsubscribe; undelivered requested messages return after ack_wait."""
         self.fetching = False
+        self._ahead.clear()  # redelivered after ack_wait, like requested ones never delivered
         for task in (self._watchdog, self._pull_task):
             if task is not None:
                 task.cancel()
@@ -218,7 +271,7 @@ class PullConsumer:
 
     async def _pull(self) -> None:
         while self.fetching and self._nc.is_connected:
-            free = self.slots - self.held - self.credit
+            free = self._free()
             if not self._wants(free):
                 return
             batch = min(free, self._max_batch)
@@ -238,8 +291,11 @@ class PullConsumer:
         self._last_seen = time.monotonic()
         if msg.reply:
             self.credit = max(0, self.credit - 1)
-            self.held += 1
-            self._on_message(msg)
+            if self.held < self.slots and not self._ahead:
+                self.held += 1
+                self._on_message(msg)
+            else:
+                self._ahead.append((self._last_seen, msg))
             return
         headers = msg.headers or {}
         status = headers.get(_STATUS, "")
@@ -265,7 +321,7 @@ class PullConsumer:
             if self.credit > 0 and silent_s > 3 * self._heartbeat_s:
                 log.warning("no heartbeat for %.1fs: re-issuing pull requests", silent_s)
                 self.reset_credit()
-            elif self.fetching and self.credit == 0 and self.held < self.slots:
+            elif self.fetching and self.credit == 0 and self._free() > 0:
                 self._schedule_pull()
 
 

@@ -27,6 +27,7 @@ WORKER_OPTIONS = (
     "agents",
     "kinds",
     "max_inflight",
+    "prefetch",
     "drain_timeout_s",
     "ack_wait_s",
     "max_deliver",
@@ -47,6 +48,9 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--kind", action="append", dest="kinds", metavar="KIND", help="serve only this kind")
     p.add_argument("--max-inflight", type=int, help="override every agent's max_inflight")
+    p.add_argument(
+        "--prefetch", type=int, help="messages delivered ahead of free slots, per kind (default slots // 8)"
+    )
     p.add_argument("--drain-timeout-s", type=float, help="grace for in-flight tasks on SIGTERM")
     p.add_argument("--ack-wait-s", type=float, help="consumer ack wait (redelivery of a dead worker's task)")
     p.add_argument("--max-deliver", type=int, help="deliveries before a failing task is dead-lettered")
@@ -104,6 +108,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         kinds=tuple(args.kinds) if args.kinds else None,
         worker_id=args.worker_id,
         max_inflight=args.max_inflight,
+        prefetch=args.prefetch,
         http_host=args.http_host,
         http_port=args.http_port,
         drain_timeout_s=args.drain_timeout_s,

@@ -27,6 +27,7 @@ def test_every_variable_is_read() -> None:
         "AGENTBUS_HTTP_HOST": "0.0.0.0",
         "AGENTBUS_HTTP_PORT": "9100",
         "AGENTBUS_MAX_INFLIGHT": "12",
+        "AGENTBUS_PREFETCH": "3",
         "AGENTBUS_DRAIN_TIMEOUT_S": "7.5",
         "AGENTBUS_ACK_WAIT_S": "3",
         "AGENTBUS_MAX_DELIVER": "4",
@@ -41,6 +42,7 @@ def test_every_variable_is_read() -> None:
     assert cfg.http_host == "0.0.0.0"
     assert cfg.http_port == 9100
     assert cfg.max_inflight == 12
+    assert cfg.prefetch == 3
     assert cfg.drain_timeout_s == 7.5
     assert cfg.ack_wait_s == 3.0
     assert cfg.max_deliver == 4
@@ -92,12 +94,21 @@ def test_unparsable_values_raise_config_error_naming_the_variable(var: str, valu
         ("AGENTBUS_ACK_WAIT_S", "-1"),
         ("AGENTBUS_DRAIN_TIMEOUT_S", "-0.5"),
         ("AGENTBUS_MAX_INFLIGHT", "0"),
+        ("AGENTBUS_PREFETCH", "-1"),
         ("AGENTBUS_STREAM_REPLICAS", "2"),
     ],
 )
 def test_out_of_range_values_raise_config_error(var: str, value: str) -> None:
     with pytest.raises(ConfigError):
         WorkerConfig.from_env({var: value})
+
+
+def test_prefetch_defaults_to_an_eighth_of_many_slots_capped_and_none_of_few() -> None:
+    default = WorkerConfig()
+    slots = (1, 8, 63, 64, 256, 2000, 100_000)
+    assert [default.prefetch_for(n) for n in slots] == [0, 0, 0, 8, 32, 250, 256]
+    assert WorkerConfig(prefetch=0).prefetch_for(2000) == 0
+    assert WorkerConfig(prefetch=5).prefetch_for(8) == 5
 
 
 @pytest.mark.parametrize(
