@@ -81,7 +81,7 @@ class ConsumerSpec:
     nak by ``backoff[n] - ack_wait`` (it backdates the nak by ack_wait, then compares with
     the backoff entry), so the worker's 0.1 s retry on delivery 2 of ``[30, 60]`` waits 30 s.
     """
-    max_ack_pending: int = 20_000  # cap across all replicas; each worker holds <= its slots
+    max_ack_pending: int = 20_000  # cap across all replicas; each worker holds <= slots + prefetch
     max_waiting: int = 512  # outstanding pull requests across replicas
 
     def __post_init__(self) -> None:

@@ -105,6 +105,9 @@ def test_worker_settings_reach_the_config(full: Rendered, clean_env: pytest.Monk
         clean_env.setenv(var, value)
     config = worker_cli.config_from_args(build_parser().parse_args(c["args"]))
     assert config.max_inflight == 64
+    assert config.prefetch == 4
+    echo = worker_cli.config_from_args(build_parser().parse_args(by_kind["echo"]["args"]))
+    assert echo.prefetch is None  # unset in the values: the worker's own default
     assert config.drain_timeout_s == 55
     assert config.tenants == frozenset({"acme", "globex", "helm-test"})
     assert config.consumer_info_interval_s == 1

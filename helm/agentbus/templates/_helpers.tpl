@@ -73,6 +73,7 @@ hasKey, not `default`, so an explicit 0 (replicas: 0) is kept.
   "deployment" (include "agentbus.agentName" (dict "root" .root "kind" $k.name))
   "replicas" (ternary $k.replicas 1 (hasKey $k "replicas"))
   "maxInflight" (ternary $k.maxInflight 0 (hasKey $k "maxInflight"))
+  "prefetch" (ternary $k.prefetch -1 (hasKey $k "prefetch"))
   "resources" (ternary $k.resources $v.agents.resources (hasKey $k "resources"))
   "drainTimeoutSeconds" (ternary $k.drainTimeoutSeconds $v.agents.drainTimeoutSeconds (hasKey $k "drainTimeoutSeconds"))
   "env" ($k.env | default list)
