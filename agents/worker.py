@@ -34,6 +34,7 @@ from agents.metrics import StatsCollector, WorkerStats
 from agents.registry import Registry
 from agents.runner import KindRunner, RetryPolicy
 from agents.shared_state import SharedState
+from agents.state_metrics import StateCollector
 from bus.connection import connect
 from bus.dlq import DeadLetterQueue
 from bus.publisher import Publisher
@@ -71,6 +72,7 @@ class Worker:
         self.runners: list[KindRunner] = []
         self.state = SharedState(config, name=self.name, stats=self.stats, registry=self.registry)
         """Shared tenant state: this worker's replica, gossip, Redis snapshots (docs/state.md)."""
+        StateCollector(self.state, self.metrics)
         self.http: HealthServer | None = None
         self._nc: Client | None = None
         self._background: list[asyncio.Task[Any]] = []

@@ -269,3 +269,44 @@ async def test_docs_example_runs(start: Start, nc: Client) -> None:
         result = await pub.call("acme", "visit", {"page": "home", "user": user}, timeout_s=20)
         assert result.ok, result.error
     assert result.output == {"views": 3, "visitors": 2}
+
+
+async def test_state_metrics_show_peers_gossip_and_redis(
+    start: Start, nc: Client, redis_server: RedisServer
+) -> None:
+    """``agentbus_state_*`` as a scrape reads them, through a peer joining, leaving and Redis dying."""
+    a = await start("a", [bump], redis_url=redis_server.url)
+    b = await start("b", [bump], redis_url=redis_server.url)
+
+    def sample(worker: Worker, name: str, **labels: str) -> float | None:
+        return worker.metrics.get_sample_value(name, labels)
+
+    def peers(worker: Worker, state: str) -> float | None:
+        return sample(worker, "agentbus_state_gossip_peers", state=state)
+
+    await async_wait_until(lambda: peers(a, "alive") == 1 == peers(b, "alive"), 30, "each sees the other")
+    pub = Publisher(nc)
+    for _ in range(4):
+        assert (await pub.call("acme", "bump", {"name": "hits"}, timeout_s=20)).ok
+    await async_wait_until(
+        lambda: values([a, b], "acme", "hits") == {4}, 30, "both replicas counting the same 4 hits"
+    )
+    for worker in (a, b):
+        assert sample(worker, "agentbus_state_tenants") == 1
+        assert sample(worker, "agentbus_state_live_agents") == 2
+        assert (sample(worker, "agentbus_state_gossip_packets_total", direction="sent") or 0) > 0
+        assert (sample(worker, "agentbus_state_gossip_packets_total", direction="received") or 0) > 0
+        assert (sample(worker, "agentbus_state_gossip_merges_total", kind="delta") or 0) > 0
+        assert sample(worker, "agentbus_state_gossip_errors_total", reason="merge_error") == 0
+        assert sample(worker, "agentbus_state_redis_loaded") == 1
+        assert sample(worker, "agentbus_state_redis_write_ok") == 1
+
+    await b.stop()  # leaves gossip on its way out
+    await async_wait_until(lambda: peers(a, "left") == 1 and peers(a, "alive") == 0, 30, "b has left")
+    assert sample(a, "agentbus_state_live_agents") == 1
+
+    redis_server.kill()
+    assert (await pub.call("acme", "bump", {"name": "hits"}, timeout_s=20)).ok  # a change to write
+    await async_wait_until(lambda: sample(a, "agentbus_state_redis_write_ok") == 0, 30, "a failed write")
+    redis_server.start()
+    await async_wait_until(lambda: sample(a, "agentbus_state_redis_write_ok") == 1, 30, "writes again")

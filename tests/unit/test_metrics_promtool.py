@@ -21,6 +21,10 @@ REQUIRED = (
     "agentbus_consumer_pending",
     "agentbus_dead_letters_total",
     "process_cpu_seconds_total",
+    "agentbus_prefetched",
+    "agentbus_state_tenants",
+    "agentbus_state_gossip_peers",
+    "agentbus_state_gossip_packets_total",
 )
 
 
