@@ -19,13 +19,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agentbus.errors import ConfigError
+from bus.connection import NatsAuth
 from bus.topology import StreamLimits
 
 __all__ = [
     "DEFAULT_NATS_URL",
     "GOSSIP_PRESETS",
+    "NATS_AUTH_VARIABLES",
     "UP_STATE_FILE",
     "WorkerConfig",
+    "nats_auth_from_env",
     "read_up_state",
     "resolve_nats_url",
 ]
@@ -35,11 +38,36 @@ GOSSIP_PRESETS = ("lan", "test")
 """``GossipConfig.lan()`` (production) and ``GossipConfig.for_tests()`` (timings ~10x shorter)."""
 
 
+NATS_AUTH_VARIABLES = {
+    "AGENTBUS_NATS_CREDS": "creds_file",
+    "AGENTBUS_NATS_NKEY_SEED": "nkey_seed_file",
+    "AGENTBUS_NATS_TLS_CA": "tls_ca_file",
+    "AGENTBUS_NATS_TLS_CERT": "tls_cert_file",
+    "AGENTBUS_NATS_TLS_KEY": "tls_key_file",
+}
+"""The variables of :class:`~bus.connection.NatsAuth`: each names a file (every command reads them)."""
+
+
+def nats_auth_from_env(environ: Mapping[str, str] | None = None) -> NatsAuth:
+    """NATS credentials and TLS files from ``AGENTBUS_NATS_*``; a file that is not there is a ConfigError."""
+    env = os.environ if environ is None else environ
+    files: dict[str, str] = {}
+    for var, name in NATS_AUTH_VARIABLES.items():
+        path = env.get(var, "")
+        if not path:
+            continue
+        if not os.path.isfile(path):
+            raise ConfigError(f"{var}={path!r}: no such file")
+        files[name] = path
+    return NatsAuth(**files)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class WorkerConfig:
     """Everything one worker process needs to know."""
 
     nats_url: str = DEFAULT_NATS_URL
+    nats_auth: NatsAuth = field(default_factory=NatsAuth)  # creds, NKEY seed, TLS files (not in the URL)
     agent_modules: tuple[str, ...] = ("agents.builtin",)
     kinds: tuple[str, ...] = ()  # empty: every kind the modules define
     worker_id: str = ""  # empty: <hostname>-<pid>
@@ -126,6 +154,7 @@ class WorkerConfig:
                     out[name] = typ(env[var])
                 except ValueError as exc:
                     raise ConfigError(f"{var}={env[var]!r}: {exc}") from exc
+        out["nats_auth"] = nats_auth_from_env(env)
         if "AGENTBUS_AGENTS" in env:
             out["agent_modules"] = tuple(m for m in env["AGENTBUS_AGENTS"].split(",") if m)
         if "AGENTBUS_KINDS" in env:

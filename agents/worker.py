@@ -111,6 +111,7 @@ class Worker:
             await self.http.start()
         self._nc = nc = await connect(
             cfg.nats_url,
+            auth=cfg.nats_auth,
             name=f"agentbus-worker-{self.name}",
             on_disconnect=self._on_disconnect,
             on_reconnect=self._on_reconnect,

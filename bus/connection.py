@@ -3,6 +3,12 @@
 nats-py gives up after 60 reconnect attempts by default; a worker must not, and it
 must learn about disconnects and reconnects (the pull consumer re-issues its pull
 requests after a reconnect: the server forgets them, nats.py #504).
+
+Credentials: a user and password or a token go in the URL
+(``nats://user:pass@host:4222``); :class:`NatsAuth` carries the rest: a ``.creds``
+file (a user JWT and its NKEY seed, decentralized auth as ``nsc`` issues it), an
+NKEY seed file, and TLS (a CA to verify the server, and a client certificate for
+mutual TLS).
 """
 
 from __future__ import annotations
@@ -10,17 +16,63 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from nats.aio.client import Client
 
-from agentbus.errors import BusError
+from agentbus.errors import BusError, ConfigError
 
-__all__ = ["connect"]
+__all__ = ["NatsAuth", "connect"]
 
 log = logging.getLogger("agentbus.bus")
 
 Callback = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NatsAuth:
+    """How to authenticate to NATS beyond what the URL carries; every field is a file path."""
+
+    creds_file: str | None = None
+    """A ``.creds`` file: a user JWT and its NKEY seed (operator/account mode)."""
+    nkey_seed_file: str | None = None
+    """A file holding an NKEY user seed (``SU...``), for servers listing NKEY users."""
+    tls_ca_file: str | None = None
+    """CA certificates that verify the server (else the system's)."""
+    tls_cert_file: str | None = None
+    """A client certificate for mutual TLS, with ``tls_key_file``."""
+    tls_key_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.creds_file and self.nkey_seed_file:
+            raise ConfigError("give NATS a creds file or an NKEY seed, not both")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("a NATS client certificate needs its key, and a key its certificate")
+
+    @property
+    def tls(self) -> bool:
+        """Whether a TLS context of our own is needed."""
+        return bool(self.tls_ca_file or self.tls_cert_file)
+
+    def options(self) -> dict[str, Any]:
+        """The matching keyword arguments of nats-py's ``Client.connect``."""
+        opts: dict[str, Any] = {}
+        if self.creds_file:
+            opts["user_credentials"] = self.creds_file
+        if self.nkey_seed_file:
+            opts["nkeys_seed"] = self.nkey_seed_file
+        if self.tls:
+            try:
+                context = ssl.create_default_context(cafile=self.tls_ca_file)
+                if self.tls_cert_file:
+                    context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"NATS TLS files unusable: {exc}") from exc
+            opts["tls"] = context
+        return opts
 
 
 async def connect(
@@ -32,6 +84,7 @@ async def connect(
     connect_timeout_s: float = 5.0,
     reconnect_wait_s: float = 0.5,
     first_connect_timeout_s: float | None = None,
+    auth: NatsAuth | None = None,
 ) -> Client:
     """Connect with unlimited reconnects; callbacks observe connection changes.
 
@@ -67,6 +120,7 @@ async def connect(
         error_cb=error,
         # keep acks published while reconnecting; 8 MiB is ~200k acks
         pending_size=8 * 1024 * 1024,
+        **(auth.options() if auth is not None else {}),
     )
     try:
         await asyncio.wait_for(first, first_connect_timeout_s)

@@ -34,6 +34,7 @@ from agentbus.errors import (
     StreamFullError,
 )
 from bus import tracing
+from bus.connection import NatsAuth
 from bus.messages import HDR_MSG_ID, HDR_REPLY, Result, Task, encode, now
 from bus.subjects import check_task_id, task_subject
 
@@ -315,13 +316,15 @@ def map_publish_error(exc: BaseException, task_id: str, subject: str, size: int 
     return PublishError(f"publish failed: {exc!r}", task_id=task_id, subject=subject)
 
 
-def publish_sync(url: str, specs: Iterable[TaskSpec], *, timeout_s: float = 60.0) -> list[TaskRef]:
+def publish_sync(
+    url: str, specs: Iterable[TaskSpec], *, timeout_s: float = 60.0, auth: NatsAuth | None = None
+) -> list[TaskRef]:
     """Blocking helper for scripts: connect, publish every task, wait for the acks, close."""
 
     async def run() -> list[TaskRef]:
         from bus.connection import connect
 
-        nc = await connect(url, name="agentbus-publish")
+        nc = await connect(url, name="agentbus-publish", auth=auth)
         try:
             pub = Publisher(nc)
             refs = await asyncio.wait_for(pub.submit_many(specs), timeout_s)

@@ -41,7 +41,7 @@ from agentbus.errors import (
     ResultTimeoutError,
     StreamFullError,
 )
-from agents.config import resolve_nats_url
+from agents.config import nats_auth_from_env, resolve_nats_url
 from bus.connection import connect
 from bus.publisher import Publisher
 from loadtest.locust_report import (
@@ -114,7 +114,10 @@ class NatsBridge:
         self._loop = loop
         self._greenlet = gevent.spawn(loop.run_forever)
         try:
-            self._nc = self._run(connect(url, name="agentbus-locust", first_connect_timeout_s=5.0), 10.0)
+            connecting = connect(
+                url, name="agentbus-locust", first_connect_timeout_s=5.0, auth=nats_auth_from_env()
+            )
+            self._nc = self._run(connecting, 10.0)
         except Exception as exc:  # every request then fails as refused:not_connected
             log.error("cannot connect to NATS at %s: %s", url, exc)
             return

@@ -37,7 +37,7 @@ from agentbus.errors import AgentbusError, ConfigError
 from agents.cli import up
 from agents.cli.scaler import autoscaling
 from agents.cli.worker import worker_argv
-from agents.config import read_up_state
+from agents.config import nats_auth_from_env, read_up_state
 from bus.connection import connect
 from loadtest.cluster_counts import ClusterDelta, settle, snapshot
 from loadtest.locust_report import failures_path, read_report, stats_path
@@ -184,7 +184,8 @@ async def _measure(
     target: _Target,
     prefix: Path,
 ) -> int:
-    nc = await connect(target.nats_url, name="agentbus-loadtest", first_connect_timeout_s=10.0)
+    auth = nats_auth_from_env()
+    nc = await connect(target.nats_url, name="agentbus-loadtest", first_connect_timeout_s=10.0, auth=auth)
     try:
         async with httpx.AsyncClient(timeout=2.0) as http:
             before = await snapshot(nc, target.metrics_urls(), http)

@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from rich.console import Console
 from rich.table import Table
 
-from agents.config import resolve_nats_url
+from agents.config import nats_auth_from_env, resolve_nats_url
 from bus.connection import connect
 from bus.messages import StateQuery, StateReport, encode
 from bus.subjects import STATE_QUERY_SUBJECT
@@ -181,7 +181,8 @@ def _print_state(console: Console, state: StateReport | None) -> None:
 
 
 async def _status(args: argparse.Namespace) -> Snapshot:
-    nc = await connect(resolve_nats_url(args.nats_url), name="agentbus-status", first_connect_timeout_s=5.0)
+    url = resolve_nats_url(args.nats_url)
+    nc = await connect(url, name="agentbus-status", first_connect_timeout_s=5.0, auth=nats_auth_from_env())
     try:
         snap = await snapshot(nc.jetstream(), args.interval_s)
         snap.state = await query_state(nc)

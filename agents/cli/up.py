@@ -21,7 +21,7 @@ from typing import Any
 from agentbus.errors import AgentbusError
 from agents.cli.scaler import add_autoscale_options, autoscaling
 from agents.cli.worker import add_worker_options, worker_argv
-from agents.config import UP_STATE_FILE
+from agents.config import UP_STATE_FILE, nats_auth_from_env
 from bus.connection import connect
 from bus.embedded import EmbeddedNats, free_port
 from bus.topology import ensure_streams
@@ -81,7 +81,7 @@ async def local_cluster(
         server = EmbeddedNats(port=nats_port, store_dir=store_dir).start()
         url = server.url
     try:
-        nc = await connect(url, name="agentbus-up")
+        nc = await connect(url, name="agentbus-up", auth=nats_auth_from_env() if nats_url else None)
         await ensure_streams(nc.jetstream())
         await nc.close()
         ports: dict[str, int] = {}

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 from agents.cli import build_parser
 from agents.cli import scaler as scaler_cli
 from agents.cli import worker as worker_cli
-from agents.config import WorkerConfig
+from agents.config import NATS_AUTH_VARIABLES, WorkerConfig
 from agents.registry import Registry
 from scaler.config import ScalerConfig
 
@@ -43,7 +44,8 @@ def component_containers(rendered: Rendered, component: str) -> list[tuple[dict[
 
 
 def container_env(rendered: Rendered, container: dict[str, Any], pod_name: str) -> dict[str, str]:
-    """The environment Kubernetes would give the container (Secrets replaced by SECRET_URL)."""
+    """The environment Kubernetes would give the container (Secrets replaced by SECRET_URL, the
+    NATS credential and TLS files by local copies, once each is shown to be in a mounted Secret)."""
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         name = source["configMapRef"]["name"]
@@ -56,7 +58,24 @@ def container_env(rendered: Rendered, container: dict[str, Any], pod_name: str) 
         elif "fieldRef" in var["valueFrom"]:
             assert var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
             env[var["name"]] = pod_name
+    for var in NATS_AUTH_VARIABLES:
+        if var in env:
+            env[var] = _local_copy(rendered, container, env[var])
     return env
+
+
+def _local_copy(rendered: Rendered, container: dict[str, Any], path: str) -> str:
+    """A local stand-in for ``path``, which must lie in a read-only mount of a Secret volume."""
+    mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    assert mount["readOnly"] is True
+    pods = [w["spec"]["template"]["spec"] for w in rendered.workloads()]
+    volume = next(
+        v for p in pods if container in p["containers"] for v in p["volumes"] if v["name"] == mount["name"]
+    )
+    assert volume["secret"]["secretName"]
+    local = Path(tempfile.mkdtemp()) / Path(path).name
+    local.write_text("stand-in\n")
+    return str(local)
 
 
 @pytest.fixture
@@ -112,6 +131,15 @@ def test_worker_settings_reach_the_config(full: Rendered, clean_env: pytest.Monk
     assert config.tenants == frozenset({"acme", "globex", "helm-test"})
     assert config.consumer_info_interval_s == 1
     assert config.nats_url == SECRET_URL
+    auth = config.nats_auth  # every file in the Secret mounted for it
+    assert auth.creds_file is not None
+    assert auth.creds_file.endswith("/worker.creds")
+    assert auth.tls_ca_file is not None
+    assert auth.tls_ca_file.endswith("/ca.crt")
+    assert auth.tls_cert_file is not None
+    assert auth.tls_cert_file.endswith("/tls.crt")
+    assert auth.tls_key_file is not None
+    assert auth.tls_key_file.endswith("/tls.key")
 
 
 def test_no_provision_flag_is_accepted(

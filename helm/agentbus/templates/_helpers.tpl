@@ -160,6 +160,20 @@ in a manifest or on a command line; else the plain URL.
 - name: AGENTBUS_NATS_URL
   value: {{ .url | quote }}
 {{- end }}
+{{- if .credentials.secretName }}
+- name: AGENTBUS_NATS_CREDS
+  value: {{ printf "/etc/agentbus/nats/creds/%s" .credentials.key | quote }}
+{{- end }}
+{{- if .tls.secretName }}
+- name: AGENTBUS_NATS_TLS_CA
+  value: /etc/agentbus/nats/tls/ca.crt
+{{- if .tls.clientCert }}
+- name: AGENTBUS_NATS_TLS_CERT
+  value: /etc/agentbus/nats/tls/tls.crt
+- name: AGENTBUS_NATS_TLS_KEY
+  value: /etc/agentbus/nats/tls/tls.key
+{{- end }}
+{{- end }}
 {{- end }}
 {{- with .Values.redis }}
 {{- if .existingSecret.name }}
@@ -171,6 +185,39 @@ in a manifest or on a command line; else the plain URL.
 {{- else if .url }}
 - name: AGENTBUS_REDIS_URL
   value: {{ .url | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Read-only mounts of the NATS credentials and TLS Secrets (beside connectionEnv). */}}
+{{- define "agentbus.natsMounts" -}}
+{{- with .Values.nats }}
+{{- if .credentials.secretName }}
+- name: nats-creds
+  mountPath: /etc/agentbus/nats/creds
+  readOnly: true
+{{- end }}
+{{- if .tls.secretName }}
+- name: nats-tls
+  mountPath: /etc/agentbus/nats/tls
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "agentbus.natsVolumes" -}}
+{{- with .Values.nats }}
+{{- if .credentials.secretName }}
+- name: nats-creds
+  secret:
+    secretName: {{ .credentials.secretName }}
+    defaultMode: 0440
+{{- end }}
+{{- if .tls.secretName }}
+- name: nats-tls
+  secret:
+    secretName: {{ .tls.secretName }}
+    defaultMode: 0440
 {{- end }}
 {{- end }}
 {{- end }}

@@ -1,0 +1,180 @@
+"""NATS credentials beyond the URL: an NKEY user and mutual TLS, against real nats-servers.
+
+* a server that lists one NKEY user: a worker and ``agentbus publish --wait``, both
+  given the seed file by ``AGENTBUS_NATS_NKEY_SEED``, run a task end to end; without
+  the seed the connection is refused with a clear error;
+* a server that requires TLS with client certificates (made here by ``openssl``):
+  a worker and a publisher given ``NatsAuth`` (CA, certificate, key) run a task over
+  ``tls://``; without a client certificate the server refuses it;
+* bad settings fail at once, naming the variable or what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import nkeys
+import pytest
+from conftest import wait_until
+
+from agentbus.errors import BusError, ConfigError
+from agents.builtin.basic import echo
+from agents.config import WorkerConfig, nats_auth_from_env
+from agents.registry import Registry
+from agents.worker import Worker
+from bus.connection import NatsAuth, connect
+from bus.embedded import EmbeddedNats, free_port
+from bus.publisher import Publisher
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def nkey_server(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, Path]]:
+    """A nats-server whose only user is an NKEY; the user's seed file."""
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    public = nkeys.from_seed(seed).public_key.decode()
+    seed_file = tmp_path / "user.nk"
+    seed_file.write_bytes(seed + b"\n")
+    server = EmbeddedNats(
+        store_dir=tmp_path / "nats", extra_config=f'authorization {{ users = [ {{ nkey: "{public}" }} ] }}'
+    )
+    with server:
+        yield server, seed_file
+
+
+def _cli(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agentbus", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def test_an_nkey_user_runs_a_task_from_the_command_line(
+    nkey_server: tuple[EmbeddedNats, Path], tmp_path: Path
+) -> None:
+    server, seed_file = nkey_server
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTBUS_")}
+    env |= {"AGENTBUS_NATS_URL": server.url, "AGENTBUS_NATS_NKEY_SEED": str(seed_file)}
+    port = free_port()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "agentbus", "worker", "--kind", "echo", "--http-port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: _ready(port), 30, "the worker ready (connected with the seed)")
+        done = _cli(tmp_path, env, "publish", "echo", '{"text":"signed"}', "--tenant", "acme", "--wait")
+        assert done.returncode == 0, done.stderr
+        assert '"signed"' in done.stdout
+    finally:
+        worker.terminate()
+        assert worker.wait(30) == 0
+
+    refused = _cli(tmp_path, {**env, "AGENTBUS_NATS_NKEY_SEED": ""}, "publish", "echo", '{"text":"x"}')
+    assert refused.returncode != 0
+    assert "cannot connect to NATS" in refused.stderr
+
+
+async def test_without_the_seed_the_server_refuses(nkey_server: tuple[EmbeddedNats, Path]) -> None:
+    server, seed_file = nkey_server
+    with pytest.raises(BusError, match="cannot connect"):
+        await connect(server.url, first_connect_timeout_s=2.0)
+    nc = await connect(server.url, first_connect_timeout_s=5.0, auth=NatsAuth(nkey_seed_file=str(seed_file)))
+    await nc.close()
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA."""
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is not installed (Debian package `openssl`)")
+    d = tmp_path / "pki"
+    d.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+             "-days", "1", "-subj", "/CN=agentbus-test-ca", cwd=d)  # fmt: skip
+    for name, extension in (
+        ("server", "subjectAltName=IP:127.0.0.1"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={name}", cwd=d)  # fmt: skip
+        (d / f"{name}.ext").write_text(extension + "\n")
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext", cwd=d)  # fmt: skip
+    return d
+
+
+async def test_mutual_tls_runs_a_task_and_refuses_a_client_without_a_certificate(
+    pki: Path, tmp_path: Path
+) -> None:
+    tls = (
+        f'tls {{ cert_file: "{pki / "server.pem"}", key_file: "{pki / "server.key"}",'
+        f' ca_file: "{pki / "ca.pem"}", verify: true }}'
+    )
+    with EmbeddedNats(store_dir=tmp_path / "nats", extra_config=tls) as server:
+        url = f"tls://127.0.0.1:{server.port}"
+        auth = NatsAuth(
+            tls_ca_file=str(pki / "ca.pem"),
+            tls_cert_file=str(pki / "client.pem"),
+            tls_key_file=str(pki / "client.key"),
+        )
+        worker = Worker(WorkerConfig(nats_url=url, nats_auth=auth, http_port=-1), Registry([echo]))
+        await worker.start()
+        try:
+            nc = await connect(url, first_connect_timeout_s=5.0, auth=auth)
+            result = await Publisher(nc).call("acme", "echo", {"text": "over tls"}, timeout_s=30)
+            await nc.close()
+        finally:
+            await worker.stop()
+        assert result.ok
+        assert result.output is not None
+        assert result.output["text"] == "over tls"
+
+        anonymous = NatsAuth(tls_ca_file=str(pki / "ca.pem"))  # verifies the server, shows no certificate
+        with pytest.raises(BusError, match="cannot connect"):
+            await connect(url, first_connect_timeout_s=2.0, auth=anonymous)
+
+
+def test_bad_settings_fail_at_once_naming_what_is_wrong(tmp_path: Path) -> None:
+    seed = tmp_path / "user.nk"
+    seed.write_text("SU...\n")
+    with pytest.raises(ConfigError, match="AGENTBUS_NATS_CREDS"):
+        nats_auth_from_env({"AGENTBUS_NATS_CREDS": str(tmp_path / "missing.creds")})
+    with pytest.raises(ConfigError, match="not both"):
+        nats_auth_from_env({"AGENTBUS_NATS_CREDS": str(seed), "AGENTBUS_NATS_NKEY_SEED": str(seed)})
+    with pytest.raises(ConfigError, match="needs its key"):
+        nats_auth_from_env({"AGENTBUS_NATS_TLS_CERT": str(seed)})
+    with pytest.raises(ConfigError, match="TLS files unusable"):
+        NatsAuth(tls_ca_file=str(seed)).options()  # not a certificate
+    auth = nats_auth_from_env({"AGENTBUS_NATS_CREDS": str(seed), "AGENTBUS_NATS_URL": "nats://x:4222"})
+    assert auth.options() == {"user_credentials": str(seed)}
+    assert WorkerConfig.from_env({"AGENTBUS_NATS_NKEY_SEED": str(seed)}).nats_auth == NatsAuth(
+        nkey_seed_file=str(seed)
+    )
+    assert nats_auth_from_env({}) == NatsAuth()
