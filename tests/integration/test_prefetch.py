@@ -4,8 +4,9 @@ Against a real nats-server and JetStream consumer: the slots bound what runs, th
 slots plus the prefetch bound what the server has delivered unacked (its own
 ``num_ack_pending`` is the witness), prefetched messages start in stream order as
 slots free, heartbeats see them, and a drain hands them to the worker at once.
-Then a worker process with the default prefetch hands its prefetched tasks back on
-SIGTERM, and another worker finishes every task.
+Then worker processes with the default prefetch: one hands its prefetched tasks back
+on SIGTERM and another finishes every task; one keeps prefetched tasks alive past the
+ack wait with heartbeats (none is redelivered).
 """
 
 from __future__ import annotations
@@ -162,4 +163,27 @@ async def test_a_worker_hands_its_prefetched_tasks_back_on_sigterm(
     by_a = {r.task_id for r in log.results if r.worker == "A"}
     assert len(by_a) == 64  # what it ran; the 8 prefetched went to B at once
     assert await metric(b, "agentbus_redeliveries_total", kind="echo") == 8
+    await poll(lambda: queue_empty(nc, "echo"), timeout_s=10, what="an empty queue")
+
+
+async def test_prefetched_tasks_are_heartbeated_past_the_ack_wait(
+    nc: Client, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """With a 2 s ack wait and 3 s tasks, the 8 prefetched tasks wait 3 s for a slot: only the
+    heartbeats (+WPI) they get like running tasks keep JetStream from redelivering them."""
+    args = ("--kind", "echo", "--max-inflight", "64", "--ack-wait-s", "2")
+    worker = await launch(start_worker, "A", *args)
+    log = await ResultLog().start(nc)
+    specs = [TaskSpec("acme", "echo", EchoIn(text=str(i), sleep_s=3.0)) for i in range(72)]
+    refs = await Publisher(nc).submit_many(specs)
+    published = {r.task_id for r in refs if isinstance(r, TaskRef)}
+
+    async def waiting() -> bool:
+        return await metric(worker, "agentbus_prefetched", kind="echo") == 8
+
+    await poll(waiting, timeout_s=20, what="8 tasks prefetched behind 64 running ones")
+    await poll(lambda: log.ok_ids() >= published, timeout_s=30, what="all 72 tasks done")
+    await log.stop()
+    assert [r.attempts for r in log.results] == [1] * 72  # none was redelivered
+    assert await metric(worker, "agentbus_redeliveries_total", kind="echo") == 0
     await poll(lambda: queue_empty(nc, "echo"), timeout_s=10, what="an empty queue")
