@@ -1,5 +1,8 @@
 """NATS credentials beyond the URL: an NKEY user and mutual TLS, against real nats-servers.
 
+* a server in operator mode (accounts from JWTs, as ``nsc`` sets them up; the JWTs are
+  signed here with NKEYs): a worker and a publisher given a ``.creds`` file by
+  ``AGENTBUS_NATS_CREDS`` run a task, JetStream included; without it the server refuses;
 * a server that lists one NKEY user: a worker and ``agentbus publish --wait``, both
   given the seed file by ``AGENTBUS_NATS_NKEY_SEED``, run a task end to end; without
   the seed the connection is refused with a clear error;
@@ -11,10 +14,14 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +54,88 @@ def nkey_server(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, Path]]:
     )
     with server:
         yield server, seed_file
+
+
+def _key(prefix: int) -> tuple[bytes, str, nkeys.KeyPair]:
+    seed = nkeys.encode_seed(os.urandom(32), prefix)
+    pair = nkeys.from_seed(seed)
+    return seed, pair.public_key.decode(), pair
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _jwt(issuer: nkeys.KeyPair, subject: str, name: str, nats: dict[str, object]) -> str:
+    """A NATS v2 JWT (ed25519-nkey) for ``subject``, signed by ``issuer``."""
+    claims: dict[str, object] = {
+        "iat": int(time.time()),
+        "iss": issuer.public_key.decode(),
+        "name": name,
+        "sub": subject,
+        "nats": {**nats, "version": 2},
+    }
+    digest = hashlib.sha256(json.dumps(claims, sort_keys=True).encode()).digest()
+    claims["jti"] = base64.b32encode(digest).decode().rstrip("=")
+    header = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    signing = f"{header}.{_b64(json.dumps(claims).encode())}"
+    return f"{signing}.{_b64(issuer.sign(signing.encode()))}"
+
+
+@pytest.fixture
+def operator_server(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, Path]]:
+    """A nats-server trusting one operator, with a system account and a JetStream-enabled account
+    whose one user's ``.creds`` file is returned."""
+    _, operator_public, operator = _key(nkeys.PREFIX_BYTE_OPERATOR)
+    _, account_public, account = _key(nkeys.PREFIX_BYTE_ACCOUNT)
+    _, system_public, _ = _key(nkeys.PREFIX_BYTE_ACCOUNT)
+    user_seed, user_public, _ = _key(nkeys.PREFIX_BYTE_USER)
+    open_limits = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "conn": -1}
+    jetstream = {"mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}
+    accounts = {
+        account_public: _jwt(
+            operator, account_public, "agents", {"type": "account", "limits": open_limits | jetstream}
+        ),
+        system_public: _jwt(operator, system_public, "SYS", {"type": "account", "limits": open_limits}),
+    }
+    user = _jwt(
+        account,
+        user_public,
+        "worker",
+        {"type": "user", "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1},
+    )
+    creds = tmp_path / "worker.creds"
+    creds.write_text(
+        f"-----BEGIN NATS USER JWT-----\n{user}\n------END NATS USER JWT------\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{user_seed.decode()}\n------END USER NKEY SEED------\n"
+    )
+    preload = "\n".join(f'  {public}: "{token}"' for public, token in accounts.items())
+    config = (
+        f'operator: "{_jwt(operator, operator_public, "op", {"type": "operator"})}"\n'
+        f"system_account: {system_public}\nresolver: MEMORY\nresolver_preload: {{\n{preload}\n}}\n"
+    )
+    with EmbeddedNats(store_dir=tmp_path / "nats", extra_config=config) as server:
+        yield server, creds
+
+
+async def test_a_creds_file_runs_a_task_on_an_operator_mode_server(
+    operator_server: tuple[EmbeddedNats, Path],
+) -> None:
+    server, creds = operator_server
+    with pytest.raises(BusError, match="cannot connect"):
+        await connect(server.url, first_connect_timeout_s=2.0)
+    config = WorkerConfig.from_env({"AGENTBUS_NATS_URL": server.url, "AGENTBUS_NATS_CREDS": str(creds)})
+    worker = Worker(config.with_(http_port=-1), Registry([echo]))
+    await worker.start()
+    try:
+        nc = await connect(server.url, first_connect_timeout_s=5.0, auth=config.nats_auth)
+        result = await Publisher(nc).call("acme", "echo", {"text": "as an account user"}, timeout_s=30)
+        await nc.close()
+    finally:
+        await worker.stop()
+    assert result.ok
+    assert result.output is not None
+    assert result.output["text"] == "as an account user"
 
 
 def _cli(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
