@@ -19,6 +19,9 @@ elsewhere). Every result is still received here and must say ``ok``; the rate is
 measured between 20 % and 90 % of them (ramp-up and tail left out). The worker's
 CPU per task is split into user and system (kernel: socket I/O) time.
 
+The worker's busy slots (``agentbus_inflight``) are sampled four times a second in the
+measured window (``mean_inflight``): below ``--inflight``, slots wait for work.
+
 The anchor runs the same way (a backlog of the same size, then the process):
 ``loadtest.llm_raw``, a hand-written minimal worker sending the same bytes to the
 same model (``raw_*``, and ``ratio_to_raw``). What it cannot reach, this machine
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -178,23 +182,39 @@ async def _measure(
     await _publish(pub, tasks, tag, stream, REQUEST, kind)
     sub, done = await _results(nc, tasks, tag)
     proc = start()
+    occupancy: list[tuple[float, float]] = []  # (time, tasks in the worker's slots)
+    sampler = None
     try:
         if port is not None:
             await _wait_ready(port, proc)
+            sampler = asyncio.ensure_future(_sample_inflight(port, occupancy))
         cpu0 = psutil.Process(proc.pid).cpu_times()
         arrivals = await asyncio.wait_for(done, timeout=max(120.0, tasks / 200))
         cpu1 = psutil.Process(proc.pid).cpu_times()
     finally:
+        if sampler is not None:
+            sampler.cancel()
         await sub.unsubscribe()
         _stop(proc)
     lo, hi = int(len(arrivals) * 0.2), int(len(arrivals) * 0.9)
     user_s, system_s = cpu1.user - cpu0.user, cpu1.system - cpu0.system
+    window = [n for t, n in occupancy if arrivals[lo] <= t <= arrivals[hi - 1]]
     return {
         "rate": round((hi - lo) / (arrivals[hi - 1] - arrivals[lo]), 1),
+        "mean_inflight": round(sum(window) / len(window), 1) if window else -1.0,
         "cpu_us": round((user_s + system_s) / tasks * 1e6, 1),
         "user_us": round(user_s / tasks * 1e6, 1),
         "system_us": round(system_s / tasks * 1e6, 1),
     }
+
+
+async def _sample_inflight(port: int, into: list[tuple[float, float]], every_s: float = 0.25) -> None:
+    """Every ``every_s`` until cancelled: the worker's ``agentbus_inflight`` (its busy slots)."""
+    gauge = f'agentbus_inflight{{kind="{KIND}"}}'
+    while True:
+        with contextlib.suppress(OSError):
+            into.append((time.perf_counter(), await asyncio.to_thread(_metric, port, gauge)))
+        await asyncio.sleep(every_s)
 
 
 def _median_run(runs: list[dict[str, float]]) -> dict[str, Any]:
@@ -299,6 +319,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "raw_rates": raw["rates"],
         "raw_overhead_pct": round((1 - raw["rate"] / ideal) * 100, 2),
         "ratio_to_raw": round(ours["rate"] / raw["rate"], 3),
+        "mean_inflight": ours["mean_inflight"],  # busy slots, sampled 4x a second in the measured window
         "rss_idle_mib": round(rss_idle / 2**20, 1),
         "rss_held_mib": round(rss_held / 2**20, 1),
         "rss_per_inflight_kb": round((rss_held - rss_idle) / args.inflight / 1024, 1),
