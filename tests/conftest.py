@@ -80,11 +80,17 @@ async def async_wait_until(
 class WorkerProcess:
     """``agentbus worker`` in a subprocess, logging to a file in the test's tmp dir."""
 
-    def __init__(self, nats_url: str, log_dir: Path, name: str, *args: str) -> None:
+    def __init__(
+        self, nats_url: str, log_dir: Path, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.http_port = free_port()
         self.log_path = log_dir / f"{name}.log"
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            **(env or {}),
+        }
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [

@@ -22,13 +22,12 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import nkeys
 import pytest
-from conftest import wait_until
+from conftest import WorkerProcess
 
 from agentbus.errors import BusError, ConfigError
 from agents.builtin.basic import echo
@@ -36,7 +35,7 @@ from agents.config import WorkerConfig, nats_auth_from_env
 from agents.registry import Registry
 from agents.worker import Worker
 from bus.connection import NatsAuth, connect
-from bus.embedded import EmbeddedNats, free_port
+from bus.embedded import EmbeddedNats
 from bus.publisher import Publisher
 
 pytestmark = pytest.mark.integration
@@ -125,17 +124,22 @@ async def test_a_creds_file_runs_a_task_on_an_operator_mode_server(
     with pytest.raises(BusError, match="cannot connect"):
         await connect(server.url, first_connect_timeout_s=2.0)
     config = WorkerConfig.from_env({"AGENTBUS_NATS_URL": server.url, "AGENTBUS_NATS_CREDS": str(creds)})
-    worker = Worker(config.with_(http_port=-1), Registry([echo]))
+    assert await _echo(config.with_(http_port=-1), "as an account user") == "as an account user"
+
+
+async def _echo(config: WorkerConfig, text: str) -> str:
+    """Run an in-process worker on ``config`` and one echo task through it, as the same user."""
+    worker = Worker(config, Registry([echo]))
     await worker.start()
     try:
-        nc = await connect(server.url, first_connect_timeout_s=5.0, auth=config.nats_auth)
-        result = await Publisher(nc).call("acme", "echo", {"text": "as an account user"}, timeout_s=30)
+        nc = await connect(config.nats_url, first_connect_timeout_s=5.0, auth=config.nats_auth)
+        result = await Publisher(nc).call("acme", "echo", {"text": text}, timeout_s=30)
         await nc.close()
     finally:
         await worker.stop()
     assert result.ok
     assert result.output is not None
-    assert result.output["text"] == "as an account user"
+    return str(result.output["text"])
 
 
 def _cli(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -150,36 +154,23 @@ def _cli(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Complete
     )
 
 
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
 def test_an_nkey_user_runs_a_task_from_the_command_line(
     nkey_server: tuple[EmbeddedNats, Path], tmp_path: Path
 ) -> None:
     server, seed_file = nkey_server
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTBUS_")}
     env |= {"AGENTBUS_NATS_URL": server.url, "AGENTBUS_NATS_NKEY_SEED": str(seed_file)}
-    port = free_port()
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "agentbus", "worker", "--kind", "echo", "--http-port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    worker = WorkerProcess(
+        server.url, tmp_path, "A", "--kind", "echo", env={"AGENTBUS_NATS_NKEY_SEED": str(seed_file)}
     )
     try:
-        wait_until(lambda: _ready(port), 30, "the worker ready (connected with the seed)")
+        worker.wait_ready()  # connected with the seed
         done = _cli(tmp_path, env, "publish", "echo", '{"text":"signed"}', "--tenant", "acme", "--wait")
         assert done.returncode == 0, done.stderr
         assert '"signed"' in done.stdout
     finally:
-        worker.terminate()
-        assert worker.wait(30) == 0
+        worker.stop()
+    assert worker.proc.returncode == 0, worker.log()
 
     refused = _cli(tmp_path, {**env, "AGENTBUS_NATS_NKEY_SEED": ""}, "publish", "echo", '{"text":"x"}')
     assert refused.returncode != 0
@@ -233,17 +224,7 @@ async def test_mutual_tls_runs_a_task_and_refuses_a_client_without_a_certificate
             tls_cert_file=str(pki / "client.pem"),
             tls_key_file=str(pki / "client.key"),
         )
-        worker = Worker(WorkerConfig(nats_url=url, nats_auth=auth, http_port=-1), Registry([echo]))
-        await worker.start()
-        try:
-            nc = await connect(url, first_connect_timeout_s=5.0, auth=auth)
-            result = await Publisher(nc).call("acme", "echo", {"text": "over tls"}, timeout_s=30)
-            await nc.close()
-        finally:
-            await worker.stop()
-        assert result.ok
-        assert result.output is not None
-        assert result.output["text"] == "over tls"
+        assert await _echo(WorkerConfig(nats_url=url, nats_auth=auth, http_port=-1), "over tls") == "over tls"
 
         anonymous = NatsAuth(tls_ca_file=str(pki / "ca.pem"))  # verifies the server, shows no certificate
         with pytest.raises(BusError, match="cannot connect"):
