@@ -437,7 +437,7 @@ class KindRunner:
         (It resets the message's ack wait.)
         """
         limit = time.monotonic() - older_than_s
-        waiting = [*(s.msg for s in self.slots.values() if s.started < limit)]
+        waiting = [s.msg for s in self.slots.values() if s.started < limit]
         waiting += self.consumer.waiting_since(limit)
         for msg in waiting:
             await ack(self._nc, msg, AckKind.IN_PROGRESS)
