@@ -27,6 +27,12 @@ A request on a reused keep-alive connection that dies before any response byte
 arrived (the server closed it while idle) is resent once on a fresh connection,
 as urllib3 does; nothing else is retried here (retries are :mod:`agents.llm.client`'s).
 
+``max_connections`` caps the connections (so the requests in flight) to the origin: a
+model server with a fixed number of slots (llama.cpp's ``-np``, a vLLM replica's batch)
+or a provider's connection limit. A request beyond it waits, in arrival order, for a
+connection to come free, inside its own timeout. 0 (the default) opens one connection
+per concurrent request, as many as the worker's slots.
+
 Requests are written in bursts: a started request waits in the pool's outbox until
 ``_BURST`` are waiting or the event loop's next turn (``call_soon``), whichever comes
 first (at low load that is at once). Each request is still one ``write`` on its own
@@ -58,7 +64,12 @@ class HTTPPool:
     """Keep-alive connections to one origin (``scheme://host:port``); one request per connection."""
 
     def __init__(
-        self, base_url: str, *, connect_timeout_s: float = 10.0, user_agent: str = "agentbus"
+        self,
+        base_url: str,
+        *,
+        connect_timeout_s: float = 10.0,
+        user_agent: str = "agentbus",
+        max_connections: int = 0,
     ) -> None:
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -80,6 +91,10 @@ class HTTPPool:
         self._loop: asyncio.AbstractEventLoop | None = None  # a pool belongs to one event loop
         self._outbox: list[tuple[Conn, bytes]] = []  # started requests not yet written
         self._closed = False
+        self._max = max_connections  # 0: no cap
+        self._opening = 0  # connections being opened (counted against the cap)
+        self._waiting: deque[asyncio.Future[Conn | None]] = deque()
+        """Requests waiting for a connection under the cap: handed one, or None to open one."""
 
     def _request_bytes(self, path: str, body: bytes, headers: str) -> bytes:
         start = self._starts.get((path, headers))
@@ -158,22 +173,79 @@ class HTTPPool:
         self._busy.discard(conn)
         conn.used = True
         if conn.reusable:
-            self._idle.append(conn)
+            if not (self._waiting and self._hand_on(conn)):
+                self._idle.append(conn)
         else:
             conn.close()
             self._all.discard(conn)
+            if self._waiting:
+                self._hand_on(None)
 
     def _discard(self, conn: Conn) -> None:
         self._busy.discard(conn)
         conn.close()
         self._all.discard(conn)
+        if self._waiting:
+            self._hand_on(None)
+
+    def _hand_on(self, conn: Conn | None) -> bool:
+        """Give the first waiting request ``conn``, or None: room to open one, reserved for it
+        (counted in ``_opening``). False if no request waits."""
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                if conn is None:
+                    self._opening += 1
+                waiter.set_result(conn)
+                return True
+        return False
+
+    async def _capped(self, timeout_s: float) -> tuple[Conn, float]:
+        """A connection under ``max_connections`` and what is left of ``timeout_s`` after waiting."""
+        if not self._waiting:
+            conn = self._idle_conn()
+            if conn is not None:
+                return conn, timeout_s
+        if self._waiting or len(self._all) + self._opening >= self._max:
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[Conn | None] = loop.create_future()
+            self._waiting.append(waiter)
+            started = loop.time()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    handed = await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    handed = waiter.result()  # handed over just as this gave up: pass it on
+                    if handed is not None:
+                        self._release(handed)
+                    else:
+                        self._opening -= 1
+                        self._hand_on(None)
+                raise
+            timeout_s -= loop.time() - started
+            if handed is not None:
+                return handed, timeout_s
+        else:
+            self._opening += 1  # (a waiter handed None comes with its reservation)
+        try:
+            conn = await self._connect()
+        except BaseException:
+            self._opening -= 1
+            self._hand_on(None)  # the next waiter tries in its turn (fails fast too if the server is down)
+            raise
+        self._opening -= 1  # now counted in _all
+        return conn, timeout_s
 
     async def post(self, path: str, body: bytes, headers: str = "", *, timeout_s: float = 60.0) -> Response:
         """POST ``body`` to ``path`` (``headers``: extra ``Name: value\\r\\n`` lines); TimeoutError
         once ``timeout_s`` passed without the whole response."""
         request = self._request_bytes(path, body, headers)
         for _ in range(2):
-            conn = self._idle_conn() or await self._connect()
+            if self._max:
+                conn, timeout_s = await self._capped(timeout_s)
+            else:
+                conn = self._idle_conn() or await self._connect()
             self._begin(conn, request, stream=False, timeout_s=timeout_s)
             try:
                 assert conn.done is not None
@@ -195,7 +267,10 @@ class HTTPPool:
         bounds the whole response: past it the iterator raises TimeoutError."""
         request = self._request_bytes(path, body, headers)
         for _ in range(2):
-            conn = self._idle_conn() or await self._connect()
+            if self._max:
+                conn, timeout_s = await self._capped(timeout_s)
+            else:
+                conn = self._idle_conn() or await self._connect()
             self._begin(conn, request, stream=True, timeout_s=timeout_s)
             try:
                 assert conn.head is not None
@@ -237,6 +312,10 @@ class HTTPPool:
         self._due = math.inf
         self._closed = True
         self._outbox = []
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(ModelConnectionError("the HTTP pool was closed"))
         for conn in list(self._all):
             conn.close()
         self._all.clear()

@@ -73,7 +73,10 @@ class ChatClient:
 
     def _http(self, loop: asyncio.AbstractEventLoop) -> HTTPPool:
         if self._pool is None or self._loop is not loop:  # a pool belongs to one event loop
-            self._pool = HTTPPool(self.endpoint, connect_timeout_s=self.config.connect_timeout_s)
+            cfg = self.config
+            self._pool = HTTPPool(
+                self.endpoint, connect_timeout_s=cfg.connect_timeout_s, max_connections=cfg.max_connections
+            )
             self._loop = loop
         return self._pool
 

@@ -63,6 +63,7 @@ class LLMConfig:
     max_tokens: int | None = None  # per completion; None: the server's default
     request_timeout_s: float = 60.0  # one attempt, capped by the task's deadline
     connect_timeout_s: float = 10.0
+    max_connections: int = 0  # to the endpoint, per worker process; 0: one per concurrent call
     max_turns: int = 8  # model turns (plans) per task: the step bound
     max_steps: int = 16  # tool calls per task
     max_tool_errors: int = 3  # bad tool calls fed back to the model before the task is rejected
@@ -77,6 +78,8 @@ class LLMConfig:
             raise ConfigError("a model endpoint needs a model name (AGENTBUS_LLM_MODEL)")
         if self.max_turns < 1 or self.max_steps < 1 or self.max_tool_errors < 0:
             raise ConfigError("need max_turns >= 1, max_steps >= 1 and max_tool_errors >= 0")
+        if self.max_connections < 0:
+            raise ConfigError("AGENTBUS_LLM_MAX_CONNECTIONS must be >= 0 (0: no cap)")
         if self.retry.attempts < 1 or self.breaker.failure_threshold < 1:
             raise ConfigError("need retry.attempts >= 1 and breaker.failure_threshold >= 1")
 
@@ -109,6 +112,7 @@ class LLMConfig:
                 limits["requests_per_s"] = float(env["AGENTBUS_LLM_TENANT_RPS"])
             stream = env.get("AGENTBUS_LLM_STREAM", "1").lower() not in ("0", "false", "no")
             timeout_s = float(env.get("AGENTBUS_LLM_TIMEOUT_S", "60"))
+            max_connections = int(env.get("AGENTBUS_LLM_MAX_CONNECTIONS", "0"))
         except ValueError as exc:
             raise ConfigError(f"AGENTBUS_LLM_*: {exc}") from exc
         return cls(
@@ -117,5 +121,6 @@ class LLMConfig:
             api_key=key,
             stream=stream,
             request_timeout_s=timeout_s,
+            max_connections=max_connections,
             limits=LimitsConfig(**limits),
         )

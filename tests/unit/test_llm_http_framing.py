@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -592,3 +593,77 @@ async def _until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.01)
+
+
+# -- max_connections ---------------------------------------------------------------------------
+
+
+async def test_a_capped_pool_runs_every_request_on_its_few_connections_in_arrival_order(
+    server: RawServer,
+) -> None:
+    released = False
+    for i in range(6):
+        server.answer("/q", Answer(one_write(response(b"a%d" % i)), when=lambda: released))
+    pool = HTTPPool(server.url, max_connections=2)
+    try:
+        calls = [asyncio.ensure_future(pool.post("/q", b"q%d" % i)) for i in range(6)]
+        await _until(lambda: len(server.requests) == 2)
+        assert {r.body for r in server.requests} == {b"q0", b"q1"}  # the first two, the rest wait
+        released = True
+        answers = await asyncio.wait_for(asyncio.gather(*calls), LIVENESS_S)
+    finally:
+        await pool.aclose()
+    assert sorted(a.body for a in answers) == [b"a%d" % i for i in range(6)]
+    assert server.accepted == 2  # never a third connection
+    assert [r.body for r in server.requests][2:4] in ([b"q2", b"q3"], [b"q3", b"q2"])
+
+
+async def test_a_request_waiting_for_a_connection_times_out_within_its_own_timeout(
+    server: RawServer,
+) -> None:
+    server.answer("/never", Answer(None))
+    server.answer("/q", Answer(one_write(response(b"after"))))
+    pool = HTTPPool(server.url, max_connections=1)
+    try:
+        holder = asyncio.ensure_future(pool.post("/never", b"", timeout_s=3600))
+        await _until(lambda: server.accepted == 1)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pool.post("/q", b"", timeout_s=0.2), LIVENESS_S)
+        holder.cancel()  # frees the one connection (discarded mid-response)
+        with pytest.raises(asyncio.CancelledError):
+            await holder
+        assert (await asyncio.wait_for(pool.post("/q", b""), LIVENESS_S)).body == b"after"
+    finally:
+        await pool.aclose()
+    assert server.accepted == 2
+
+
+async def test_requests_waiting_on_a_dead_server_fail_at_once_not_at_their_timeout() -> None:
+    with socket_bound() as port:  # bound, never listening: connections are refused
+        pool = HTTPPool(f"http://127.0.0.1:{port}", max_connections=1)
+        calls = [pool.post("/q", b"", timeout_s=3600) for _ in range(3)]
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), LIVENESS_S)
+        await pool.aclose()
+    assert all(isinstance(r, ModelConnectionError) for r in results), results
+
+
+async def test_closing_a_capped_pool_fails_the_requests_waiting_for_a_connection(
+    server: RawServer,
+) -> None:
+    server.answer("/never", Answer(None))
+    pool = HTTPPool(server.url, max_connections=1)
+    holder = asyncio.ensure_future(pool.post("/never", b"", timeout_s=3600))
+    waiting = asyncio.ensure_future(pool.post("/q", b"", timeout_s=3600))
+    await _until(lambda: server.accepted == 1)
+    await pool.aclose()
+    results = await asyncio.wait_for(asyncio.gather(holder, waiting, return_exceptions=True), LIVENESS_S)
+    assert isinstance(results[1], ModelConnectionError), results
+    assert [r.path for r in server.requests] == ["/never"]
+
+
+@contextlib.contextmanager
+def socket_bound() -> Iterator[int]:
+    """A loopback port that is bound but not listening, for as long as the block runs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]

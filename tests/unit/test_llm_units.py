@@ -271,14 +271,21 @@ def test_config_from_env(tmp_path: pytest.TempPathFactory) -> None:
             "AGENTBUS_LLM_API_KEY_FILE": str(key),
             "AGENTBUS_LLM_TENANT_TOKEN_BUDGET": "5000",
             "AGENTBUS_LLM_STREAM": "0",
+            "AGENTBUS_LLM_MAX_CONNECTIONS": "64",
         }
     )
-    assert (cfg.offline, cfg.api_key, cfg.limits.token_budget, cfg.stream) == (
+    assert (cfg.offline, cfg.api_key, cfg.limits.token_budget, cfg.stream, cfg.max_connections) == (
         False,
         "sk-secret",
         5000,
         False,
+        64,
     )
+    assert LLMConfig.from_env({}).max_connections == 0  # no cap: one connection per call
+    with pytest.raises(ConfigError, match="MAX_CONNECTIONS"):
+        LLMConfig(max_connections=-1)
+    with pytest.raises(ConfigError, match="AGENTBUS_LLM"):
+        LLMConfig.from_env({"AGENTBUS_LLM_MAX_CONNECTIONS": "many"})
     assert "sk-secret" not in repr(cfg)
     with pytest.raises(ConfigError, match="model name"):
         LLMConfig(base_url="http://x/v1")
