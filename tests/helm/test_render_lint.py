@@ -38,6 +38,7 @@ def test_all_features_render_every_component(full: Rendered) -> None:
         "Role": 1,
         "RoleBinding": 1,
         "ServiceMonitor": 1,
+        "PrometheusRule": 1,
         "NetworkPolicy": 3,  # agents, scaler, locust
         "Job": 1,
     }
