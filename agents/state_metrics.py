@@ -51,9 +51,8 @@ class StateCollector(Collector):
             labels=["state"],
         )
         counts = dict.fromkeys(MemberState, 0)
-        for member in gossip.members().values():
-            if member.node != gossip.node:
-                counts[member.state] += 1
+        for member in gossip.members().values():  # peers only: a replica is not in its own table
+            counts[member.state] += 1
         for member_state, n in counts.items():
             members.add_metric([member_state.value], n)
         s = gossip.stats

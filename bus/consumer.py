@@ -119,7 +119,6 @@ class PullConsumer:
         self._expires_ns = int(expires_s * 1e9)
         self._heartbeat_ns = int(heartbeat_s * 1e9)
         self._heartbeat_s = heartbeat_s
-        self.prefetch = prefetch
         self._places = places = slots + prefetch
         self._threshold = max(1, min(places // 2, max_batch))
         self._busy_threshold = max(1, min(self._threshold, places // 32))
@@ -177,8 +176,12 @@ class PullConsumer:
 
     def _hand_over(self) -> None:
         self._handing = False
+        self._start_ahead(self.slots)
+
+    def _start_ahead(self, up_to: int) -> None:
+        """Hand prefetched messages to ``on_message``, in order, while fewer than ``up_to`` are held."""
         ahead = self._ahead
-        while ahead and self.held < self.slots:
+        while ahead and self.held < up_to:
             self.held += 1
             self._on_message(ahead.popleft()[1])
 
@@ -239,9 +242,7 @@ class PullConsumer:
                 log.debug("withdrawing pull requests failed: %s", exc)
             finally:
                 fastsub.unroute(self._nc, sub)
-        while self._ahead:
-            self.held += 1
-            self._on_message(self._ahead.popleft()[1])
+        self._start_ahead(self.held + len(self._ahead))  # all of them, slots or not
 
     def reset_credit(self) -> None:
         """Forget outstanding pull requests (after a reconnect) and ask again."""

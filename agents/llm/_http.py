@@ -200,6 +200,11 @@ class HTTPPool:
                 return True
         return False
 
+    def _pass_reservation(self) -> None:
+        """Room to open a connection was reserved and not used: hand it to the next waiter."""
+        self._opening -= 1
+        self._hand_on(None)
+
     async def _capped(self, timeout_s: float) -> tuple[Conn, float]:
         """A connection under ``max_connections`` and what is left of ``timeout_s`` after waiting."""
         if not self._waiting:
@@ -220,8 +225,7 @@ class HTTPPool:
                     if handed is not None:
                         self._release(handed)
                     else:
-                        self._opening -= 1
-                        self._hand_on(None)
+                        self._pass_reservation()
                 raise
             timeout_s -= loop.time() - started
             if handed is not None:
@@ -231,8 +235,7 @@ class HTTPPool:
         try:
             conn = await self._connect()
         except BaseException:
-            self._opening -= 1
-            self._hand_on(None)  # the next waiter tries in its turn (fails fast too if the server is down)
+            self._pass_reservation()  # the next waiter tries in turn (fails fast too if the server is down)
             raise
         self._opening -= 1  # now counted in _all
         return conn, timeout_s
