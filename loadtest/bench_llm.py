@@ -19,6 +19,12 @@ elsewhere). Every result is still received here and must say ``ok``; the rate is
 measured between 20 % and 90 % of them (ramp-up and tail left out). The worker's
 CPU per task is split into user and system (kernel: socket I/O) time.
 
+On a host with two or more CPUs the measured process (worker or anchor) runs on a
+CPU of its own and everything else (this driver, nats-server, the model) on another
+(``--no-pin`` turns that off), as a worker pod with a CPU of its own would in
+production while the model runs elsewhere: a model server woken 10,000 times a
+second must not take its turns on the worker's core, which is what it measures.
+
 The worker's busy slots (``agentbus_inflight``) are sampled four times a second in the
 measured window (``mean_inflight``): below ``--inflight``, slots wait for work.
 
@@ -172,6 +178,7 @@ async def _measure(
     stream: bool,
     start: Callable[[], subprocess.Popen[bytes]],
     port: int | None,
+    cpus: list[int],
 ) -> dict[str, float]:
     """Publish a backlog of ``tasks`` for ``kind``, start its consumer process, time the results.
 
@@ -182,6 +189,7 @@ async def _measure(
     await _publish(pub, tasks, tag, stream, REQUEST, kind)
     sub, done = await _results(nc, tasks, tag)
     proc = start()
+    _pin(proc.pid, cpus, worker=True)
     occupancy: list[tuple[float, float]] = []  # (time, tasks in the worker's slots)
     sampler = None
     try:
@@ -215,6 +223,12 @@ async def _sample_inflight(port: int, into: list[tuple[float, float]], every_s: 
         with contextlib.suppress(OSError):
             into.append((time.perf_counter(), await asyncio.to_thread(_metric, port, gauge)))
         await asyncio.sleep(every_s)
+
+
+def _pin(pid: int, cpus: list[int], *, worker: bool) -> None:
+    """Unless ``cpus`` is empty: a worker on the last of them, any other process on the rest."""
+    if cpus:
+        os.sched_setaffinity(pid, cpus[-1:] if worker else cpus[:-1])
 
 
 def _median_run(runs: list[dict[str, float]]) -> dict[str, Any]:
@@ -267,10 +281,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark; the summary as a dict."""
     ideal = args.inflight / (2 * args.delay_ms / 1000)
     tasks = args.tasks or int(ideal * 12)
+    cpus = [] if args.no_pin else sorted(os.sched_getaffinity(0))
+    pin = len(cpus) >= 2
+    cpus = cpus if pin else []
+    _pin(0, cpus, worker=False)  # this driver, and the nats-server and model it starts
     with EmbeddedNats() as nats:
         model, model_url = _start_model(args.delay_ms)
         port = free_port()
         worker = _start_worker(nats.url, model_url, args.inflight, port)
+        _pin(worker.pid, cpus, worker=True)
         try:
             nc = await connect(nats.url, name="bench-llm")
             await ensure_streams(nc.jetstream())
@@ -294,7 +313,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
             async def one(side: str, rep: int) -> dict[str, float]:
                 kind, start, ready_port = sides[side]
-                return await _measure(pub, nc, tasks, kind, f"{rep}", stream, start, ready_port)
+                return await _measure(pub, nc, tasks, kind, f"{rep}", stream, start, ready_port, cpus)
 
             runs = await alternate(args.reps, list(sides), one)
             measured = {side: _median_run(runs[side]) for side in sides}
@@ -310,6 +329,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "inflight": args.inflight,
         "delay_ms": args.delay_ms,
         "stream_events": args.events,
+        "pinned": pin,
         "tasks": tasks,
         "rate": ours["rate"],
         "ideal": round(ideal, 1),
@@ -354,6 +374,11 @@ def main(argv: list[str] | None = None) -> int:
         "--events",
         action="store_true",
         help='tasks ask for live events ("stream": true, as `publish --stream` does); nobody listens',
+    )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="leave CPU placement to the scheduler (default: the measured process on a CPU of its own)",
     )
     args = parser.parse_args(argv)
     summary = run_on_uvloop(run(args))
