@@ -16,6 +16,11 @@ is freed). A stream that fails after tokens went out is not retried in place eit
 (the tokens would repeat): the task is retried, and its stream events carry the
 attempt. Every attempt passes the endpoint's breaker first. Other 4xx answers raise
 :class:`~agentbus.errors.ModelHTTPError` at once.
+
+Failover: with ``fallback_urls`` an attempt goes to the first endpoint, in order, whose
+breaker lets it through and which has not failed since the last backoff, so a failed
+attempt is retried on the next endpoint at once and the backoff is slept only when
+every endpoint has failed or refuses.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from agents.llm.chat import ChatChunk, ChatRequest, ChatResponse, Completion, Co
 from agents.llm.config import LLMConfig
 from agents.llm.sse import SSEDecoder
 
-__all__ = ["ChatClient", "TokenSink"]
+__all__ = ["ChatClient", "Endpoint", "TokenSink"]
 
 TokenSink = Callable[[str], Awaitable[None]]
 """Receives each content delta of a streamed answer, in order."""
@@ -55,49 +60,95 @@ class _Failed(Exception):
         self.retry_after_s = retry_after_s
 
 
-class ChatClient:
-    """Chat Completions against one endpoint, with retries and that endpoint's breaker."""
+class Endpoint:
+    """One model endpoint of a client: its URL, breaker, keep-alive pool and attempt counts."""
 
-    def __init__(self, config: LLMConfig, *, breaker: CircuitBreaker | None = None) -> None:
+    __slots__ = ("_loop", "_pool", "breaker", "config", "outcomes", "url")
+
+    def __init__(self, url: str, config: LLMConfig, breaker: CircuitBreaker | None = None) -> None:
+        self.url = url.rstrip("/")
         self.config = config
-        self.endpoint = config.base_url.rstrip("/")
-        self.breaker = breaker or CircuitBreaker(self.endpoint, config.breaker)
-        auth = f"Authorization: Bearer {config.api_key}\r\n" if config.api_key else ""
-        self._headers_json = f"Content-Type: application/json\r\nAccept: application/json\r\n{auth}"
-        self._headers_sse = f"Content-Type: application/json\r\nAccept: text/event-stream\r\n{auth}"
-        self._pool: HTTPPool | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.breaker = breaker or CircuitBreaker(self.url, config.breaker)
         self.outcomes: dict[str, int] = {}
         """Attempts by outcome (``ok``, ``http_429``, ``http_503``, ``connection``, ``timeout``,
         ``bad_body``, ``http_400``, ``circuit_open``), for the metrics."""
+        self._pool: HTTPPool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _http(self, loop: asyncio.AbstractEventLoop) -> HTTPPool:
-        if self._pool is None or self._loop is not loop:  # a pool belongs to one event loop
+    def http(self, loop: asyncio.AbstractEventLoop) -> HTTPPool:
+        """This endpoint's pool on ``loop`` (a pool belongs to one event loop)."""
+        if self._pool is None or self._loop is not loop:
             cfg = self.config
             self._pool = HTTPPool(
-                self.endpoint, connect_timeout_s=cfg.connect_timeout_s, max_connections=cfg.max_connections
+                self.url, connect_timeout_s=cfg.connect_timeout_s, max_connections=cfg.max_connections
             )
             self._loop = loop
         return self._pool
 
-    def _count(self, outcome: str) -> None:
+    def count(self, outcome: str) -> None:
+        """One more attempt that ended in ``outcome``."""
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+    async def aclose(self) -> None:
+        """Close the connections (those of the running loop's pool)."""
+        if self._pool is not None and self._loop is asyncio.get_running_loop():
+            await self._pool.aclose()
+        self._pool = None
+
+
+class ChatClient:
+    """Chat Completions against an endpoint and its fallbacks, with retries and a breaker each.
+
+    ``endpoints[0]`` is ``config.base_url``, then ``config.fallback_urls`` in order. Each
+    attempt goes to the first endpoint whose breaker lets it through and which has not
+    failed since the last backoff: a failed attempt fails over to the next endpoint at
+    once, and the client backs off only when every endpoint has failed or refuses.
+    """
+
+    def __init__(self, config: LLMConfig, *, breaker: CircuitBreaker | None = None) -> None:
+        self.config = config
+        urls = (config.base_url, *config.fallback_urls)
+        self.endpoints = [Endpoint(url, config, breaker if i == 0 else None) for i, url in enumerate(urls)]
+        auth = f"Authorization: Bearer {config.api_key}\r\n" if config.api_key else ""
+        self._headers_json = f"Content-Type: application/json\r\nAccept: application/json\r\n{auth}"
+        self._headers_sse = f"Content-Type: application/json\r\nAccept: text/event-stream\r\n{auth}"
+
+    def _pick(self, failed: list[Endpoint]) -> tuple[Endpoint, bool] | None:
+        """The first endpoint not in ``failed`` that lets an attempt through, and whether it
+        is a probe; None if there is none. With nothing failed, every breaker refusing
+        raises ``CircuitOpenError`` with the soonest time one of them lets a probe through."""
+        refused: CircuitOpenError | None = None
+        for ep in self.endpoints:
+            if ep in failed:
+                continue
+            try:
+                return ep, ep.breaker.acquire()
+            except CircuitOpenError as exc:
+                if refused is None or exc.retry_after_s < refused.retry_after_s:
+                    refused = exc
+        if failed or refused is None:
+            return None
+        for ep in self.endpoints:
+            ep.count("circuit_open")
+        if len(self.endpoints) > 1:
+            urls = ", ".join(ep.url for ep in self.endpoints)
+            raise CircuitOpenError(urls, refused.retry_after_s)
+        raise refused
 
     async def chat(
         self, request: ChatRequest, *, deadline: float | None = None, on_token: TokenSink | None = None
     ) -> Completion:
-        """One model call with retries; ``deadline`` is in ``loop.time()`` terms."""
+        """One model call with retries and failover; ``deadline`` is in ``loop.time()`` terms."""
         cfg = self.config
         loop = asyncio.get_running_loop()
         body = _encoder.encode(request)
         attempt = 0
+        failed: list[Endpoint] = []  # failed since the last backoff
+        picked = self._pick(failed)
         while True:
             attempt += 1
-            try:
-                probe = self.breaker.acquire()
-            except CircuitOpenError:
-                self._count("circuit_open")
-                raise
+            assert picked is not None  # _pick raises rather than return None when nothing failed
+            ep, probe = picked
             timeout_s = cfg.request_timeout_s
             if deadline is not None:
                 timeout_s = min(timeout_s, deadline - loop.time())
@@ -107,56 +158,63 @@ class ChatClient:
                     raise _Failed("timeout")
                 try:
                     if request.stream:
-                        result = await self._stream(body, on_token, sent, timeout_s)
+                        result = await self._stream(ep, body, on_token, sent, timeout_s)
                     else:  # inline, not a coroutine of its own: one frame less to resume
-                        response = await self._http(loop).post(
+                        response = await ep.http(loop).post(
                             "/chat/completions", body, self._headers_json, timeout_s=timeout_s
                         )
-                        result = self._completion(response)
+                        result = self._completion(ep, response)
                 except TimeoutError:
                     raise _Failed("timeout") from None
                 except ModelConnectionError as exc:
                     raise _Failed("connection") from exc
-            except _Failed as failed:
-                self.breaker.failure(probe)
-                self._count(failed.why)
-                delay = failed.retry_after_s
+            except _Failed as why:
+                ep.breaker.failure(probe)
+                ep.count(why.why)
+                delay = why.retry_after_s
                 if delay is None:
                     ceiling = min(cfg.retry.max_s, cfg.retry.base_s * 2.0 ** (attempt - 1))
                     delay = ceiling / 2 + random.random() * ceiling / 2
-                late = deadline is not None and loop.time() + delay >= deadline
-                if attempt >= cfg.retry.attempts or delay > cfg.retry.max_s or late or sent[0]:
-                    cause = failed.__cause__ or failed
+                stop = attempt >= cfg.retry.attempts or sent[0]
+                if not stop:
+                    failed.append(ep)
+                    picked = self._pick(failed)  # another endpoint, at once
+                    late = deadline is not None and loop.time() + delay >= deadline
+                    stop = picked is None and (delay > cfg.retry.max_s or late)
+                if stop:
+                    cause = why.__cause__ or why
                     raise ModelUnavailableError(
-                        f"model endpoint {self.endpoint} failed {attempt} attempt(s); last: {failed.why}"
-                        f" ({cause})",
-                        endpoint=self.endpoint,
-                        retry_after_s=failed.retry_after_s,
+                        f"model endpoint {ep.url} failed {attempt} attempt(s); last: {why.why} ({cause})",
+                        endpoint=ep.url,
+                        retry_after_s=why.retry_after_s,
                     ) from None
-                await asyncio.sleep(delay)
+                if picked is None:  # every endpoint failed or refuses: back off, then start over
+                    await asyncio.sleep(delay)
+                    failed.clear()
+                    picked = self._pick(failed)
                 continue
             except ModelHTTPError:
-                self.breaker.success(probe)  # the endpoint is up; the request was wrong
+                ep.breaker.success(probe)  # the endpoint is up; the request was wrong
                 raise
             except BaseException:
-                self.breaker.cancelled(probe)
+                ep.breaker.cancelled(probe)
                 raise
-            self.breaker.success(probe)
-            self._count("ok")
+            ep.breaker.success(probe)
+            ep.count("ok")
             return result
 
-    def _check(self, response: Response, body: bytes) -> None:
+    def _check(self, ep: Endpoint, response: Response, body: bytes) -> None:
         status = response.status
         if status < 300:
             return
         detail = body[:500].decode("utf-8", "replace")
         if status == 429 or status == 408 or status >= 500:
             raise _Failed(f"http_{status}", _retry_after(response.headers))
-        self._count(f"http_{status}")
-        raise ModelHTTPError(status, detail, endpoint=self.endpoint)
+        ep.count(f"http_{status}")
+        raise ModelHTTPError(status, detail, endpoint=ep.url)
 
-    def _completion(self, response: Response) -> Completion:
-        self._check(response, response.body)
+    def _completion(self, ep: Endpoint, response: Response) -> Completion:
+        self._check(ep, response, response.body)
         try:
             answer = _response_decoder.decode(response.body)
         except msgspec.DecodeError as exc:
@@ -170,16 +228,16 @@ class ChatClient:
         )
 
     async def _stream(
-        self, body: bytes, on_token: TokenSink | None, sent: list[bool], timeout_s: float
+        self, ep: Endpoint, body: bytes, on_token: TokenSink | None, sent: list[bool], timeout_s: float
     ) -> Completion:
-        http = self._http(asyncio.get_running_loop())
+        http = ep.http(asyncio.get_running_loop())
         response, chunks = await http.stream(
             "/chat/completions", body, self._headers_sse, timeout_s=timeout_s
         )
         async with contextlib.aclosing(chunks):
             if response.status >= 300:
                 error = b"".join([c async for c in chunks])
-                self._check(response, error)
+                self._check(ep, response, error)
             decoder = SSEDecoder()
             builder = CompletionBuilder()
             done = False
@@ -201,10 +259,9 @@ class ChatClient:
         return builder.build()
 
     async def aclose(self) -> None:
-        """Close the connections."""
-        if self._pool is not None and self._loop is asyncio.get_running_loop():
-            await self._pool.aclose()
-        self._pool = None
+        """Close every endpoint's connections."""
+        for ep in self.endpoints:
+            await ep.aclose()
 
 
 def _retry_after(headers: dict[str, str]) -> float | None:

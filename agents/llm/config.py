@@ -5,7 +5,9 @@ nothing needs a model; setting ``AGENTBUS_LLM_BASE_URL`` (and a model) switches 
 an OpenAI-compatible endpoint: vLLM, Ollama (``http://localhost:11434/v1``),
 llama.cpp server, LiteLLM or a hosted API. The API key comes from
 ``AGENTBUS_LLM_API_KEY`` or, for Kubernetes Secrets mounted as files, from the file
-named by ``AGENTBUS_LLM_API_KEY_FILE``.
+named by ``AGENTBUS_LLM_API_KEY_FILE``. ``AGENTBUS_LLM_FALLBACK_URLS`` (comma-separated)
+names more endpoints serving the same model with the same key, tried in order when
+the ones before fail or their breakers are open.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class LLMConfig:
     """Where the model is and how the task agent uses it."""
 
     base_url: str = ""  # e.g. http://127.0.0.1:8000/v1; empty: the offline brain
+    fallback_urls: tuple[str, ...] = ()  # the same model elsewhere, in order of preference
     model: str = ""
     api_key: str = field(default="", repr=False)
     stream: bool = True  # ask for SSE (tokens as they come) for tasks whose publisher follows the stream
@@ -74,6 +77,14 @@ class LLMConfig:
     def __post_init__(self) -> None:
         if self.base_url and not self.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"AGENTBUS_LLM_BASE_URL must be an http(s) URL, not {self.base_url!r}")
+        if self.fallback_urls and not self.base_url:
+            raise ConfigError("AGENTBUS_LLM_FALLBACK_URLS needs AGENTBUS_LLM_BASE_URL (the first endpoint)")
+        for url in self.fallback_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"AGENTBUS_LLM_FALLBACK_URLS: {url!r} is not an http(s) URL")
+        urls = [u.rstrip("/") for u in (self.base_url, *self.fallback_urls)]
+        if len(set(urls)) < len(urls):
+            raise ConfigError(f"AGENTBUS_LLM_FALLBACK_URLS repeats an endpoint: {', '.join(urls)}")
         if self.base_url and not self.model:
             raise ConfigError("a model endpoint needs a model name (AGENTBUS_LLM_MODEL)")
         if self.max_turns < 1 or self.max_steps < 1 or self.max_tool_errors < 0:
@@ -117,6 +128,9 @@ class LLMConfig:
             raise ConfigError(f"AGENTBUS_LLM_*: {exc}") from exc
         return cls(
             base_url=env.get("AGENTBUS_LLM_BASE_URL", ""),
+            fallback_urls=tuple(
+                u.strip() for u in env.get("AGENTBUS_LLM_FALLBACK_URLS", "").split(",") if u.strip()
+            ),
             model=env.get("AGENTBUS_LLM_MODEL", ""),
             api_key=key,
             stream=stream,

@@ -49,13 +49,11 @@ class LLMCollector(Collector):
         attempts = CounterMetricFamily(
             "agentbus_llm_attempts", "Model call attempts by outcome", labels=["kind", "endpoint", "outcome"]
         )
-        client = agent.client
-        if client is not None:
-            breaker = client.breaker
-            state.add_metric([kind, client.endpoint], float(breaker.state))
-            opened.add_metric([kind, client.endpoint], breaker.opened)
-            for outcome, n in sorted(client.outcomes.items()):
-                attempts.add_metric([kind, client.endpoint, outcome], n)
+        for ep in agent.client.endpoints if agent.client is not None else ():
+            state.add_metric([kind, ep.url], float(ep.breaker.state))
+            opened.add_metric([kind, ep.url], ep.breaker.opened)
+            for outcome, n in sorted(ep.outcomes.items()):
+                attempts.add_metric([kind, ep.url, outcome], n)
         tokens = CounterMetricFamily(
             "agentbus_llm_tokens", "Model tokens spent, by tenant", labels=["kind", "tenant"]
         )

@@ -355,7 +355,7 @@ async def test_breaker_opens_on_a_5xx_burst_parks_tasks_and_closes_after_recover
     await until(lambda: agent_of(r.spec).client is not None, "the client")
     client = agent_of(r.spec).client
     assert client is not None
-    breaker = client.breaker
+    breaker = client.endpoints[0].breaker
     await until(lambda: breaker.state is BreakerState.OPEN, "the breaker to open")
     assert breaker_state(r.metrics()) == 2.0
     opened_at, seen = time.monotonic(), len(llm.requests)
@@ -371,6 +371,31 @@ async def test_breaker_opens_on_a_5xx_burst_parks_tasks_and_closes_after_recover
     metrics = r.metrics()
     assert 'outcome="circuit_open"' in metrics
     assert 'agentbus_llm_breaker_opened_total{endpoint="' in metrics
+
+
+async def test_a_down_endpoint_fails_over_to_the_fallback_and_both_are_exported(
+    llm: s.ScriptedLLM, run: Any
+) -> None:
+    fallback = await s.ScriptedLLM().start()
+    try:
+        llm.default = lambda body: s.status(503)
+        fallback.script(s.tool_calls([CHECK]), s.text("Yes, from the fallback."))
+        config = model(
+            llm, fallback_urls=(fallback.url,), breaker=BreakerConfig(failure_threshold=2, open_s=60.0)
+        )
+        r = await run(assistant(config))
+        result = await r.call("do we have 2 of PROD-003?")
+        assert result.ok, result.error
+        assert (result.attempts, result.output.answer) == (1, "Yes, from the fallback.")
+        assert (len(llm.requests), len(fallback.requests)) == (2, 2)  # each call: 503, then the fallback
+        states = {
+            line.split('endpoint="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in r.metrics().splitlines()
+            if line.startswith("agentbus_llm_breaker_state{")
+        }
+        assert states == {llm.url.rstrip("/"): 2.0, fallback.url.rstrip("/"): 0.0}  # open, closed
+    finally:
+        await fallback.aclose()
 
 
 # -- 5. budgets ----------------------------------------------------------------------------------

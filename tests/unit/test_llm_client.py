@@ -69,7 +69,7 @@ async def test_429_retry_after_is_honoured(llm: s.ScriptedLLM) -> None:
         assert (await client.chat(_request())).content == "ok"
         first, second, _ = (r.at for r in llm.requests)
         assert second - first >= 0.6  # the server's delay, not our shorter backoff
-        assert client.outcomes == {"http_429": 1, "http_503": 1, "ok": 1}
+        assert client.endpoints[0].outcomes == {"http_429": 1, "http_503": 1, "ok": 1}
     finally:
         await client.aclose()
 
@@ -110,7 +110,7 @@ async def test_client_errors_are_not_retried(llm: s.ScriptedLLM) -> None:
         assert refused.value.status == 400
         assert "bad tools" in str(refused.value)
         assert len(llm.requests) == 1
-        assert client.breaker.state is BreakerState.CLOSED
+        assert client.endpoints[0].breaker.state is BreakerState.CLOSED
     finally:
         await client.aclose()
 
@@ -120,7 +120,7 @@ async def test_malformed_body_is_retried(llm: s.ScriptedLLM) -> None:
     llm.script(s.malformed(), s.text("fine"))
     try:
         assert (await client.chat(_request())).content == "fine"
-        assert client.outcomes == {"bad_body": 1, "ok": 1}
+        assert client.endpoints[0].outcomes == {"bad_body": 1, "ok": 1}
     finally:
         await client.aclose()
 
@@ -188,6 +188,6 @@ async def test_breaker_stops_calls_then_probes_and_closes(llm: s.ScriptedLLM) ->
         clock.t = 5.0
         assert (await client.chat(_request())).content == "recovered"
         assert breaker.state is BreakerState.CLOSED  # type: ignore[comparison-overlap]  # it recovered
-        assert client.outcomes == {"http_500": 3, "circuit_open": 5, "ok": 1}
+        assert client.endpoints[0].outcomes == {"http_500": 3, "circuit_open": 5, "ok": 1}
     finally:
         await client.aclose()
