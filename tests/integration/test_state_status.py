@@ -26,6 +26,7 @@ from nats.aio.client import Client
 
 from agents.cli.status import query_state
 from bus.publisher import Publisher
+from bus.topology import TASKS_STREAM, consumer_name
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +58,13 @@ async def test_status_shows_tenant_usage_and_live_agents(
     assert state_of(nats_url) is None  # no worker yet: no answer, and no error
     w1 = start_worker("w1", "--gossip-preset", "test", "--max-deliver", "1")
     w2 = start_worker("w2", "--gossip-preset", "test", "--max-deliver", "1")
+    js = nc.jetstream()
+    for _ in range(600):  # ready precedes the server holding the first pull: wait for both workers'
+        if (await js.consumer_info(TASKS_STREAM, consumer_name("echo"))).num_waiting >= 2:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the two workers' pull requests never reached the server")
 
     pub = Publisher(nc)
     calls = [pub.call("acme", "echo", {"text": f"a{i}"}, timeout_s=30) for i in range(20)]
