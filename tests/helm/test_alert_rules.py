@@ -127,7 +127,8 @@ def test_each_alert_fires_on_lasting_trouble_and_not_on_a_blip(rules_file: Path,
             "alertname": "AgentbusModelCircuitOpen",
             "exp_alerts": [
                 _alert(
-                    "circuit to http://model:8000 open for 5 minutes: assistant calls fail over to the next endpoint, or wait if there is none",
+                    "circuit to http://model:8000 open for 5 minutes:"
+                    " assistant calls fail over to the next endpoint, or wait if there is none",
                     severity="warning",
                     endpoint="http://model:8000",
                     agentbus_io_kind="assistant",
