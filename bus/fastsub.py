@@ -101,7 +101,7 @@ def _deliver(
 def _dispatcher(
     nc: Client, routes: dict[int, Handler], original: Callable[..., Awaitable[None]]
 ) -> Callable[..., Awaitable[None]]:
-    async def process(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+    async def process(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         handler = routes.get(sid)
         sub = nc._subs.get(sid)
         if handler is None or sub is None:
