@@ -51,6 +51,26 @@ async def test_a_failed_attempt_fails_over_at_once(pair: tuple[s.ScriptedLLM, s.
         await client.aclose()
 
 
+async def test_a_stream_fails_over_before_its_first_token(pair: tuple[s.ScriptedLLM, s.ScriptedLLM]) -> None:
+    primary, fallback = pair
+    client = _client(primary.url, fallback.url)
+    primary.script(s.status(502))
+    fallback.script(s.stream_text(["from ", "the ", "fallback"]))
+    tokens: list[str] = []
+
+    async def sink(text: str) -> None:
+        tokens.append(text)
+
+    request = ChatRequest(model="m", messages=[Message("user", "hi")], stream=True)
+    try:
+        answer = await asyncio.wait_for(client.chat(request, on_token=sink), 2.0)
+        assert answer.content == "from the fallback"
+        assert tokens == ["from ", "the ", "fallback"]  # once each: nothing came from the primary
+        assert fallback.requests[0].headers["accept"] == "text/event-stream"
+    finally:
+        await client.aclose()
+
+
 async def test_a_refused_connection_fails_over(pair: tuple[s.ScriptedLLM, s.ScriptedLLM]) -> None:
     _, fallback = pair
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
