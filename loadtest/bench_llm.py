@@ -282,8 +282,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     ideal = args.inflight / (2 * args.delay_ms / 1000)
     tasks = args.tasks or int(ideal * 12)
     cpus = [] if args.no_pin else sorted(os.sched_getaffinity(0))
-    pin = len(cpus) >= 2
-    cpus = cpus if pin else []
+    if len(cpus) < 2:  # one CPU: nothing to keep apart
+        cpus = []
     _pin(0, cpus, worker=False)  # this driver, and the nats-server and model it starts
     with EmbeddedNats() as nats:
         model, model_url = _start_model(args.delay_ms)
@@ -329,7 +329,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "inflight": args.inflight,
         "delay_ms": args.delay_ms,
         "stream_events": args.events,
-        "pinned": pin,
+        "pinned": bool(cpus),
         "tasks": tasks,
         "rate": ours["rate"],
         "ideal": round(ideal, 1),
