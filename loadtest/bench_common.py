@@ -182,7 +182,7 @@ async def fetch_all(
 
     fetched = 0
     while fetched < n:
-        want = min(batch, n - fetched)
+        want = min(batch, slots, n - fetched)  # a batch never bigger than the slots
         if slots - len(running) < want:
             room.clear()
             await room.wait()
