@@ -113,27 +113,31 @@ class ChatClient:
         self._headers_json = f"Content-Type: application/json\r\nAccept: application/json\r\n{auth}"
         self._headers_sse = f"Content-Type: application/json\r\nAccept: text/event-stream\r\n{auth}"
 
-    def _pick(self, failed: list[Endpoint]) -> tuple[Endpoint, bool] | None:
-        """The first endpoint not in ``failed`` that lets an attempt through, and whether it
-        is a probe; None if there is none. With nothing failed, every breaker refusing
-        raises ``CircuitOpenError`` with the soonest time one of them lets a probe through."""
-        refused: CircuitOpenError | None = None
+    def _first(self) -> tuple[Endpoint, bool]:
+        """The first endpoint whose breaker lets an attempt through, and whether it is a probe.
+
+        Every breaker refusing raises ``CircuitOpenError`` with the soonest time one of
+        them lets a probe through."""
+        refused: list[CircuitOpenError] = []
         for ep in self.endpoints:
-            if ep in failed:
-                continue
             try:
                 return ep, ep.breaker.acquire()
             except CircuitOpenError as exc:
-                if refused is None or exc.retry_after_s < refused.retry_after_s:
-                    refused = exc
-        if failed or refused is None:
-            return None
+                refused.append(exc)
         for ep in self.endpoints:
             ep.count("circuit_open")
-        if len(self.endpoints) > 1:
-            urls = ", ".join(ep.url for ep in self.endpoints)
-            raise CircuitOpenError(urls, refused.retry_after_s)
-        raise refused
+        soonest = min(refused, key=lambda exc: exc.retry_after_s)
+        if len(refused) == 1:
+            raise soonest
+        raise CircuitOpenError(", ".join(ep.url for ep in self.endpoints), soonest.retry_after_s)
+
+    def _next(self, failed: list[Endpoint]) -> tuple[Endpoint, bool] | None:
+        """Like :meth:`_first` among the endpoints not in ``failed``; None if none lets one through."""
+        for ep in self.endpoints:
+            if ep not in failed:
+                with contextlib.suppress(CircuitOpenError):
+                    return ep, ep.breaker.acquire()
+        return None
 
     async def chat(
         self, request: ChatRequest, *, deadline: float | None = None, on_token: TokenSink | None = None
@@ -144,11 +148,9 @@ class ChatClient:
         body = _encoder.encode(request)
         attempt = 0
         failed: list[Endpoint] = []  # failed since the last backoff
-        picked = self._pick(failed)
+        ep, probe = self._first()
         while True:
             attempt += 1
-            assert picked is not None  # _pick raises rather than return None when nothing failed
-            ep, probe = picked
             timeout_s = cfg.request_timeout_s
             if deadline is not None:
                 timeout_s = min(timeout_s, deadline - loop.time())
@@ -176,11 +178,12 @@ class ChatClient:
                     ceiling = min(cfg.retry.max_s, cfg.retry.base_s * 2.0 ** (attempt - 1))
                     delay = ceiling / 2 + random.random() * ceiling / 2
                 stop = attempt >= cfg.retry.attempts or sent[0]
+                other = None
                 if not stop:
                     failed.append(ep)
-                    picked = self._pick(failed)  # another endpoint, at once
+                    other = self._next(failed)  # another endpoint, at once
                     late = deadline is not None and loop.time() + delay >= deadline
-                    stop = picked is None and (delay > cfg.retry.max_s or late)
+                    stop = other is None and (delay > cfg.retry.max_s or late)
                 if stop:
                     cause = why.__cause__ or why
                     raise ModelUnavailableError(
@@ -188,10 +191,12 @@ class ChatClient:
                         endpoint=ep.url,
                         retry_after_s=why.retry_after_s,
                     ) from None
-                if picked is None:  # every endpoint failed or refuses: back off, then start over
+                if other is None:  # every endpoint failed or refuses: back off, then start over
                     await asyncio.sleep(delay)
                     failed.clear()
-                    picked = self._pick(failed)
+                    ep, probe = self._first()
+                else:
+                    ep, probe = other
                 continue
             except ModelHTTPError:
                 ep.breaker.success(probe)  # the endpoint is up; the request was wrong
