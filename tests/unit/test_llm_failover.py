@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -30,30 +31,48 @@ def _request() -> ChatRequest:
     return ChatRequest(model="m", messages=[Message("user", "hi")])
 
 
-def _client(base: str, *fallbacks: str, retry: RetryConfig = SLOW_BACKOFF, **kw: object) -> ChatClient:
-    cfg = LLMConfig(base_url=base, fallback_urls=fallbacks, model="m", retry=retry)
-    return ChatClient(cfg, **kw)  # type: ignore[arg-type]
+Make = Callable[..., ChatClient]
 
 
-async def test_a_failed_attempt_fails_over_at_once(pair: tuple[s.ScriptedLLM, s.ScriptedLLM]) -> None:
+@pytest.fixture
+async def make() -> AsyncIterator[Make]:
+    """``make(base, *fallbacks, circuit=None, **config)``: a client, closed after the test."""
+    made: list[ChatClient] = []
+
+    def client(
+        base: str, *fallbacks: str, circuit: CircuitBreaker | None = None, **config: Any
+    ) -> ChatClient:
+        cfg = LLMConfig(
+            base_url=base, fallback_urls=fallbacks, model="m", **{"retry": SLOW_BACKOFF, **config}
+        )
+        made.append(ChatClient(cfg, breaker=circuit))
+        return made[-1]
+
+    yield client
+    for c in made:
+        await c.aclose()
+
+
+async def test_a_failed_attempt_fails_over_at_once(
+    pair: tuple[s.ScriptedLLM, s.ScriptedLLM], make: Make
+) -> None:
     primary, fallback = pair
-    client = _client(primary.url, fallback.url)
+    client = make(primary.url, fallback.url)
     primary.script(s.status(503))
     fallback.script(s.text("from the fallback"))
-    try:
-        answer = await asyncio.wait_for(client.chat(_request()), 2.0)  # no backoff in between
-        assert answer.content == "from the fallback"
-        assert [len(primary.requests), len(fallback.requests)] == [1, 1]
-        assert [ep.outcomes for ep in client.endpoints] == [{"http_503": 1}, {"ok": 1}]
-        primary.script(s.text("primary again"))
-        assert (await client.chat(_request())).content == "primary again"  # still the first choice
-    finally:
-        await client.aclose()
+    answer = await asyncio.wait_for(client.chat(_request()), 2.0)  # no backoff in between
+    assert answer.content == "from the fallback"
+    assert [len(primary.requests), len(fallback.requests)] == [1, 1]
+    assert [ep.outcomes for ep in client.endpoints] == [{"http_503": 1}, {"ok": 1}]
+    primary.script(s.text("primary again"))
+    assert (await client.chat(_request())).content == "primary again"  # still the first choice
 
 
-async def test_a_stream_fails_over_before_its_first_token(pair: tuple[s.ScriptedLLM, s.ScriptedLLM]) -> None:
+async def test_a_stream_fails_over_before_its_first_token(
+    pair: tuple[s.ScriptedLLM, s.ScriptedLLM], make: Make
+) -> None:
     primary, fallback = pair
-    client = _client(primary.url, fallback.url)
+    client = make(primary.url, fallback.url)
     primary.script(s.status(502))
     fallback.script(s.stream_text(["from ", "the ", "fallback"]))
     tokens: list[str] = []
@@ -62,96 +81,78 @@ async def test_a_stream_fails_over_before_its_first_token(pair: tuple[s.Scripted
         tokens.append(text)
 
     request = ChatRequest(model="m", messages=[Message("user", "hi")], stream=True)
-    try:
-        answer = await asyncio.wait_for(client.chat(request, on_token=sink), 2.0)
-        assert answer.content == "from the fallback"
-        assert tokens == ["from ", "the ", "fallback"]  # once each: nothing came from the primary
-        assert fallback.requests[0].headers["accept"] == "text/event-stream"
-    finally:
-        await client.aclose()
+    answer = await asyncio.wait_for(client.chat(request, on_token=sink), 2.0)
+    assert answer.content == "from the fallback"
+    assert tokens == ["from ", "the ", "fallback"]  # once each: nothing came from the primary
+    assert fallback.requests[0].headers["accept"] == "text/event-stream"
 
 
-async def test_a_refused_connection_fails_over(pair: tuple[s.ScriptedLLM, s.ScriptedLLM]) -> None:
+async def test_a_refused_connection_fails_over(pair: tuple[s.ScriptedLLM, s.ScriptedLLM], make: Make) -> None:
     _, fallback = pair
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    client = _client(dead, fallback.url)
+    client = make(dead, fallback.url)
     fallback.script(s.text("up"))
-    try:
-        assert (await asyncio.wait_for(client.chat(_request()), 2.0)).content == "up"
-        assert client.endpoints[0].outcomes == {"connection": 1}
-    finally:
-        await client.aclose()
+    assert (await asyncio.wait_for(client.chat(_request()), 2.0)).content == "up"
+    assert client.endpoints[0].outcomes == {"connection": 1}
 
 
 async def test_an_open_breaker_routes_every_call_to_the_fallback_until_its_probe(
-    pair: tuple[s.ScriptedLLM, s.ScriptedLLM],
+    pair: tuple[s.ScriptedLLM, s.ScriptedLLM], make: Make
 ) -> None:
     primary, fallback = pair
     t = [0.0]
     breaker = CircuitBreaker(primary.url, BreakerConfig(failure_threshold=2, open_s=5.0), clock=lambda: t[0])
-    client = _client(primary.url, fallback.url, breaker=breaker)
+    client = make(primary.url, fallback.url, circuit=breaker)
     primary.default = lambda body: s.status(500)
     fallback.default = lambda body: s.text("fallback")
-    try:
-        for _ in range(2):  # each call: the primary fails, the fallback answers
-            assert (await client.chat(_request())).content == "fallback"
-        assert breaker.state is BreakerState.OPEN
-        seen = len(primary.requests)
-        for _ in range(5):
-            assert (await client.chat(_request())).content == "fallback"
-        assert len(primary.requests) == seen  # open: the primary is left alone
-        primary.default = lambda body: s.text("primary")
-        t[0] = 5.0  # half-open: the next call probes the primary, which has recovered
-        assert (await client.chat(_request())).content == "primary"
-        assert breaker.state is BreakerState.CLOSED  # type: ignore[comparison-overlap]  # it recovered
-        assert client.endpoints[1].outcomes == {"ok": 7}
-    finally:
-        await client.aclose()
+    for _ in range(2):  # each call: the primary fails, the fallback answers
+        assert (await client.chat(_request())).content == "fallback"
+    assert breaker.state is BreakerState.OPEN
+    seen = len(primary.requests)
+    for _ in range(5):
+        assert (await client.chat(_request())).content == "fallback"
+    assert len(primary.requests) == seen  # open: the primary is left alone
+    primary.default = lambda body: s.text("primary")
+    t[0] = 5.0  # half-open: the next call probes the primary, which has recovered
+    assert (await client.chat(_request())).content == "primary"
+    assert breaker.state is BreakerState.CLOSED  # type: ignore[comparison-overlap]  # it recovered
+    assert client.endpoints[1].outcomes == {"ok": 7}
 
 
 async def test_every_endpoint_failing_backs_off_between_rounds_then_gives_up(
-    pair: tuple[s.ScriptedLLM, s.ScriptedLLM],
+    pair: tuple[s.ScriptedLLM, s.ScriptedLLM], make: Make
 ) -> None:
     primary, fallback = pair
-    client = _client(primary.url, fallback.url, retry=RetryConfig(attempts=4, base_s=0.2, max_s=1.0))
+    client = make(primary.url, fallback.url, retry=RetryConfig(attempts=4, base_s=0.2, max_s=1.0))
     primary.default = fallback.default = lambda body: s.status(503)
-    try:
-        with pytest.raises(ModelUnavailableError, match="4 attempt"):
-            await client.chat(_request())
-        times = sorted([(r.at, "p") for r in primary.requests] + [(r.at, "f") for r in fallback.requests])
-        assert [who for _, who in times] == ["p", "f", "p", "f"]  # in order, round after round
-        assert times[1][0] - times[0][0] < 0.09  # failover without waiting
-        assert times[2][0] - times[1][0] >= 0.09  # a backoff (at least base_s / 2) between rounds
-    finally:
-        await client.aclose()
+    with pytest.raises(ModelUnavailableError, match="4 attempt"):
+        await client.chat(_request())
+    times = sorted([(r.at, "p") for r in primary.requests] + [(r.at, "f") for r in fallback.requests])
+    assert [who for _, who in times] == ["p", "f", "p", "f"]  # in order, round after round
+    assert times[2][0] - times[1][0] >= 0.09  # a backoff (at least base_s / 2) between rounds
 
 
 async def test_all_breakers_open_refuses_with_the_soonest_probe(
-    pair: tuple[s.ScriptedLLM, s.ScriptedLLM],
+    pair: tuple[s.ScriptedLLM, s.ScriptedLLM], make: Make
 ) -> None:
     primary, fallback = pair
-    cfg = LLMConfig(
-        base_url=primary.url,
-        fallback_urls=(fallback.url,),
-        model="m",
+    client = make(
+        primary.url,
+        fallback.url,
         retry=RetryConfig(attempts=2, base_s=0.01, max_s=0.05),
         breaker=BreakerConfig(failure_threshold=1, open_s=30.0),
     )
-    client = ChatClient(cfg)
     primary.default = fallback.default = lambda body: s.status(502)
-    try:
-        with pytest.raises(ModelUnavailableError):
-            await client.chat(_request())  # opens both breakers
-        with pytest.raises(CircuitOpenError) as refused:
-            await client.chat(_request())
-        for server in pair:
-            assert server.url.rstrip("/") in str(refused.value)
-        assert 0 < refused.value.retry_after_s <= 30.0
-        assert [ep.breaker.state for ep in client.endpoints] == [BreakerState.OPEN] * 2
-        assert [ep.outcomes.get("circuit_open") for ep in client.endpoints] == [1, 1]
-        assert len(primary.requests) + len(fallback.requests) == 2  # the refusal sent nothing
-    finally:
-        await client.aclose()
+    with pytest.raises(ModelUnavailableError):
+        await client.chat(_request())  # opens both breakers
+    with pytest.raises(CircuitOpenError) as refused:
+        await client.chat(_request())
+    for server in pair:
+        assert server.url.rstrip("/") in str(refused.value)
+    assert 0 < refused.value.retry_after_s <= 30.0
+    assert [ep.breaker.state for ep in client.endpoints] == [BreakerState.OPEN] * 2
+    assert [ep.outcomes.get("circuit_open") for ep in client.endpoints] == [1, 1]
+    assert len(primary.requests) + len(fallback.requests) == 2  # the refusal sent nothing
 
 
 def test_fallback_urls_from_env() -> None:
