@@ -17,7 +17,7 @@ from agents.llm.agent import TaskAgent, TaskIn, TaskOut, agent_of, task_agent
 from agents.llm.breaker import BreakerState, CircuitBreaker
 from agents.llm.budget import LocalLimits, TenantLimits
 from agents.llm.client import ChatClient
-from agents.llm.config import BreakerConfig, LimitsConfig, LLMConfig, RetryConfig
+from agents.llm.config import BreakerConfig, LimitsConfig, LLMConfig, ModelEndpoint, RetryConfig
 from agents.llm.planner import Brain, ModelBrain, OfflineBrain, Plan, PlannedCall, Run, planned_call
 from agents.llm.tools import Tool, Toolbox, ToolOutcome, tool
 
@@ -31,6 +31,7 @@ __all__ = [
     "LimitsConfig",
     "LocalLimits",
     "ModelBrain",
+    "ModelEndpoint",
     "OfflineBrain",
     "Plan",
     "PlannedCall",

@@ -164,7 +164,7 @@ class TaskAgent:
                 decision = DecisionEvent(
                     seq=events.next(),
                     turn=turn,
-                    brain=brain.name,
+                    brain=plan.brain or brain.name,
                     tools=[c.tool for c in plan.calls],
                     final=final,
                     text=plan.text,

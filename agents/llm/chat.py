@@ -148,6 +148,8 @@ class Completion(msgspec.Struct, gc=False):
     tool_calls: list[ToolCall]
     usage: Usage
     finish_reason: str | None = None
+    model: str = ""
+    """The model asked (a fallback endpoint may ask for its own); set by the client."""
 
 
 class CompletionBuilder:

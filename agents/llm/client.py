@@ -17,10 +17,11 @@ is freed). A stream that fails after tokens went out is not retried in place eit
 attempt. Every attempt passes the endpoint's breaker first. Other 4xx answers raise
 :class:`~agentbus.errors.ModelHTTPError` at once.
 
-Failover: with ``fallback_urls`` an attempt goes to the first endpoint, in order, whose
+Failover: with ``fallbacks`` an attempt goes to the first endpoint, in order, whose
 breaker lets it through and which has not failed since the last backoff, so a failed
 attempt is retried on the next endpoint at once and the backoff is slept only when
-every endpoint has failed or refuses.
+every endpoint has failed or refuses. Each endpoint has its own key and may ask for
+a model of its own; the :class:`~agents.llm.chat.Completion` says which model answered.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
+from msgspec.structs import replace
 
 from agentbus.errors import CircuitOpenError, ModelConnectionError, ModelHTTPError, ModelUnavailableError
 from agents.llm._http import HTTPPool, Response
@@ -61,14 +63,37 @@ class _Failed(Exception):
 
 
 class Endpoint:
-    """One model endpoint of a client: its URL, breaker, keep-alive pool and attempt counts."""
+    """One model endpoint of a client: URL, model, auth headers, breaker, keep-alive pool, attempt counts."""
 
-    __slots__ = ("_loop", "_pool", "breaker", "config", "outcomes", "url")
+    __slots__ = (
+        "_loop",
+        "_pool",
+        "breaker",
+        "config",
+        "headers_json",
+        "headers_sse",
+        "model",
+        "outcomes",
+        "url",
+    )
 
-    def __init__(self, url: str, config: LLMConfig, breaker: CircuitBreaker | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        config: LLMConfig,
+        breaker: CircuitBreaker | None = None,
+        *,
+        model: str | None = None,
+        api_key: str = "",
+    ) -> None:
         self.url = url.rstrip("/")
         self.config = config
+        self.model = model
+        """The model asked here; None: the one the request names (the brain's)."""
         self.breaker = breaker or CircuitBreaker(self.url, config.breaker)
+        auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
+        self.headers_json = f"Content-Type: application/json\r\nAccept: application/json\r\n{auth}"
+        self.headers_sse = f"Content-Type: application/json\r\nAccept: text/event-stream\r\n{auth}"
         self.outcomes: dict[str, int] = {}
         """Attempts by outcome (``ok``, ``http_429``, ``http_503``, ``connection``, ``timeout``,
         ``bad_body``, ``http_400``, ``circuit_open``), for the metrics."""
@@ -99,19 +124,22 @@ class Endpoint:
 class ChatClient:
     """Chat Completions against an endpoint and its fallbacks, with retries and a breaker each.
 
-    ``endpoints[0]`` is ``config.base_url``, then ``config.fallback_urls`` in order. Each
+    ``endpoints[0]`` is ``config.base_url``, then ``config.fallbacks`` in order. Each
     attempt goes to the first endpoint whose breaker lets it through and which has not
     failed since the last backoff: a failed attempt fails over to the next endpoint at
-    once, and the client backs off only when every endpoint has failed or refuses.
+    once, and the client backs off only when every endpoint has failed or refuses. A
+    fallback with a model of its own is asked for that model instead of the request's.
     """
 
     def __init__(self, config: LLMConfig, *, breaker: CircuitBreaker | None = None) -> None:
         self.config = config
-        urls = (config.base_url, *config.fallback_urls)
-        self.endpoints = [Endpoint(url, config, breaker if i == 0 else None) for i, url in enumerate(urls)]
-        auth = f"Authorization: Bearer {config.api_key}\r\n" if config.api_key else ""
-        self._headers_json = f"Content-Type: application/json\r\nAccept: application/json\r\n{auth}"
-        self._headers_sse = f"Content-Type: application/json\r\nAccept: text/event-stream\r\n{auth}"
+        self.endpoints = [Endpoint(config.base_url, config, breaker, api_key=config.api_key)]
+        self.endpoints += [
+            Endpoint(
+                fb.url, config, model=fb.model, api_key=config.api_key if fb.api_key is None else fb.api_key
+            )
+            for fb in config.fallbacks
+        ]
 
     def _first(self) -> tuple[Endpoint, bool]:
         """The first endpoint whose breaker lets an attempt through, and whether it is a probe.
@@ -145,7 +173,7 @@ class ChatClient:
         """One model call with retries and failover; ``deadline`` is in ``loop.time()`` terms."""
         cfg = self.config
         loop = asyncio.get_running_loop()
-        body = _encoder.encode(request)
+        encoded = _encoder.encode(request)
         attempt = 0
         failed: list[Endpoint] = []  # failed since the last backoff
         ep, probe = self._first()
@@ -155,6 +183,8 @@ class ChatClient:
             if deadline is not None:
                 timeout_s = min(timeout_s, deadline - loop.time())
             sent = [False]  # set once a token went out: a stream past that point is not retried here
+            model = ep.model or request.model
+            body = encoded if model == request.model else _encoder.encode(replace(request, model=model))
             try:
                 if timeout_s <= 0:
                     raise _Failed("timeout")
@@ -163,9 +193,10 @@ class ChatClient:
                         result = await self._stream(ep, body, on_token, sent, timeout_s)
                     else:  # inline, not a coroutine of its own: one frame less to resume
                         response = await ep.http(loop).post(
-                            "/chat/completions", body, self._headers_json, timeout_s=timeout_s
+                            "/chat/completions", body, ep.headers_json, timeout_s=timeout_s
                         )
                         result = self._completion(ep, response)
+                    result.model = model
                 except TimeoutError:
                     raise _Failed("timeout") from None
                 except ModelConnectionError as exc:
@@ -236,9 +267,7 @@ class ChatClient:
         self, ep: Endpoint, body: bytes, on_token: TokenSink | None, sent: list[bool], timeout_s: float
     ) -> Completion:
         http = ep.http(asyncio.get_running_loop())
-        response, chunks = await http.stream(
-            "/chat/completions", body, self._headers_sse, timeout_s=timeout_s
-        )
+        response, chunks = await http.stream("/chat/completions", body, ep.headers_sse, timeout_s=timeout_s)
         async with contextlib.aclosing(chunks):
             if response.status >= 300:
                 error = b"".join([c async for c in chunks])

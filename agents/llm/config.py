@@ -6,20 +6,25 @@ an OpenAI-compatible endpoint: vLLM, Ollama (``http://localhost:11434/v1``),
 llama.cpp server, LiteLLM or a hosted API. The API key comes from
 ``AGENTBUS_LLM_API_KEY`` or, for Kubernetes Secrets mounted as files, from the file
 named by ``AGENTBUS_LLM_API_KEY_FILE``. ``AGENTBUS_LLM_FALLBACK_URLS`` (comma-separated)
-names more endpoints serving the same model with the same key, tried in order when
-the ones before fail or their breakers are open.
+names more endpoints, tried in order when the ones before fail or their breakers are
+open. They serve the same model with the same key unless ``AGENTBUS_LLM_FALLBACK_<n>_MODEL``
+and ``AGENTBUS_LLM_FALLBACK_<n>_API_KEY`` (or ``..._API_KEY_FILE``) say otherwise for the
+n-th of them (from 1): another provider, or a smaller model kept as a reserve.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agentbus.errors import ConfigError
 
-__all__ = ["BreakerConfig", "LLMConfig", "LimitsConfig", "RetryConfig"]
+__all__ = ["BreakerConfig", "LLMConfig", "LimitsConfig", "ModelEndpoint", "RetryConfig"]
+
+_FALLBACK_VAR = re.compile(r"AGENTBUS_LLM_FALLBACK_(\d+)_(MODEL|API_KEY|API_KEY_FILE)")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -53,12 +58,21 @@ class LimitsConfig:
     tenant_budgets: Mapping[str, int] = field(default_factory=dict)  # overrides token_budget
 
 
+@dataclass(frozen=True, slots=True)
+class ModelEndpoint:
+    """A fallback model endpoint; ``model`` and ``api_key`` None: the primary's."""
+
+    url: str
+    model: str | None = None  # None: the model the brain asks for (AGENTBUS_LLM_MODEL)
+    api_key: str | None = field(default=None, repr=False)  # None: the primary's key; "": none
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LLMConfig:
     """Where the model is and how the task agent uses it."""
 
     base_url: str = ""  # e.g. http://127.0.0.1:8000/v1; empty: the offline brain
-    fallback_urls: tuple[str, ...] = ()  # the same model elsewhere, in order of preference
+    fallbacks: tuple[ModelEndpoint, ...] = ()  # tried in order when the ones before fail
     model: str = ""
     api_key: str = field(default="", repr=False)
     stream: bool = True  # ask for SSE (tokens as they come) for tasks whose publisher follows the stream
@@ -77,12 +91,14 @@ class LLMConfig:
     def __post_init__(self) -> None:
         if self.base_url and not self.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"AGENTBUS_LLM_BASE_URL must be an http(s) URL, not {self.base_url!r}")
-        if self.fallback_urls and not self.base_url:
+        if self.fallbacks and not self.base_url:
             raise ConfigError("AGENTBUS_LLM_FALLBACK_URLS needs AGENTBUS_LLM_BASE_URL (the first endpoint)")
-        for url in self.fallback_urls:
-            if not url.startswith(("http://", "https://")):
-                raise ConfigError(f"AGENTBUS_LLM_FALLBACK_URLS: {url!r} is not an http(s) URL")
-        urls = [u.rstrip("/") for u in (self.base_url, *self.fallback_urls)]
+        for fb in self.fallbacks:
+            if not fb.url.startswith(("http://", "https://")):
+                raise ConfigError(f"AGENTBUS_LLM_FALLBACK_URLS: {fb.url!r} is not an http(s) URL")
+            if fb.model == "":
+                raise ConfigError(f"fallback {fb.url}: an empty model name (None keeps the primary's)")
+        urls = [u.rstrip("/") for u in (self.base_url, *(fb.url for fb in self.fallbacks))]
         if len(set(urls)) < len(urls):
             raise ConfigError(f"AGENTBUS_LLM_FALLBACK_URLS repeats an endpoint: {', '.join(urls)}")
         if self.base_url and not self.model:
@@ -107,14 +123,7 @@ class LLMConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LLMConfig:
         """Defaults overlaid with ``AGENTBUS_LLM_*`` variables."""
         env = os.environ if environ is None else environ
-        key = env.get("AGENTBUS_LLM_API_KEY", "")
-        key_file = env.get("AGENTBUS_LLM_API_KEY_FILE", "")
-        if key_file and not key:
-            try:
-                with open(key_file) as f:
-                    key = f.read().strip()
-            except OSError as exc:
-                raise ConfigError(f"AGENTBUS_LLM_API_KEY_FILE={key_file!r}: {exc}") from exc
+        key = _api_key(env, "AGENTBUS_LLM_API_KEY") or ""
         limits: dict[str, Any] = {}
         try:
             if env.get("AGENTBUS_LLM_TENANT_TOKEN_BUDGET"):
@@ -128,9 +137,7 @@ class LLMConfig:
             raise ConfigError(f"AGENTBUS_LLM_*: {exc}") from exc
         return cls(
             base_url=env.get("AGENTBUS_LLM_BASE_URL", ""),
-            fallback_urls=tuple(
-                u.strip() for u in env.get("AGENTBUS_LLM_FALLBACK_URLS", "").split(",") if u.strip()
-            ),
+            fallbacks=_fallbacks_from_env(env),
             model=env.get("AGENTBUS_LLM_MODEL", ""),
             api_key=key,
             stream=stream,
@@ -138,3 +145,40 @@ class LLMConfig:
             max_connections=max_connections,
             limits=LimitsConfig(**limits),
         )
+
+
+def _api_key(env: Mapping[str, str], var: str) -> str | None:
+    """``var``, else the contents of the file named by ``var``_FILE (a mounted Secret); None: neither."""
+    key = env.get(var)
+    key_file = env.get(f"{var}_FILE", "")
+    if key_file and not key:
+        try:
+            with open(key_file) as f:
+                return f.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"{var}_FILE={key_file!r}: {exc}") from exc
+    return key
+
+
+def _fallbacks_from_env(env: Mapping[str, str]) -> tuple[ModelEndpoint, ...]:
+    """``AGENTBUS_LLM_FALLBACK_URLS``, each with its ``AGENTBUS_LLM_FALLBACK_<n>_*`` overrides."""
+    urls = [u.strip() for u in env.get("AGENTBUS_LLM_FALLBACK_URLS", "").split(",") if u.strip()]
+    for name in env:
+        if name.startswith("AGENTBUS_LLM_FALLBACK_") and name != "AGENTBUS_LLM_FALLBACK_URLS":
+            match = _FALLBACK_VAR.fullmatch(name)
+            if match is None:
+                raise ConfigError(
+                    f"{name}: unknown; per fallback: AGENTBUS_LLM_FALLBACK_<n>_MODEL, _API_KEY, _API_KEY_FILE"
+                )
+            if not 1 <= int(match[1]) <= len(urls):
+                raise ConfigError(
+                    f"{name}: AGENTBUS_LLM_FALLBACK_URLS names {len(urls)} endpoint(s), counted from 1"
+                )
+    return tuple(
+        ModelEndpoint(
+            url,
+            model=env.get(f"AGENTBUS_LLM_FALLBACK_{n}_MODEL"),
+            api_key=_api_key(env, f"AGENTBUS_LLM_FALLBACK_{n}_API_KEY"),
+        )
+        for n, url in enumerate(urls, 1)
+    )

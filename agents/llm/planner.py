@@ -61,6 +61,8 @@ class Plan:
     calls: list[PlannedCall]
     text: str = ""
     tokens: int = 0
+    brain: str = ""
+    """Who decided, when not the agent's brain (a fallback endpoint's own model)."""
 
 
 @dataclass(slots=True)
@@ -162,7 +164,9 @@ class ModelBrain:
         ]
         if not stream and done.content and not calls:
             await run.on_token(done.content)  # a non-streamed answer still reaches the stream, whole
-        return Plan(calls, done.content, usage.total_tokens or usage.prompt_tokens + usage.completion_tokens)
+        tokens = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
+        other = f"model:{done.model}" if done.model and done.model != cfg.model else ""
+        return Plan(calls, done.content, tokens, other)
 
 
 Rules = Callable[[Run], Plan]

@@ -28,6 +28,7 @@ from agents.llm import (
     BreakerState,
     LimitsConfig,
     LLMConfig,
+    ModelEndpoint,
     OfflineBrain,
     RetryConfig,
     TaskOut,
@@ -380,14 +381,19 @@ async def test_a_down_endpoint_fails_over_to_the_fallback_and_both_are_exported(
     try:
         llm.default = lambda body: s.status(503)
         fallback.script(s.tool_calls([CHECK]), s.text("Yes, from the fallback."))
-        config = model(
-            llm, fallback_urls=(fallback.url,), breaker=BreakerConfig(failure_threshold=2, open_s=60.0)
-        )
+        reserve = ModelEndpoint(fallback.url, model="reserve-8b", api_key="sk-reserve")
+        config = model(llm, fallbacks=(reserve,), breaker=BreakerConfig(failure_threshold=2, open_s=60.0))
         r = await run(assistant(config))
         result = await r.call("do we have 2 of PROD-003?")
         assert result.ok, result.error
         assert (result.attempts, result.output.answer) == (1, "Yes, from the fallback.")
         assert (len(llm.requests), len(fallback.requests)) == (2, 2)  # each call: 503, then the fallback
+        assert {(q.body["model"], q.headers.get("authorization")) for q in fallback.requests} == {
+            ("reserve-8b", "Bearer sk-reserve")
+        }
+        decisions = [e for e in result.output.audit if isinstance(e, DecisionEvent)]
+        assert [d.brain for d in decisions] == ["model:reserve-8b"] * 2  # who decided, in the audit
+        assert result.output.brain == "model:scripted"  # the agent's configured brain
         states = {
             line.split('endpoint="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
             for line in r.metrics().splitlines()

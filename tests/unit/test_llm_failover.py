@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from agentbus.errors import CircuitOpenError, ConfigError, ModelUnavailableError
-from agents.llm import BreakerConfig, BreakerState, ChatClient, CircuitBreaker, LLMConfig, RetryConfig
+from agents.llm import (
+    BreakerConfig,
+    BreakerState,
+    ChatClient,
+    CircuitBreaker,
+    LLMConfig,
+    ModelEndpoint,
+    RetryConfig,
+)
 from agents.llm.chat import ChatRequest, Message
 from bus.embedded import free_port
 from loadtest import llm_server as s
@@ -40,11 +48,10 @@ async def make() -> AsyncIterator[Make]:
     made: list[ChatClient] = []
 
     def client(
-        base: str, *fallbacks: str, circuit: CircuitBreaker | None = None, **config: Any
+        base: str, *fallbacks: str | ModelEndpoint, circuit: CircuitBreaker | None = None, **config: Any
     ) -> ChatClient:
-        cfg = LLMConfig(
-            base_url=base, fallback_urls=fallbacks, model="m", **{"retry": SLOW_BACKOFF, **config}
-        )
+        endpoints = tuple(fb if isinstance(fb, ModelEndpoint) else ModelEndpoint(fb) for fb in fallbacks)
+        cfg = LLMConfig(base_url=base, fallbacks=endpoints, model="m", **{"retry": SLOW_BACKOFF, **config})
         made.append(ChatClient(cfg, breaker=circuit))
         return made[-1]
 
@@ -155,23 +162,93 @@ async def test_all_breakers_open_refuses_with_the_soonest_probe(
     assert len(primary.requests) + len(fallback.requests) == 2  # the refusal sent nothing
 
 
-def test_fallback_urls_from_env() -> None:
+async def test_a_fallback_asks_for_its_own_model_with_its_own_key(
+    pair: tuple[s.ScriptedLLM, s.ScriptedLLM], make: Make
+) -> None:
+    primary, fallback = pair
+    other = await s.ScriptedLLM().start()
+    try:
+        own = ModelEndpoint(fallback.url, model="reserve-8b", api_key="sk-fallback")
+        client = make(primary.url, own, other.url, api_key="sk-primary")
+        primary.script(s.status(503), s.status(503))
+        fallback.script(s.text("from the reserve"), s.status(502))
+        other.script(s.text("from the replica"))
+        first = await asyncio.wait_for(client.chat(_request()), 2.0)
+        assert (first.content, first.model) == ("from the reserve", "reserve-8b")
+        second = await asyncio.wait_for(client.chat(_request()), 2.0)  # primary 503, reserve 502
+        assert (second.content, second.model) == ("from the replica", "m")
+        asked = [(r.body["model"], r.headers["authorization"]) for r in primary.requests]
+        asked += [(r.body["model"], r.headers["authorization"]) for r in fallback.requests]
+        asked += [(r.body["model"], r.headers["authorization"]) for r in other.requests]
+        assert asked == [
+            ("m", "Bearer sk-primary"),
+            ("m", "Bearer sk-primary"),
+            ("reserve-8b", "Bearer sk-fallback"),
+            ("reserve-8b", "Bearer sk-fallback"),
+            ("m", "Bearer sk-primary"),  # no model or key of its own: the primary's
+        ]
+        assert all(r.body["messages"] == [{"role": "user", "content": "hi"}] for r in fallback.requests)
+    finally:
+        await other.aclose()
+
+
+def test_fallbacks_from_env(tmp_path: Any) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-from-secret\n")
     cfg = LLMConfig.from_env(
         {
             "AGENTBUS_LLM_BASE_URL": "http://a:8000/v1",
             "AGENTBUS_LLM_MODEL": "m",
-            "AGENTBUS_LLM_FALLBACK_URLS": " http://b:8000/v1, https://c.example/v1 ,",
+            "AGENTBUS_LLM_API_KEY": "sk-a",
+            "AGENTBUS_LLM_FALLBACK_URLS": " http://b:8000/v1, https://c.example/v1 , https://d.example/v1",
+            "AGENTBUS_LLM_FALLBACK_2_MODEL": "gpt-4o-mini",
+            "AGENTBUS_LLM_FALLBACK_2_API_KEY_FILE": str(key_file),
+            "AGENTBUS_LLM_FALLBACK_3_API_KEY": "",  # explicitly none
         }
     )
-    assert cfg.fallback_urls == ("http://b:8000/v1", "https://c.example/v1")
-    assert [ep.url for ep in ChatClient(cfg).endpoints] == [
-        "http://a:8000/v1",
-        "http://b:8000/v1",
-        "https://c.example/v1",
+    assert cfg.fallbacks == (
+        ModelEndpoint("http://b:8000/v1"),
+        ModelEndpoint("https://c.example/v1", model="gpt-4o-mini", api_key="sk-from-secret"),
+        ModelEndpoint("https://d.example/v1", api_key=""),
+    )
+    endpoints = ChatClient(cfg).endpoints
+    assert [(ep.url, ep.model) for ep in endpoints] == [
+        ("http://a:8000/v1", None),
+        ("http://b:8000/v1", None),
+        ("https://c.example/v1", "gpt-4o-mini"),
+        ("https://d.example/v1", None),
     ]
-    with pytest.raises(ConfigError, match="not an http"):
-        LLMConfig(base_url="http://a/v1", model="m", fallback_urls=("b:8000",))
-    with pytest.raises(ConfigError, match="repeats"):
-        LLMConfig(base_url="http://a/v1", model="m", fallback_urls=("http://a/v1/",))
+    auth = [ep.headers_json.partition("Authorization: ")[2] for ep in endpoints]
+    assert auth == ["Bearer sk-a\r\n", "Bearer sk-a\r\n", "Bearer sk-from-secret\r\n", ""]
+    assert "sk-from-secret" not in repr(cfg)
+
+
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        ({"AGENTBUS_LLM_FALLBACK_URLS": "b:8000"}, "not an http"),
+        ({"AGENTBUS_LLM_FALLBACK_URLS": "http://a/v1/"}, "repeats"),
+        (
+            {"AGENTBUS_LLM_FALLBACK_URLS": "http://b/v1", "AGENTBUS_LLM_FALLBACK_2_MODEL": "x"},
+            "names 1 endpoint",
+        ),
+        (
+            {"AGENTBUS_LLM_FALLBACK_URLS": "http://b/v1", "AGENTBUS_LLM_FALLBACK_0_MODEL": "x"},
+            "counted from 1",
+        ),
+        ({"AGENTBUS_LLM_FALLBACK_URLS": "http://b/v1", "AGENTBUS_LLM_FALLBACK_1_MODLE": "x"}, "unknown"),
+        ({"AGENTBUS_LLM_FALLBACK_URLS": "http://b/v1", "AGENTBUS_LLM_FALLBACK_1_MODEL": ""}, "empty model"),
+        (
+            {
+                "AGENTBUS_LLM_FALLBACK_URLS": "http://b/v1",
+                "AGENTBUS_LLM_FALLBACK_1_API_KEY_FILE": "/nonexistent",
+            },
+            "No such file",
+        ),
+    ],
+)
+def test_bad_fallback_settings_are_refused_with_the_variable_named(env: dict[str, str], error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        LLMConfig.from_env({"AGENTBUS_LLM_BASE_URL": "http://a/v1", "AGENTBUS_LLM_MODEL": "m", **env})
     with pytest.raises(ConfigError, match="needs AGENTBUS_LLM_BASE_URL"):
-        LLMConfig(fallback_urls=("http://b/v1",))
+        LLMConfig(fallbacks=(ModelEndpoint("http://b/v1"),))

@@ -304,6 +304,7 @@ def test_public_surface() -> None:
         "LimitsConfig",
         "LocalLimits",
         "ModelBrain",
+        "ModelEndpoint",
         "OfflineBrain",
         "Plan",
         "PlannedCall",
