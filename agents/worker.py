@@ -16,6 +16,7 @@ flushes it to Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -167,6 +168,30 @@ class Worker:
         """Begin the drain (signal handlers call this)."""
         self._stop.set()
 
+    async def start_unless_stopped(self) -> bool:
+        """:meth:`start`, given up when :meth:`request_stop` comes first; True once running.
+
+        A worker waits for NATS as long as it takes (a broker that comes up later is
+        normal under Kubernetes), so a SIGTERM or Ctrl-C while it waits must end the
+        wait: the start is cancelled and whatever it opened (the probe server, a
+        connection) is closed, and this returns False.
+        """
+        starting = asyncio.ensure_future(self.start())
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if starting.done():
+            starting.result()  # a failed start raises here
+            return True
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        log.warning("worker %s stopped while starting (NATS at %s)", self.name, self.config.nats_url)
+        await self.stop()
+        return False
+
     async def run_until_stopped(self) -> None:
         """Wait for :meth:`request_stop`, then drain and stop."""
         await self._stop.wait()
@@ -292,7 +317,8 @@ def run_worker(config: WorkerConfig, registry: Registry) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.request_stop)
-        await worker.start()
+        if not await worker.start_unless_stopped():
+            return 0
         tune_gc(config.gc_gen0_threshold)
         if worker.http is not None:
             log.info("worker %s serving /metrics on port %d", worker.name, worker.http.port)

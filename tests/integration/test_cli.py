@@ -251,6 +251,29 @@ def test_up_exits_zero_on_sigterm(tmp_path: Path, up_factory: Any) -> None:
     assert not (tmp_path / UP_STATE).exists()
 
 
+def test_a_worker_waiting_for_nats_stops_on_sigterm(tmp_path: Path) -> None:
+    """No server yet: the worker waits for one (not ready meanwhile), and SIGTERM ends the wait."""
+    url, port = f"nats://127.0.0.1:{free_port()}", free_port()
+    argv = [sys.executable, "-m", "agentbus", "worker", "--nats-url", url, "--http-port", str(port)]
+    proc = subprocess.Popen(
+        argv, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        wait_until(lambda: http_status(port, "/healthz") == 200, 30, "the worker's probe server")
+        assert http_status(port, "/readyz") == 503  # waiting for NATS: alive, not ready
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert f"stopped while starting (NATS at {url})" in out
+    assert "Traceback" not in out
+    assert http_status(port, "/healthz") == 0  # the probe server is closed too
+
+
 def test_worker_help(tmp_path: Path) -> None:
     done = agentbus(tmp_path, "worker", "--help")
     assert done.returncode == 0, done.stderr
