@@ -35,6 +35,11 @@ cannot. Both sides run ``--reps`` times in ABBA order (this machine's speed drif
 10 % from minute to minute); the run with the median rate is reported, with all rates.
 Last, the HTTP layer alone: ``ChatClient`` calls at the same concurrency from this
 process (``client_*``), which separates the client's cost from the worker's.
+
+Every process runs on this driver's interpreter (``python`` in the JSON), and its build
+matters: a CPython without PGO and LTO (pyenv's default) spends about 15 % more CPU per
+task than the optimized builds distributions and the ``python:3.11-slim`` image ship;
+``make`` prefers the distribution's (docs/llm.md, "Which interpreter").
 Ends with one JSON line: rate, ideal, overhead_pct, the anchor's, rss_per_inflight_kb
 and the details.
 """
@@ -46,6 +51,7 @@ import asyncio
 import contextlib
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -231,6 +237,11 @@ def _pin(pid: int, cpus: list[int], *, worker: bool) -> None:
         os.sched_setaffinity(pid, cpus[-1:] if worker else cpus[:-1])
 
 
+def _interpreter() -> str:
+    """The version and real path of the interpreter every process of the run uses."""
+    return f"{platform.python_version()} {os.path.realpath(sys.executable)}"
+
+
 def _median_run(runs: list[dict[str, float]]) -> dict[str, Any]:
     """The run with the median rate (CPU figures from that same run), and every rate."""
     ordered = sorted(runs, key=lambda r: r["rate"])
@@ -330,6 +341,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "delay_ms": args.delay_ms,
         "stream_events": args.events,
         "pinned": bool(cpus),
+        "python": _interpreter(),  # its build matters
         "tasks": tasks,
         "rate": ours["rate"],
         "ideal": round(ideal, 1),
