@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,33 @@ __all__ = ["NatsAuth", "connect"]
 log = logging.getLogger("agentbus.bus")
 
 Callback = Callable[[], Awaitable[None]]
+
+_REPEAT_WINDOW_S = 30.0
+
+
+class _ErrorLog:
+    """Logs a NATS error, then the same error again at most every ``_REPEAT_WINDOW_S`` with
+    how often it recurred: a worker waiting out a NATS outage retries twice a second."""
+
+    def __init__(self) -> None:
+        self._last = ""
+        self._since = 0.0
+        self._repeats = 0
+
+    def __call__(self, exc: Exception) -> None:
+        text, now = str(exc), time.monotonic()
+        if text == self._last and now - self._since < _REPEAT_WINDOW_S:
+            self._repeats += 1
+            return
+        if text == self._last:
+            log.warning("nats error, %d more times in %.0fs: %s", self._repeats + 1, now - self._since, text)
+        else:
+            log.warning("nats error: %s", text)
+        self._last, self._since, self._repeats = text, now, 0
+
+    def reset(self) -> None:
+        """Connected again: the next error is news."""
+        self._last, self._repeats = "", 0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -99,13 +127,16 @@ async def connect(
         if on_disconnect is not None:
             await on_disconnect()
 
+    errors = _ErrorLog()
+
     async def reconnected() -> None:
+        errors.reset()
         log.warning("nats reconnected")
         if on_reconnect is not None:
             await on_reconnect()
 
     async def error(exc: Exception) -> None:
-        log.warning("nats error: %s", exc)
+        errors(exc)
 
     nc = Client()
     first = nc.connect(
