@@ -1,10 +1,11 @@
 # One Makefile that CI calls (.ci/run -> make test). Every target sets itself up.
-# The distribution's python3 when it is 3.11 or later, else the first python3 on PATH. Debian
-# and Ubuntu build theirs with PGO and LTO, as the python:3.11-slim image the chart runs is;
-# pyenv's default build has neither and runs agentbus's Python about 15 % slower, which the
-# benchmarks would count against it (docs/llm.md, "Which interpreter").
-PYTHON ?= $(shell /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
-	&& echo /usr/bin/python3 || echo python3)
+# The distribution's python3 when it is 3.11 or later and can make a venv (Debian's needs
+# python3-venv for that), else the first python3 on PATH. Debian and Ubuntu build theirs with
+# PGO and LTO, as the python:3.11-slim image the chart runs is; pyenv's default build has
+# neither and runs agentbus's Python about 15 % slower, which the benchmarks would count
+# against it (docs/llm.md, "Which interpreter").
+PYTHON ?= $(shell /usr/bin/python3 -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' \
+	2>/dev/null && echo /usr/bin/python3 || echo python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
