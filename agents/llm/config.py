@@ -97,7 +97,10 @@ class LLMConfig:
             if not fb.url.startswith(("http://", "https://")):
                 raise ConfigError(f"AGENTBUS_LLM_FALLBACK_URLS: {fb.url!r} is not an http(s) URL")
             if fb.model == "":
-                raise ConfigError(f"fallback {fb.url}: an empty model name (None keeps the primary's)")
+                raise ConfigError(
+                    f"fallback {fb.url}: an empty model name (leave AGENTBUS_LLM_FALLBACK_<n>_MODEL"
+                    " unset, or ModelEndpoint.model None, to ask for the primary's)"
+                )
         urls = [u.rstrip("/") for u in (self.base_url, *(fb.url for fb in self.fallbacks))]
         if len(set(urls)) < len(urls):
             raise ConfigError(f"AGENTBUS_LLM_FALLBACK_URLS repeats an endpoint: {', '.join(urls)}")

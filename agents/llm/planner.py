@@ -102,6 +102,11 @@ class Brain(Protocol):
         ...
 
 
+def _name(model: str) -> str:
+    """How the audit trail names a model as the brain that decided."""
+    return f"model:{model}"
+
+
 class ModelBrain:
     """A brain that asks an OpenAI-compatible model, with the toolbox as its tools."""
 
@@ -109,7 +114,7 @@ class ModelBrain:
         self.client = client
         self.config = config
         self.system_prompt = system_prompt
-        self.name = f"model:{config.model}"
+        self.name = _name(config.model)
         self._system: dict[str, Message] = {}
 
     def messages(self, run: Run) -> list[Message]:
@@ -165,7 +170,7 @@ class ModelBrain:
         if not stream and done.content and not calls:
             await run.on_token(done.content)  # a non-streamed answer still reaches the stream, whole
         tokens = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
-        other = f"model:{done.model}" if done.model and done.model != cfg.model else ""
+        other = _name(done.model) if done.model and done.model != cfg.model else ""
         return Plan(calls, done.content, tokens, other)
 
 
