@@ -27,7 +27,7 @@ import functools
 import logging
 import random
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from nats.aio.client import Client
@@ -61,6 +61,7 @@ __all__ = ["KindRunner", "RetryPolicy"]
 
 log = logging.getLogger("agentbus.worker")
 
+_MAX_SCOPES = 4096  # tenants whose context is kept (all of them are forgotten beyond)
 _TIMER_SLACK_S = 0.001  # uvloop timers tick in milliseconds and may fire just short of the deadline
 
 
@@ -115,6 +116,14 @@ class _Slot:
             self.task.cancel()
 
 
+class _Refusal(NamedTuple):
+    """Why a task is dead-lettered without running."""
+
+    reason: DlqReason
+    task_id: str
+    detail: str
+
+
 class KindRunner:
     """Consumes one kind's durable consumer with at most ``max_inflight`` tasks at once."""
 
@@ -155,6 +164,7 @@ class KindRunner:
         self._submit = publisher.submit  # bound once, not per task
         self._emit = functools.partial(fastpub.publish, nc)
         self._done_cb = self._done
+        self._scopes: dict[str, contextvars.Context] = {}
         # tracing is decided once, here: with no tracer provider the hot path is untouched
         self._traced = tracing.enabled()
         self._process = self._run_traced if self._traced else self._run
@@ -173,9 +183,10 @@ class KindRunner:
     def _on_message(self, msg: Msg) -> None:
         self.stats.fetched += 1
         slot = _Slot(msg)
-        coro = self._hand_back(msg) if self.draining else self._process(msg, slot)
-        context = contextvars.copy_context()
         try:
+            tenant, kind = split_task_subject(msg.subject)
+            context = self._scope(tenant)
+            coro = self._hand_back(msg) if self.draining else self._process(msg, slot, tenant, kind)
             task = start_eager(coro, context)
         except Exception:  # a bug here must not kill the loop; the message returns after ack_wait
             self._log.exception("unexpected error processing a message")
@@ -189,6 +200,20 @@ class KindRunner:
         task.add_done_callback(self._done_cb, context=context)
         if slot.in_handler:  # the handler suspended: from now on it can time out
             self._arm(slot)
+
+    def _scope(self, tenant: str) -> contextvars.Context:
+        """A context of its own for one task, in ``tenant``'s scope (:func:`current_tenant`).
+
+        Copied from one kept per tenant, so a task does not pay for setting the variable (a
+        context's variables are an immutable map: the copy shares it until the task sets one).
+        """
+        scope = self._scopes.get(tenant)
+        if scope is None:
+            if len(self._scopes) >= _MAX_SCOPES:
+                self._scopes.clear()
+            scope = self._scopes[tenant] = contextvars.copy_context()
+            scope.run(_tenant.set, tenant)
+        return scope.copy()
 
     def _arm(self, slot: _Slot) -> None:
         loop = asyncio.get_running_loop()
@@ -236,47 +261,35 @@ class KindRunner:
             slot.task.cancel()
         return len(running)
 
-    async def _run(self, msg: Msg, slot: _Slot) -> None:
-        tenant, kind = split_task_subject(msg.subject)
-        attempt = delivery_count(msg)
-        stats = self.stats
-        if attempt > 1:
-            stats.redelivered += 1
+    def _admit(self, msg: Msg, tenant: str, kind: str, attempt: int) -> Task[Any] | _Refusal:
+        """The decoded task, or why it is dead-lettered without running (a function of its own
+        so the coroutine kept while the handler runs has a smaller frame)."""
         data = msg.data
         if len(data) > self.spec.max_payload_bytes:
             detail = f"{len(data)} bytes > max_payload_bytes {self.spec.max_payload_bytes}"
-            return await self._dead_letter(msg, tenant, _header_id(msg), DlqReason.OVERSIZED, detail, attempt)
+            return _Refusal(DlqReason.OVERSIZED, _header_id(msg), detail)
         if self._tenants is not None and tenant not in self._tenants:
             detail = f"tenant {tenant!r} is not served here"
-            return await self._dead_letter(
-                msg, tenant, _header_id(msg), DlqReason.UNKNOWN_TENANT, detail, attempt
-            )
+            return _Refusal(DlqReason.UNKNOWN_TENANT, _header_id(msg), detail)
         try:
             task: Task[Any] = self._decoder.decode(data)
         except msgspec.ValidationError as exc:
             reason = DlqReason.INVALID_PAYLOAD if "$.payload" in str(exc) else DlqReason.INVALID_ENVELOPE
-            return await self._dead_letter(msg, tenant, _header_id(msg), reason, str(exc), attempt)
+            return _Refusal(reason, _header_id(msg), str(exc))
         except msgspec.DecodeError as exc:
-            return await self._dead_letter(
-                msg, tenant, _header_id(msg), DlqReason.MALFORMED, str(exc), attempt
-            )
+            return _Refusal(DlqReason.MALFORMED, _header_id(msg), str(exc))
         if (task.tenant is not None and task.tenant != tenant) or (
             task.kind is not None and task.kind != kind
         ):
             detail = f"envelope says {task.tenant}/{task.kind}, subject says {tenant}/{kind}"
-            return await self._dead_letter(msg, tenant, task.id, DlqReason.INVALID_ENVELOPE, detail, attempt)
-        timeout_s = self._timeout_s
-        if task.deadline is not None:
-            left = task.deadline - now()
-            if left <= 0:
-                detail = f"deadline passed {-left:.3f}s before attempt {attempt}"
-                return await self._dead_letter(
-                    msg, tenant, task.id, DlqReason.DEADLINE_EXCEEDED, detail, attempt
-                )
-            timeout_s = min(timeout_s, left)
+            return _Refusal(DlqReason.INVALID_ENVELOPE, task.id, detail)
+        if task.deadline is not None and (left := task.deadline - now()) <= 0:
+            detail = f"deadline passed {-left:.3f}s before attempt {attempt}"
+            return _Refusal(DlqReason.DEADLINE_EXCEEDED, task.id, detail)
+        return task
 
-        _tenant.set(tenant)
-        ctx = Context(
+    def _context(self, tenant: str, kind: str, task: Task[Any], attempt: int) -> Context:
+        return Context(
             tenant=tenant,
             kind=kind,
             task_id=task.id,
@@ -288,14 +301,40 @@ class KindRunner:
             stores=self.stores,
             streaming=task.stream,
         )
+
+    async def _send_output(
+        self, msg: Msg, tenant: str, kind: str, task: Task[Any], attempt: int, output: Any
+    ) -> None:
+        result = Result(
+            task_id=task.id,
+            tenant=tenant,
+            kind=kind,
+            ok=True,
+            output=output,
+            attempts=attempt,
+            worker=self._worker,
+            created_at=task.created_at,
+            finished_at=now(),
+        )
+        await self._send_result(msg, tenant, task.id, result)
+
+    async def _run(self, msg: Msg, slot: _Slot, tenant: str, kind: str) -> None:
+        attempt = delivery_count(msg)
+        if attempt > 1:
+            self.stats.redelivered += 1
+        task = self._admit(msg, tenant, kind, attempt)
+        if isinstance(task, _Refusal):
+            return await self._dead_letter(msg, tenant, task.task_id, task.reason, task.detail, attempt)
+        timeout_s = self._timeout_s
+        if task.deadline is not None:
+            timeout_s = min(timeout_s, task.deadline - now())
         slot.timeout_s = timeout_s
         slot.in_handler = True
-        started = time.perf_counter()
         try:
             try:
-                output = await self._handler(ctx, task.payload)
+                output = await self._handler(self._context(tenant, kind, task, attempt), task.payload)
             finally:
-                stats.observe(time.perf_counter() - started)
+                self.stats.observe(time.monotonic() - slot.started)
                 slot.in_handler = False
                 if slot.timer is not None:
                     slot.timer.cancel()
@@ -315,37 +354,31 @@ class KindRunner:
         except Exception as exc:
             return await self._retry_later(msg, tenant, task, attempt, f"{type(exc).__name__}: {exc}", None)
         if self._publish_results or (msg.headers and msg.headers.get(HDR_REPLY)):  # else nobody reads it
-            result = Result(
-                task_id=task.id,
-                tenant=tenant,
-                kind=kind,
-                ok=True,
-                output=output,
-                attempts=attempt,
-                worker=self._worker,
-                created_at=task.created_at,
-                finished_at=now(),
-            )
             try:
-                await self._send_result(msg, tenant, task.id, result)
+                await self._send_output(msg, tenant, kind, task, attempt, output)
             except (TypeError, msgspec.EncodeError) as exc:  # a handler bug: retrying cannot help
-                detail = f"output of type {type(output).__name__} cannot be encoded: {exc}"
                 return await self._dead_letter(
-                    msg, tenant, task.id, DlqReason.REJECTED, detail, attempt, task
+                    msg,
+                    tenant,
+                    task.id,
+                    DlqReason.REJECTED,
+                    f"output of type {type(output).__name__} cannot be encoded: {exc}",
+                    attempt,
+                    task,
                 )
         if self._traced:
             await self._ack(self._nc, msg, AckKind.ACK)
         else:
             slot.released = True  # ack_next frees the slot and may pull in the same message
             await self.consumer.ack_next(msg)
-        stats.tasks[(tenant, Outcome.OK)] += 1
+        self.stats.tasks[(tenant, Outcome.OK)] += 1
         return None
 
-    async def _run_traced(self, msg: Msg, slot: _Slot) -> None:
+    async def _run_traced(self, msg: Msg, slot: _Slot, tenant: str, kind: str) -> None:
         """:meth:`_run` in a ``receive`` span parented on the publisher's (only when tracing is on)."""
         attributes = {"messaging.system": "nats", "messaging.destination.name": msg.subject}
         with tracing.span("receive", kind="consumer", context=tracing.extract(msg.headers), **attributes):
-            await self._run(msg, slot)
+            await self._run(msg, slot, tenant, kind)
 
     # -- fates ------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ False and the subscription's callback gets the messages as usual.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -39,18 +40,28 @@ Handler = Callable[[Msg], None]
 _ROUTES = "_agentbus_routes"  # the client's sid -> handler table, set by the first route()
 
 
+# Subjects and header names repeat from message to message: decoded once, the same str
+# objects are shared by every message in flight (and hash once; bounded for safety).
+_subject = functools.lru_cache(maxsize=4096)(bytes.decode)
+
+
+@functools.lru_cache(maxsize=256)
+def _header_name(name: bytes) -> str | None:
+    """A header line's name as nats-py reads it (stripped, ASCII, no inner whitespace), or None."""
+    if not name.isascii():
+        return None
+    key = name.strip().decode("ascii")
+    return None if key and key.split() != [key] else key
+
+
 def parse_headers(block: bytes) -> dict[str, str] | None:
     """The fields of a NATS header block with no inline status (``NATS/1.0\\r\\nName: value\\r\\n...``),
     read as nats-py reads them (names stripped, ASCII, no inner whitespace; values stripped)."""
     out: dict[str, str] = {}
     for line in block.split(b"\r\n")[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or not name.isascii():
-            continue
-        key = name.strip().decode("ascii")
-        if key and key.split() != [key]:
-            continue  # whitespace inside the name
-        out[key] = value.strip().decode("utf-8", "replace")
+        if colon and (key := _header_name(name)) is not None:
+            out[key] = value.strip().decode("utf-8", "replace")
     return out or None
 
 
@@ -91,7 +102,7 @@ def _deliver(
     stats = nc.stats
     stats["in_msgs"] += 1
     stats["in_bytes"] += len(data)
-    msg = Msg(nc, subject.decode(), reply.decode(), data, fields, _sid=sub._id)
+    msg = Msg(nc, _subject(subject), reply.decode(), data, fields, _sid=sub._id)
     try:
         handler(msg)
     except Exception:
