@@ -21,9 +21,9 @@ import asyncio
 import collections.abc
 from collections.abc import Coroutine, Generator
 from contextvars import Context
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-__all__ = ["start_eager"]
+__all__ = ["Finished", "start_eager", "step_eager"]
 
 T = TypeVar("T")
 
@@ -38,6 +38,25 @@ def start_eager(coro: Coroutine[Any, Any, T], context: Context) -> asyncio.Task[
         yielded = context.run(coro.send, None)
     except StopIteration:
         return None
+    return asyncio.get_running_loop().create_task(_Resume(coro, yielded), context=context)
+
+
+class Finished(NamedTuple):
+    """How a coroutine that :func:`step_eager` ran to its end ended: its value or its error."""
+
+    value: Any
+    error: BaseException | None
+
+
+def step_eager(coro: Coroutine[Any, Any, T], context: Context) -> asyncio.Task[T] | Finished:
+    """:func:`start_eager` for a coroutine whose outcome the caller handles: what it returned or
+    raised (any ``Exception`` or a cancellation) if it finished in its first step, else its Task."""
+    try:
+        yielded = context.run(coro.send, None)
+    except StopIteration as stop:
+        return Finished(stop.value, None)
+    except (Exception, asyncio.CancelledError) as exc:
+        return Finished(None, exc)
     return asyncio.get_running_loop().create_task(_Resume(coro, yielded), context=context)
 
 

@@ -10,9 +10,11 @@ Fates (DESIGN.md, "The flow of one task"):
 * invalid input, unknown tenant, expired deadline, :class:`~agentbus.errors.Reject`,
   or the last allowed delivery failing: dead letter (stored first), then ``+TERM``.
 
-Each message is processed by one coroutine started eagerly (see ``_eager``), so a
-handler that never suspends costs no Task. Suspended ones are tracked for
-``+WPI`` heartbeats, timeouts and the drain. Attempts on the agent's own
+A message's handler is started eagerly (see ``_eager``), so a handler that never
+suspends costs no Task; its fate is then decided by a coroutine started the same way.
+A suspended handler's Task is tracked for ``+WPI`` heartbeats, timeouts and the drain,
+and its done callback starts the fate: no coroutine of ours waits through a handler
+(with tracing on, one does, inside the task's ``receive`` span). Attempts on the agent's own
 ``timeout_s`` start in order, so their deadlines are in the order of ``slots`` and
 one timer, armed for the oldest, serves them all (a timer per task cost more
 memory than the rest of its slot); only attempts cut short by a task deadline
@@ -27,6 +29,7 @@ import functools
 import logging
 import random
 import time
+from collections.abc import Awaitable, Coroutine
 from typing import Any, NamedTuple
 
 import msgspec
@@ -34,7 +37,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from agentbus.errors import Reject, Retry
-from agents._eager import start_eager
+from agents._eager import start_eager, step_eager
 from agents.api import AgentSpec, Context, Stores
 from agents.metrics import KindStats, Outcome
 from agents.tenancy import _tenant
@@ -61,6 +64,7 @@ __all__ = ["KindRunner", "RetryPolicy"]
 
 log = logging.getLogger("agentbus.worker")
 
+_CALLBACKS = contextvars.Context()  # where done callbacks run: no copy of a context per task
 _MAX_SCOPES = 4096  # tenants whose context is kept (all of them are forgotten beyond)
 _TIMER_SLACK_S = 0.001  # uvloop timers tick in milliseconds and may fire just short of the deadline
 
@@ -81,24 +85,37 @@ class RetryPolicy:
 
 
 class _Slot:
-    """A message being processed whose handler suspended (tracked for heartbeats and the drain)."""
+    """A message being processed: what its fate needs once the handler is done, and (while a
+    Task runs it) what heartbeats, timeouts and the drain need."""
 
     __slots__ = (
+        "attempt",
+        "context",
         "deadline",
+        "envelope",
         "in_handler",
+        "kind",
         "msg",
         "released",
         "started",
         "task",
+        "tenant",
         "timed_out",
         "timeout_s",
         "timer",
     )
 
-    def __init__(self, msg: Msg) -> None:
+    def __init__(self, msg: Msg, tenant: str, kind: str, context: contextvars.Context) -> None:
         self.msg = msg
+        self.tenant = tenant
+        self.kind = kind
+        self.context = context
         self.started = time.monotonic()
-        self.task: asyncio.Task[None] | None = None
+        self.attempt = 1
+        self.envelope: Task[Any] | None = None
+        """The decoded task, once admitted."""
+        self.task: asyncio.Task[Any] | None = None
+        """The Task running the handler (or, after it, the fate; or, traced, both)."""
         self.timer: asyncio.TimerHandle | None = None
         """Own timeout timer, only for an attempt cut short by the task's deadline."""
         self.deadline = 0.0
@@ -167,7 +184,6 @@ class KindRunner:
         self._scopes: dict[str, contextvars.Context] = {}
         # tracing is decided once, here: with no tracer provider the hot path is untouched
         self._traced = tracing.enabled()
-        self._process = self._run_traced if self._traced else self._run
         self._ack = _traced_ack if self._traced else ack
         self.consumer = PullConsumer(
             nc,
@@ -182,22 +198,58 @@ class KindRunner:
 
     def _on_message(self, msg: Msg) -> None:
         self.stats.fetched += 1
-        slot = _Slot(msg)
         try:
             tenant, kind = split_task_subject(msg.subject)
-            context = self._scope(tenant)
-            coro = self._hand_back(msg) if self.draining else self._process(msg, slot, tenant, kind)
-            task = start_eager(coro, context)
+            slot = _Slot(msg, tenant, kind, self._scope(tenant))
         except Exception:  # a bug here must not kill the loop; the message returns after ack_wait
             self._log.exception("unexpected error processing a message")
+            self.consumer.release()
+            return
+        try:
+            if self.draining:
+                task = start_eager(self._hand_back(msg), slot.context)
+            elif self._traced:
+                task = start_eager(self._run_traced(slot), slot.context)
+            else:
+                task = self._start(slot)
+        except Exception:
+            self._log.exception("unexpected error processing a message")
             task = None
+        self._track(slot, task)
+
+    def _start(self, slot: _Slot) -> asyncio.Task[Any] | None:
+        """Admit the task and run its handler's first step; the Task running the rest, if any.
+
+        No coroutine of ours waits through the handler: when it suspends, its Task is tracked
+        and :meth:`_done` decides the fate once it ends (a waiting frame per task in flight
+        cost more memory than the rest of the slot).
+        """
+        refusal = self._admit(slot)
+        if refusal is not None:
+            return start_eager(self._refuse(slot, refusal), slot.context)
+        assert slot.envelope is not None
+        slot.in_handler = True
+        try:
+            running = self._handler(self._context(slot), slot.envelope.payload)
+            if not isinstance(running, Coroutine):  # an awaitable of another kind: awaited in one
+                running = _awaited(running)
+        except Exception as exc:  # a plain function that failed before returning an awaitable
+            running = _raises(exc)
+        handled = step_eager(running, slot.context)
+        if isinstance(handled, asyncio.Task):
+            return handled
+        self._handler_ended(slot)
+        return start_eager(self._settle(slot, handled.value, handled.error), slot.context)
+
+    def _track(self, slot: _Slot, task: asyncio.Task[Any] | None) -> None:
+        """Keep ``slot`` while ``task`` runs; free it if there is nothing left to run."""
         if task is None:  # done without suspending: no Task, no slot to track
             if not slot.released:
                 self.consumer.release()
             return
         slot.task = task
         self.slots[task] = slot
-        task.add_done_callback(self._done_cb, context=context)
+        task.add_done_callback(self._done_cb, context=_CALLBACKS)
         if slot.in_handler:  # the handler suspended: from now on it can time out
             self._arm(slot)
 
@@ -237,21 +289,39 @@ class KindRunner:
                 return
             slot.expire()
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        """A suspended message's coroutine ended: forget its slot and free it for the next one.
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        """A Task of a message ended. After the handler's: decide the fate. After the last:
+        forget the slot and free it for the next message.
 
-        (A callback, not a wrapping coroutine: one frame less per message in flight.)
+        (A callback, not a wrapping coroutine: no frame waits per message in flight.)
         """
         slot = self.slots.pop(task, None)
-        if slot is not None and slot.timer is not None:
-            slot.timer.cancel()
+        if slot is not None and slot.in_handler and not self._traced:  # the handler's Task
+            self._handler_ended(slot)
+            error: BaseException | None
+            if task.cancelled():
+                value, error = None, asyncio.CancelledError()
+            elif (failed := task.exception()) is not None:
+                value, error = None, failed
+            else:
+                value, error = task.result(), None
+            try:
+                after = start_eager(self._settle(slot, value, error), slot.context)
+            except Exception:
+                self._log.exception("unexpected error processing a message")
+                after = None
+            if after is not None:
+                slot.task = after
+                self.slots[after] = slot
+                after.add_done_callback(self._done_cb, context=_CALLBACKS)
+                return
+        elif not task.cancelled() and (exc := task.exception()) is not None:
+            self._log.error("unexpected error processing a message", exc_info=exc)
         if not self.slots and self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
         if slot is None or not slot.released:
             self.consumer.release()
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            self._log.error("unexpected error processing a message", exc_info=exc)
 
     def cancel_handlers(self) -> int:
         """Cancel every task whose handler is still running (end of the drain); returns how many."""
@@ -261,9 +331,12 @@ class KindRunner:
             slot.task.cancel()
         return len(running)
 
-    def _admit(self, msg: Msg, tenant: str, kind: str, attempt: int) -> Task[Any] | _Refusal:
-        """The decoded task, or why it is dead-lettered without running (a function of its own
-        so the coroutine kept while the handler runs has a smaller frame)."""
+    def _admit(self, slot: _Slot) -> _Refusal | None:
+        """Decode the task into ``slot``, or say why it is dead-lettered without running."""
+        msg, tenant, kind = slot.msg, slot.tenant, slot.kind
+        slot.attempt = attempt = delivery_count(msg)
+        if attempt > 1:
+            self.stats.redelivered += 1
         data = msg.data
         if len(data) > self.spec.max_payload_bytes:
             detail = f"{len(data)} bytes > max_payload_bytes {self.spec.max_payload_bytes}"
@@ -283,17 +356,24 @@ class KindRunner:
         ):
             detail = f"envelope says {task.tenant}/{task.kind}, subject says {tenant}/{kind}"
             return _Refusal(DlqReason.INVALID_ENVELOPE, task.id, detail)
-        if task.deadline is not None and (left := task.deadline - now()) <= 0:
-            detail = f"deadline passed {-left:.3f}s before attempt {attempt}"
-            return _Refusal(DlqReason.DEADLINE_EXCEEDED, task.id, detail)
-        return task
+        slot.timeout_s = self._timeout_s
+        if task.deadline is not None:
+            left = task.deadline - now()
+            if left <= 0:
+                detail = f"deadline passed {-left:.3f}s before attempt {attempt}"
+                return _Refusal(DlqReason.DEADLINE_EXCEEDED, task.id, detail)
+            slot.timeout_s = min(slot.timeout_s, left)
+        slot.envelope = task
+        return None
 
-    def _context(self, tenant: str, kind: str, task: Task[Any], attempt: int) -> Context:
+    def _context(self, slot: _Slot) -> Context:
+        task = slot.envelope
+        assert task is not None
         return Context(
-            tenant=tenant,
-            kind=kind,
+            tenant=slot.tenant,
+            kind=slot.kind,
             task_id=task.id,
-            attempt=attempt,
+            attempt=slot.attempt,
             deadline=task.deadline,
             log=self._log,
             submit=self._submit,
@@ -301,6 +381,70 @@ class KindRunner:
             stores=self.stores,
             streaming=task.stream,
         )
+
+    def _handler_ended(self, slot: _Slot) -> None:
+        self.stats.observe(time.monotonic() - slot.started)
+        slot.in_handler = False
+        if slot.timer is not None:
+            slot.timer.cancel()
+
+    async def _run_traced(self, slot: _Slot) -> None:
+        """Admission, handler and fate in one coroutine, in a ``receive`` span parented on the
+        publisher's, so the handler's spans are its children (only when tracing is on)."""
+        msg = slot.msg
+        attributes = {"messaging.system": "nats", "messaging.destination.name": msg.subject}
+        with tracing.span("receive", kind="consumer", context=tracing.extract(msg.headers), **attributes):
+            refusal = self._admit(slot)
+            if refusal is not None:
+                return await self._refuse(slot, refusal)
+            assert slot.envelope is not None
+            slot.in_handler = True
+            try:
+                value, error = await self._handler(self._context(slot), slot.envelope.payload), None
+            except (Exception, asyncio.CancelledError) as exc:
+                value, error = None, exc
+            finally:
+                self._handler_ended(slot)
+            await self._settle(slot, value, error)
+
+    # -- fates ------------------------------------------------------------------------------
+
+    async def _refuse(self, slot: _Slot, refusal: _Refusal) -> None:
+        await self._dead_letter(
+            slot.msg, slot.tenant, refusal.task_id, refusal.reason, refusal.detail, slot.attempt
+        )
+
+    async def _settle(self, slot: _Slot, output: Any, error: BaseException | None) -> None:
+        """The fate of an admitted task whose handler returned ``output`` or raised ``error``."""
+        msg, tenant, task, attempt = slot.msg, slot.tenant, slot.envelope, slot.attempt
+        assert task is not None
+        if isinstance(error, Reject):
+            reason = error.reason
+            return await self._dead_letter(msg, tenant, task.id, DlqReason.REJECTED, reason, attempt, task)
+        if isinstance(error, Retry):
+            return await self._retry_later(msg, tenant, task, attempt, error.reason, error.delay_s)
+        if isinstance(error, asyncio.CancelledError):
+            if not slot.timed_out:  # the drain ran out of time: hand the task to another replica
+                return await self._hand_back(msg)
+            detail = f"timed out after {slot.timeout_s:g}s"
+            return await self._retry_later(msg, tenant, task, attempt, detail, None)
+        if error is not None:
+            detail = f"{type(error).__name__}: {error}"
+            return await self._retry_later(msg, tenant, task, attempt, detail, None)
+        if self._publish_results or (msg.headers and msg.headers.get(HDR_REPLY)):  # else nobody reads it
+            try:
+                await self._send_output(msg, tenant, slot.kind, task, attempt, output)
+            except (TypeError, msgspec.EncodeError) as exc:  # a handler bug: retrying cannot help
+                detail = f"output of type {type(output).__name__} cannot be encoded: {exc}"
+                reason = DlqReason.REJECTED
+                return await self._dead_letter(msg, tenant, task.id, reason, detail, attempt, task)
+        if self._traced:
+            await self._ack(self._nc, msg, AckKind.ACK)
+        else:
+            slot.released = True  # ack_next frees the slot and may pull in the same message
+            await self.consumer.ack_next(msg)
+        self.stats.tasks[(tenant, Outcome.OK)] += 1
+        return None
 
     async def _send_output(
         self, msg: Msg, tenant: str, kind: str, task: Task[Any], attempt: int, output: Any
@@ -317,70 +461,6 @@ class KindRunner:
             finished_at=now(),
         )
         await self._send_result(msg, tenant, task.id, result)
-
-    async def _run(self, msg: Msg, slot: _Slot, tenant: str, kind: str) -> None:
-        attempt = delivery_count(msg)
-        if attempt > 1:
-            self.stats.redelivered += 1
-        task = self._admit(msg, tenant, kind, attempt)
-        if isinstance(task, _Refusal):
-            return await self._dead_letter(msg, tenant, task.task_id, task.reason, task.detail, attempt)
-        timeout_s = self._timeout_s
-        if task.deadline is not None:
-            timeout_s = min(timeout_s, task.deadline - now())
-        slot.timeout_s = timeout_s
-        slot.in_handler = True
-        try:
-            try:
-                output = await self._handler(self._context(tenant, kind, task, attempt), task.payload)
-            finally:
-                self.stats.observe(time.monotonic() - slot.started)
-                slot.in_handler = False
-                if slot.timer is not None:
-                    slot.timer.cancel()
-        except Reject as exc:
-            return await self._dead_letter(
-                msg, tenant, task.id, DlqReason.REJECTED, exc.reason, attempt, task
-            )
-        except Retry as exc:
-            return await self._retry_later(msg, tenant, task, attempt, exc.reason, exc.delay_s)
-        except asyncio.CancelledError:
-            if not slot.timed_out:  # the drain ran out of time: hand the task to another replica
-                await self._hand_back(msg)
-                return None
-            return await self._retry_later(
-                msg, tenant, task, attempt, f"timed out after {timeout_s:g}s", None
-            )
-        except Exception as exc:
-            return await self._retry_later(msg, tenant, task, attempt, f"{type(exc).__name__}: {exc}", None)
-        if self._publish_results or (msg.headers and msg.headers.get(HDR_REPLY)):  # else nobody reads it
-            try:
-                await self._send_output(msg, tenant, kind, task, attempt, output)
-            except (TypeError, msgspec.EncodeError) as exc:  # a handler bug: retrying cannot help
-                return await self._dead_letter(
-                    msg,
-                    tenant,
-                    task.id,
-                    DlqReason.REJECTED,
-                    f"output of type {type(output).__name__} cannot be encoded: {exc}",
-                    attempt,
-                    task,
-                )
-        if self._traced:
-            await self._ack(self._nc, msg, AckKind.ACK)
-        else:
-            slot.released = True  # ack_next frees the slot and may pull in the same message
-            await self.consumer.ack_next(msg)
-        self.stats.tasks[(tenant, Outcome.OK)] += 1
-        return None
-
-    async def _run_traced(self, msg: Msg, slot: _Slot, tenant: str, kind: str) -> None:
-        """:meth:`_run` in a ``receive`` span parented on the publisher's (only when tracing is on)."""
-        attributes = {"messaging.system": "nats", "messaging.destination.name": msg.subject}
-        with tracing.span("receive", kind="consumer", context=tracing.extract(msg.headers), **attributes):
-            await self._run(msg, slot, tenant, kind)
-
-    # -- fates ------------------------------------------------------------------------------
 
     async def _send_result(self, msg: Msg, tenant: str, task_id: str, result: Result[Any]) -> None:
         reply = msg.headers.get(HDR_REPLY) if msg.headers else None
@@ -480,6 +560,14 @@ async def _traced_ack(nc: Client, msg: Msg, kind: bytes) -> None:
     """:func:`~bus.consumer.ack` in an ``ack`` (or ``nak``) span (only when tracing is on)."""
     with tracing.span("ack" if kind == AckKind.ACK else "nak"):
         await ack(nc, msg, kind)
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+async def _raises(exc: Exception) -> Any:
+    raise exc
 
 
 def _header_id(msg: Msg) -> str:

@@ -214,9 +214,9 @@ class Worker:
         cancelled = sum(r.cancel_handlers() for r in self.runners)
         if cancelled:
             log.warning("drain timeout: handing back %d running tasks", cancelled)
-        leftovers = [t for r in self.runners for t in r.slots]
-        if leftovers:
-            await asyncio.wait(leftovers, timeout=5.0)
+        settle_by = loop.time() + 5.0  # cancelled handlers hand their tasks back (a Task may follow)
+        while (leftovers := [t for r in self.runners for t in r.slots]) and loop.time() < settle_by:
+            await asyncio.wait(leftovers, timeout=max(0.0, settle_by - loop.time()))
         for task in self._background:
             task.cancel()
         if self._dlq is not None:

@@ -1,4 +1,4 @@
-"""start_eager: run the first step inline, make a Task only when the coroutine suspends."""
+"""start_eager and step_eager: run the first step inline, make a Task only when the coroutine suspends."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextvars
 
 import pytest
 
-from agents._eager import start_eager
+from agents._eager import Finished, start_eager, step_eager
 
 var: contextvars.ContextVar[str] = contextvars.ContextVar("test_eager_var", default="unset")
 
@@ -179,3 +179,36 @@ async def test_many_suspensions_relay_every_value() -> None:
         q.put_nowait(i)
         await asyncio.sleep(0)
     assert await task == sum(range(100))
+
+
+async def test_step_eager_reports_what_a_finished_coroutine_returned_or_raised() -> None:
+    async def returns() -> int:
+        return 7
+
+    async def raises() -> None:
+        raise KeyError("k")
+
+    async def cancelled() -> None:
+        raise asyncio.CancelledError
+
+    assert step_eager(returns(), contextvars.copy_context()) == Finished(7, None)
+    finished = step_eager(raises(), contextvars.copy_context())
+    assert isinstance(finished, Finished)
+    assert isinstance(finished.error, KeyError)
+    finished = step_eager(cancelled(), contextvars.copy_context())
+    assert isinstance(finished, Finished)
+    assert isinstance(finished.error, asyncio.CancelledError)
+
+
+async def test_step_eager_gives_a_suspended_coroutine_a_task_in_its_context() -> None:
+    context = contextvars.copy_context()
+    context.run(var.set, "scoped")
+
+    async def reads_later() -> str:
+        await asyncio.sleep(0)
+        return var.get()
+
+    task = step_eager(reads_later(), context)
+    assert isinstance(task, asyncio.Task)
+    assert await task == "scoped"
+    assert var.get() == "unset"  # nothing leaked into the caller's context
