@@ -43,6 +43,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_START_ATTEMPTS = 3
+
+
+class _PortTaken(ConfigError):
+    """The server could not bind a port this object chose for it."""
+
+
 class EmbeddedNats:
     """One nats-server process with JetStream, bound to 127.0.0.1."""
 
@@ -56,6 +63,7 @@ class EmbeddedNats:
         max_payload_bytes: int = 1 << 20,
         extra_config: str = "",
     ) -> None:
+        self._own_port = not port  # chosen here and not yet served on: may be chosen again
         self.port = port or free_port()
         self.max_payload_bytes = max_payload_bytes
         self.extra_config = extra_config
@@ -73,7 +81,28 @@ class EmbeddedNats:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 15.0) -> EmbeddedNats:
-        """Start the server and wait until JetStream reports healthy."""
+        """Start the server and wait until JetStream reports healthy.
+
+        A port chosen here can be taken by another process before the server binds it; then
+        the server exits and is started again on newly chosen ports (at most three times).
+        The client port is chosen again only before the first start that succeeded, and
+        never when the constructor was given one.
+        """
+        for attempt in range(_START_ATTEMPTS):
+            self._launch()
+            try:
+                self._wait_ready(timeout_s)
+                self._own_port = False  # clients know the URL now: a restart keeps it
+                return self
+            except _PortTaken:
+                if attempt == _START_ATTEMPTS - 1:
+                    raise
+                self.http_port = free_port()
+                if self._own_port:
+                    self.port = free_port()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _launch(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "nats.conf"
         sync = "sync_interval: always" if self.sync_always else ""
@@ -93,8 +122,6 @@ class EmbeddedNats:
             )
         finally:
             log.close()
-        self._wait_ready(timeout_s)
-        return self
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -102,7 +129,10 @@ class EmbeddedNats:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise ConfigError(f"nats-server exited with {self.proc.returncode}; see {self.log_file}")
+                message = f"nats-server exited with {self.proc.returncode}; see {self.log_file}"
+                if self._lost_a_chosen_port():
+                    raise _PortTaken(message)
+                raise ConfigError(message)
             try:
                 with urllib.request.urlopen(url, timeout=1) as resp:
                     if resp.status == 200:
@@ -111,6 +141,14 @@ class EmbeddedNats:
                 pass
             time.sleep(0.02)
         raise ConfigError(f"nats-server not ready after {timeout_s}s; see {self.log_file}")
+
+    def _lost_a_chosen_port(self) -> bool:
+        """The server's last words say a port this object chose (not one it was given) is taken."""
+        with open(self.log_file, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 4096))
+            tail = log.read().decode("utf-8", "replace")
+        mine = [self.http_port] + ([self.port] if self._own_port else [])
+        return "address already in use" in tail and any(f"127.0.0.1:{p}" in tail for p in mine)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and keep its store for a restart."""
