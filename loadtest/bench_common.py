@@ -25,6 +25,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from agents.api import AgentSpec, Handler, agent
+from agents.config import WorkerConfig
+from agents.registry import Registry
+from agents.worker import Worker, tune_gc
 from bus.messages import Task, encode
 from bus.publisher import Publisher
 from bus.topology import TASKS_STREAM, ConsumerSpec, consumer_name, ensure_consumer, ensure_streams
@@ -38,6 +41,7 @@ __all__ = [
     "Queue",
     "alternate",
     "bench_agent",
+    "bench_worker",
     "fetch_all",
     "payload",
     "percentile",
@@ -75,6 +79,16 @@ _PAD = _padding()
 def payload(seq: int) -> BenchIn:
     """A task input whose envelope encodes to about ``TASK_BYTES`` bytes."""
     return BenchIn(seq=seq, sent_at=time.time(), text=_PAD)
+
+
+def bench_worker(url: str, spec: AgentSpec[Any, Any], **config: Any) -> Worker:
+    """An in-process worker serving ``spec``, in the process as ``agentbus worker`` runs it: with
+    its garbage collector tuned (:func:`~agents.worker.tune_gc`, Python's thresholds otherwise).
+    Tuned here, before any clock starts, so its one full collection is not timed (the worker
+    process tunes after connecting, which freezes a few more objects; no other difference)."""
+    cfg = WorkerConfig(nats_url=url, worker_id="bench", http_port=-1, provision=False, **config)
+    tune_gc(cfg.gc_gen0_threshold)
+    return Worker(cfg, Registry([spec]))
 
 
 def bench_agent(kind: str, max_inflight: int) -> Callable[[Handler[BenchIn, None]], AgentSpec[BenchIn, None]]:

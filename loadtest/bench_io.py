@@ -4,9 +4,9 @@ With ``max_inflight`` slots busy ``sleep_s`` each, the ideal rate is
 ``max_inflight / sleep_s`` (20,000 tasks/s for 1,000 slots and 50 ms); what is lost
 below it is the consumer's own CPU and the slots its pulling leaves empty. The
 anchor is a raw nats-py loop that fetches ``batch`` whenever that many slots are
-free and runs each message as an asyncio task. Each child reports its rate until
-every task is acked, its mean number in flight, its CPU use and peak RSS
-(``VmHWM``).
+free and runs each message as an asyncio task. Each child reports its rate from the
+moment it is connected and subscribed (as the research anchor measures) until every
+task is acked, its mean number in flight, its CPU use and peak RSS (``VmHWM``).
 """
 
 from __future__ import annotations
@@ -23,9 +23,6 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from agents.api import Context
-from agents.config import WorkerConfig
-from agents.registry import Registry
-from agents.worker import Worker
 from bus.messages import decoder_for
 from loadtest.bench_common import (
     BenchIn,
@@ -34,6 +31,7 @@ from loadtest.bench_common import (
     Queue,
     alternate,
     bench_agent,
+    bench_worker,
     fetch_all,
     publish,
     pull_subscription,
@@ -102,12 +100,11 @@ async def io_child(p: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(sleep_s)
         countdown.hit()
 
-    config = WorkerConfig(nats_url=p["url"], worker_id="bench", http_port=-1, provision=False)
-    worker = Worker(config, Registry([io_bound]))
+    worker = bench_worker(p["url"], io_bound)
     observer = await nats.connect(p["url"])
     meter = _Meter(lambda: worker.runners[0].consumer.held if worker.runners else 0)
-    meter.start()
-    await worker.start()
+    await worker.start()  # connected and subscribed, as the anchor is when its clock starts
+    meter.start()  # (the first delivery arrives after start returns: no task runs before the clock)
     try:
         await asyncio.wait_for(countdown.done.wait(), 60 + 10 * n * sleep_s / int(p["max_inflight"]))
         await wait_drained(observer.jetstream(), kind)

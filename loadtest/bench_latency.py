@@ -21,9 +21,6 @@ from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from agents.api import Context
-from agents.config import WorkerConfig
-from agents.registry import Registry
-from agents.worker import Worker
 from bus.messages import decoder_for
 from bus.publisher import Publisher
 from loadtest.bench_common import (
@@ -34,6 +31,7 @@ from loadtest.bench_common import (
     Queue,
     alternate,
     bench_agent,
+    bench_worker,
     payload,
     percentile,
     pull_subscription,
@@ -70,8 +68,7 @@ async def latency_child(p: dict[str, Any]) -> dict[str, Any]:
         record(clock() - task.sent_at)
         countdown.hit()
 
-    config = WorkerConfig(nats_url=p["url"], worker_id="bench", http_port=-1, provision=False)
-    worker = Worker(config, Registry([stamp]))
+    worker = bench_worker(p["url"], stamp)
     await worker.start()
     print("READY", flush=True)
     try:

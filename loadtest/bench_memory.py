@@ -24,9 +24,6 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from agents.api import Context
-from agents.config import WorkerConfig
-from agents.registry import Registry
-from agents.worker import Worker
 from bus.messages import Task, decoder_for
 from loadtest.bench_common import (
     BenchIn,
@@ -34,6 +31,7 @@ from loadtest.bench_common import (
     Countdown,
     Queue,
     bench_agent,
+    bench_worker,
     publish,
     pull_subscription,
     rss_mib,
@@ -92,8 +90,7 @@ async def memory_child(p: dict[str, Any]) -> dict[str, Any]:
         await release.wait()
         finished.hit()
 
-    config = WorkerConfig(nats_url=p["url"], worker_id="bench", http_port=-1, provision=False, max_inflight=n)
-    worker = Worker(config, Registry([hold]))
+    worker = bench_worker(p["url"], hold, max_inflight=n)
     await worker.start()
     try:
         return await _measure(n, warmup, entered, finished, release)

@@ -22,9 +22,6 @@ from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from agents.api import Context
-from agents.config import WorkerConfig
-from agents.registry import Registry
-from agents.worker import Worker
 from bus.messages import decoder_for
 from loadtest.bench_common import (
     BenchIn,
@@ -33,6 +30,7 @@ from loadtest.bench_common import (
     Queue,
     alternate,
     bench_agent,
+    bench_worker,
     publish,
     pull_subscription,
     wait_drained,
@@ -91,8 +89,7 @@ async def agentbus_child(p: dict[str, Any]) -> dict[str, Any]:
     async def noop(ctx: Context, task: BenchIn) -> None:
         countdown.hit()
 
-    config = WorkerConfig(nats_url=p["url"], worker_id="bench", http_port=-1, provision=False)
-    worker = Worker(config, Registry([noop]))
+    worker = bench_worker(p["url"], noop)
     observer = await nats.connect(p["url"])
     cpu0, t0 = time.process_time(), time.perf_counter()
     await worker.start()
