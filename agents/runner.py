@@ -310,10 +310,8 @@ class KindRunner:
             except Exception:
                 self._log.exception("unexpected error processing a message")
                 after = None
-            if after is not None:
-                slot.task = after
-                self.slots[after] = slot
-                after.add_done_callback(self._done_cb, context=_CALLBACKS)
+            if after is not None:  # the fate suspended (publishing, acking): keep the slot
+                self._track(slot, after)
                 return
         elif not task.cancelled() and (exc := task.exception()) is not None:
             self._log.error("unexpected error processing a message", exc_info=exc)
