@@ -431,7 +431,7 @@ class KindRunner:
             return await self._retry_later(msg, tenant, task, attempt, detail, None)
         if self._publish_results or (msg.headers and msg.headers.get(HDR_REPLY)):  # else nobody reads it
             try:
-                await self._send_output(msg, tenant, slot.kind, task, attempt, output)
+                await self._send_output(slot, output)
             except (TypeError, msgspec.EncodeError) as exc:  # a handler bug: retrying cannot help
                 detail = f"output of type {type(output).__name__} cannot be encoded: {exc}"
                 reason = DlqReason.REJECTED
@@ -444,21 +444,21 @@ class KindRunner:
         self.stats.tasks[(tenant, Outcome.OK)] += 1
         return None
 
-    async def _send_output(
-        self, msg: Msg, tenant: str, kind: str, task: Task[Any], attempt: int, output: Any
-    ) -> None:
+    async def _send_output(self, slot: _Slot, output: Any) -> None:
+        task = slot.envelope
+        assert task is not None
         result = Result(
             task_id=task.id,
-            tenant=tenant,
-            kind=kind,
+            tenant=slot.tenant,
+            kind=slot.kind,
             ok=True,
             output=output,
-            attempts=attempt,
+            attempts=slot.attempt,
             worker=self._worker,
             created_at=task.created_at,
             finished_at=now(),
         )
-        await self._send_result(msg, tenant, task.id, result)
+        await self._send_result(slot.msg, slot.tenant, task.id, result)
 
     async def _send_result(self, msg: Msg, tenant: str, task_id: str, result: Result[Any]) -> None:
         reply = msg.headers.get(HDR_REPLY) if msg.headers else None
