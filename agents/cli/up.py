@@ -38,7 +38,7 @@ from bus.embedded import EmbeddedNats, free_port, keep_alive
 from bus.topology import ensure_streams
 from scaler.local import LocalSupervisor, ReplicaFailure, python_command
 
-__all__ = ["LocalCluster", "local_cluster", "register", "wait_ready"]
+__all__ = ["NATS_URL_VARIABLE", "LocalCluster", "local_cluster", "redact_url", "register", "wait_ready"]
 
 
 def register(sub: Any) -> None:
