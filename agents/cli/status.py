@@ -91,7 +91,7 @@ async def _sample(js: JetStreamContext) -> tuple[Any, Any, list[Any]]:
 def _by_tenant_kind(subjects: dict[str, int] | None) -> dict[str, int]:
     out: dict[str, int] = defaultdict(int)
     for subject, n in (subjects or {}).items():
-        _, tenant, kind = (subject.split(".", 2) + ["?", "?"])[:3]  # any subject a client stored
+        _, tenant, kind = [*subject.split(".", 2), "?", "?"][:3]  # any subject a client stored
         out[f"{tenant}/{kind}"] += n
     return dict(sorted(out.items()))
 
