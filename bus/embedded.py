@@ -121,16 +121,19 @@ class EmbeddedNats:
             f"jetstream {{\n  store_dir: {_quote(str(self.store_dir / 'js'))}\n  {sync}\n}}\n"
             f"{self.extra_config}\n"
         )
-        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child, closed below
+        out = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
             self.proc = subprocess.Popen(
                 [find_nats_server(), "-c", str(conf)],
-                stdout=log,
+                stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                # Its own session: a Ctrl-C at the terminal reaches the workers (they drain) but not
+                # the server they drain through; its owner stops it last.
+                start_new_session=True,
             )
         finally:
-            log.close()
+            out.close()
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
