@@ -27,7 +27,7 @@ from conftest import ROOT, wait_until
 
 from bus.connection import connect
 from bus.embedded import EmbeddedNats, free_port
-from bus.topology import ensure_streams
+from bus.topology import TASKS_STREAM, ensure_streams
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +73,7 @@ def json_lines(out: str) -> list[dict[str, Any]]:
 class Up:
     """A running ``agentbus up`` and what it wrote to its state file."""
 
-    def __init__(self, cwd: Path, workers: int, *args: str) -> None:
+    def __init__(self, cwd: Path, workers: int, *args: str, new_session: bool = False) -> None:
         self.cwd = cwd
         self.log_path = cwd / "up.log"
         with open(self.log_path, "wb") as log:
@@ -84,6 +84,7 @@ class Up:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                start_new_session=new_session,
             )
         self.state: dict[str, Any] = {}
 
@@ -255,6 +256,48 @@ def test_up_exits_zero_on_sigterm(tmp_path: Path, up_factory: Any) -> None:
     assert up.proc.wait(60) == 0, up.log()
     wait_until(lambda: gone(children), 30, "every child of `up` to exit")
     assert not (tmp_path / UP_STATE).exists()
+
+
+def test_ctrl_c_at_a_terminal_drains_the_workers_through_a_live_server(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches the whole process group, nats-server included unless it has a
+    session of its own: then the in-flight task's drain (result, ack) has no server to go to."""
+    store = tmp_path / "store"
+    up = Up(tmp_path, 1, "--store-dir", str(store), new_session=True)  # a job's own process group
+    try:
+        up.wait_ready(1)
+        sent = agentbus(tmp_path, "publish", "echo", '{"text":"slow","sleep_s":2}', "--tenant", "acme")
+        assert sent.returncode == 0, sent.stderr
+        (port,) = up.ports
+        wait_until(lambda: _inflight(port) == 1, 30, "the task in flight")
+        os.killpg(up.proc.pid, signal.SIGINT)
+        assert up.proc.wait(60) == 0, up.log()
+    finally:
+        if up.proc.poll() is None:
+            os.killpg(up.proc.pid, signal.SIGKILL)
+            up.proc.wait()
+    log = up.log()
+    assert "draining workers" in log
+    assert "restarting it on port" not in log, log
+
+    async def queued() -> int:  # what the next `up` on this store would find
+        nc = await connect(server.url, name="test-after-ctrl-c")
+        try:
+            return int((await nc.jetstream().stream_info(TASKS_STREAM)).state.messages)
+        finally:
+            await nc.close()
+
+    with EmbeddedNats(store_dir=store) as server:
+        assert asyncio.run(queued()) == 0, log  # the drained task was acked, not left for redelivery
+
+
+def _inflight(port: int) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return 0.0
+    found = re.search(r'^agentbus_inflight\{kind="echo"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
 
 
 def test_up_leaves_a_state_file_that_names_another_process(tmp_path: Path, up_factory: Any) -> None:
