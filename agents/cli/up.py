@@ -38,7 +38,7 @@ from bus.embedded import EmbeddedNats, free_port, keep_alive
 from bus.topology import ensure_streams
 from scaler.local import LocalSupervisor, ReplicaFailure, python_command
 
-__all__ = ["NATS_URL_VARIABLE", "LocalCluster", "local_cluster", "redact_url", "register", "wait_ready"]
+__all__ = ["LocalCluster", "local_cluster", "register", "wait_ready"]
 
 
 def register(sub: Any) -> None:
@@ -74,7 +74,7 @@ class LocalCluster:
     @property
     def public_url(self) -> str:
         """:attr:`url` without a user, password or token: what may be printed or written down."""
-        return redact_url(self.url)
+        return _without_credentials(self.url)
 
 
 @contextlib.asynccontextmanager
@@ -109,9 +109,9 @@ async def local_cluster(
         ports: dict[str, int] = {}
         prefix = ["--log-level", worker_log_level] if worker_log_level else []
         # A URL with credentials reaches the workers in their environment: a command line is public.
-        secret = redact_url(url) != url
+        secret = _without_credentials(url) != url
         url_args = [] if secret else ["--nats-url", url]
-        env = {**os.environ, NATS_URL_VARIABLE: url} if secret else None
+        env = {**os.environ, _NATS_URL_VARIABLE: url} if secret else None
 
         def command(name: str) -> list[str]:
             ports[name] = ports.get(name) or free_port()
@@ -143,11 +143,11 @@ async def local_cluster(
             server.close()
 
 
-NATS_URL_VARIABLE = "AGENTBUS_NATS_URL"
+_NATS_URL_VARIABLE = "AGENTBUS_NATS_URL"
 """Where workers started by ``up`` find a NATS URL that carries credentials (read by agents.config)."""
 
 
-def redact_url(url: str) -> str:
+def _without_credentials(url: str) -> str:
     """``url`` (or a comma-separated list of URLs) without user, password or token."""
     return ",".join(_redact_one(u) for u in url.split(","))
 
@@ -282,7 +282,7 @@ def _write_state(url: str, ports: dict[str, int], *, needs_credentials: bool = F
     if needs_credentials:
         state["nats_credentials"] = (
             "required: --nats-url carried them and they are not stored here; "
-            f"give other commands the full URL in {NATS_URL_VARIABLE}"
+            f"give other commands the full URL in {_NATS_URL_VARIABLE}"
         )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
