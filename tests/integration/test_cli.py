@@ -350,6 +350,15 @@ def test_a_worker_that_cannot_start_exits_78(tmp_path: Path, args: list[str], me
     assert message in done.stderr
 
 
+def test_an_agent_module_that_raises_on_import_exits_78_with_its_traceback(tmp_path: Path) -> None:
+    (tmp_path / "broken_agents.py").write_text("raise RuntimeError('boom at import')\n")
+    url = f"nats://127.0.0.1:{free_port()}"
+    done = agentbus(tmp_path, "worker", "--nats-url", url, "--agents", "broken_agents", timeout_s=30)
+    assert done.returncode == 78, done.stderr
+    assert "Traceback" in done.stderr
+    assert "cannot import agent modules broken_agents: RuntimeError('boom at import')" in done.stderr
+
+
 def test_up_never_writes_or_shows_the_nats_password(tmp_path: Path, up_factory: Any) -> None:
     """A password in --nats-url stays out of up.json, up's output and every command line."""
     secret = "s3cr3t-pw"
