@@ -1,4 +1,4 @@
-"""``bus._client.route`` against a real nats-server: routed messages equal what the callback gets, in order."""
+"""``bus._client.route`` on a real nats-server: routed messages equal what the callback gets, in order."""
 
 from __future__ import annotations
 
