@@ -114,7 +114,7 @@ async def test_a_hostile_frame_does_not_end_the_read_loop(
     counts = getattr(nc, "bad_frames", {})
     assert counts.get(reason) == 1, counts
     if reason == "subject":  # delivered, with replacement characters
-        assert [m.subject for m in got][0] in ("g.\ufffd\ufffd.echo", "g.a")
+        assert got[0].subject in ("g.\ufffd\ufffd.echo", "g.a")
         assert "\ufffd" in got[0].subject + got[0].reply
     else:  # dropped
         assert [m.data for m in got] == [b"after"]
