@@ -143,7 +143,9 @@ async def test_every_hostile_frame_in_one_stream_then_ordinary_traffic(
     assert sum(getattr(nc, "bad_frames", {}).values()) == len(HOSTILE)
 
 
-async def test_a_routed_subscription_survives_hostile_frames_too(nats_url: str, nats_server: EmbeddedNats) -> None:
+async def test_a_routed_subscription_survives_hostile_frames_too(
+    nats_url: str, nats_server: EmbeddedNats
+) -> None:
     nc = await connect(nats_url, name="routed")
     try:
         routed: list[Msg] = []
