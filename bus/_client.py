@@ -23,8 +23,9 @@ worker's hot path, with the same guard:
   benchmark's worker CPU for the pull inbox. A fast lane in front of nats-py's parser
   cuts whole ``MSG``/``HMSG`` frames at the start of a read and leaves every other op
   and any partial frame to nats-py's parser. Deliveries (with a reply) get their
-  ``Name: value`` lines parsed here; statuses (inline status lines) go through
-  nats-py's header parsing. A handler must not block.
+  ``Name: value`` lines parsed here; statuses (inline status lines) and any block not
+  starting ``NATS/1.0\r\n`` go through nats-py's header parsing (so what is delivered is
+  what nats-py would deliver: tests/property/test_frame_fuzz.py). A handler must not block.
 - :func:`publish_now` appends exactly the bytes ``Client.publish`` would to the same
   pending buffer, in call order, and nudges the same flusher, synchronously:
   ``Client.publish`` costs three coroutines and a flush future per message, an eighth
@@ -152,6 +153,9 @@ def _header_name(name: bytes) -> str | None:
     return None if key and key.split() != [key] else key
 
 
+_PLAIN_HEAD = b"NATS/1.0\r\n"  # a header block with no inline status; any other goes to nats-py's parsing
+
+
 def parse_headers(block: bytes) -> dict[str, str] | None:
     """The fields of a NATS header block with no inline status (``NATS/1.0\\r\\nName: value\\r\\n...``),
     read as nats-py reads them (names stripped, ASCII, no inner whitespace; values stripped).
@@ -205,9 +209,9 @@ class FastClient(GuardedClient):
         if handler is None or sub is None:
             await super()._process_msg(sid, subject, reply, data, headers)
             return
-        if reply:  # a delivery: plain header lines
+        if reply and (not headers or headers.startswith(_PLAIN_HEAD)):  # a delivery: plain header lines
             fields = parse_headers(headers) if headers else None
-        else:  # a status (heartbeat, expired or refused pull): nats-py parses the inline status
+        else:  # a status (heartbeat, expired or refused pull) or an odd block: nats-py's parsing
             try:
                 fields = await self._process_headers(headers)
             except _BadHeaders as bad:
@@ -267,7 +271,12 @@ class _FastParser(Parser):
             pos = start + size + 2
             handler = routes.get(sid)
             sub = subs.get(sid) if handler is not None else None
-            if handler is not None and sub is not None and reply:
+            if (
+                handler is not None
+                and sub is not None
+                and reply
+                and (not headers or headers.startswith(_PLAIN_HEAD))
+            ):
                 fields = parse_headers(headers) if headers else None
                 nc._deliver(sub, handler, subject, reply, payload, fields)
             else:

@@ -161,9 +161,10 @@ async def test_a_routed_subscription_survives_hostile_frames_too(
             # deliveries (a reply) take the fast lane; statuses (none) nats-py's header parsing
             peer.send(pub(b"inbox.\xff", reply=b"ack.x"))
             peer.send(pub(b"inbox.a", reply=b"ack.\xfe"))
-            peer.send(hpub(b"inbox.a", b"NATS/1.0", reply=b"ack.y"))  # no fields: delivered
+            peer.send(hpub(b"inbox.a", b"NATS/1.0", reply=b"ack.y"))  # nats-py cannot read it: dropped
             peer.send(hpub(b"inbox.a", b"NATS/1.0"))  # a status nats-py cannot read: dropped
             peer.send(hpub(b"inbox.a", b"NATS/1.0 \xff\r\n\r\n"))
+            peer.send(hpub(b"inbox.a", b"NATS/1.0 503\r\n\r\n", reply=b"ack.w"))  # delivered, as by nats-py
             peer.send(pub(b"inbox.ok", b"after", reply=b"ack.z"))
         finally:
             peer.close()
@@ -172,10 +173,10 @@ async def test_a_routed_subscription_survives_hostile_frames_too(
         assert [(m.subject, m.reply, m.headers) for m in routed] == [
             ("inbox.\ufffd", "ack.x", None),
             ("inbox.a", "ack.\ufffd", None),
-            ("inbox.a", "ack.y", None),
+            ("inbox.a", "ack.w", {"Status": "503"}),
             ("inbox.ok", "ack.z", None),
         ]
-        assert nc.bad_frames == {"subject": 2, "headers": 2, "handler": 0, "other": 0}  # type: ignore[attr-defined]
+        assert nc.bad_frames == {"subject": 2, "headers": 3, "handler": 0, "other": 0}  # type: ignore[attr-defined]
     finally:
         await nc.close()
 

@@ -42,7 +42,8 @@ async def test_the_connect_error_names_the_server_without_its_password() -> None
 
 
 @pytest.mark.parametrize(
-    ("value", "on"), [("0", False), ("false", False), ("No", False), (" off ", False), ("1", True), ("yes", True)]
+    ("value", "on"),
+    [("0", False), ("false", False), ("No", False), (" off ", False), ("1", True), ("yes", True)],
 )
 def test_the_fast_path_switch(value: str, on: bool) -> None:
     assert WorkerConfig.from_env({"AGENTBUS_NATS_FAST_PATH": value}).nats_fast_path is on
