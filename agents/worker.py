@@ -147,6 +147,7 @@ class Worker:
             fast_path=cfg.nats_fast_path,
         )
         self.stats.bad_frames = lambda: getattr(nc, "bad_frames", {})
+        log.info("connected to NATS at %s (client %s)", redact_url(cfg.nats_url), type(nc).__name__)
         self.stats.connected = True
         js = nc.jetstream()
         if cfg.provision:

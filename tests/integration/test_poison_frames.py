@@ -82,4 +82,5 @@ async def test_one_hostile_frame_does_not_stop_the_fleet(
     await poll(counted, timeout_s=30, what="the bad frame in some worker's /metrics")
     for worker in workers:
         assert worker.proc.poll() is None, worker.log()
+        assert f"(client {'FastClient' if fast_path == '1' else 'GuardedClient'})" in worker.log()
         assert (await asyncio.to_thread(worker.get, "/healthz"))[0] == 200
