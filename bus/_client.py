@@ -153,19 +153,30 @@ def _header_name(name: bytes) -> str | None:
     return None if key and key.split() != [key] else key
 
 
-_PLAIN_HEAD = b"NATS/1.0\r\n"  # a header block with no inline status; any other goes to nats-py's parsing
+_NOT_PLAIN: dict[str, str] = {}
+"""What :func:`_fields` returns for a block with an inline status or no ``NATS/1.0`` line
+(compared by identity): nats-py's header parsing reads those (and the guard drops what it cannot)."""
 
 
-def parse_headers(block: bytes) -> dict[str, str] | None:
-    """The fields of a NATS header block with no inline status (``NATS/1.0\\r\\nName: value\\r\\n...``),
-    read as nats-py reads them (names stripped, ASCII, no inner whitespace; values stripped).
-    Never raises: lines that are not ``Name: value`` are skipped."""
+def _fields(block: bytes) -> dict[str, str] | None:
+    """The fields of a header block of plain ``Name: value`` lines, or :data:`_NOT_PLAIN`."""
+    lines = block.split(b"\r\n")
+    if lines[0] != b"NATS/1.0" or len(lines) == 1:
+        return _NOT_PLAIN
     out: dict[str, str] = {}
-    for line in block.split(b"\r\n")[1:]:
+    for line in lines[1:]:
         name, colon, value = line.partition(b":")
         if colon and (key := _header_name(name)) is not None:
             out[key] = value.strip().decode("utf-8", "replace")
     return out or None
+
+
+def parse_headers(block: bytes) -> dict[str, str] | None:
+    """The fields of a NATS header block with no inline status (``NATS/1.0\\r\\nName: value\\r\\n...``),
+    read as nats-py reads them (names stripped, ASCII, no inner whitespace; values stripped);
+    None for any other block. Never raises: lines that are not ``Name: value`` are skipped."""
+    fields = _fields(block)
+    return None if fields is _NOT_PLAIN else fields
 
 
 class FastClient(GuardedClient):
@@ -209,11 +220,10 @@ class FastClient(GuardedClient):
         if handler is None or sub is None:
             await super()._process_msg(sid, subject, reply, data, headers)
             return
-        if reply and (not headers or headers.startswith(_PLAIN_HEAD)):  # a delivery: plain header lines
-            fields = parse_headers(headers) if headers else None
-        else:  # a status (heartbeat, expired or refused pull) or an odd block: nats-py's parsing
+        fields = _fields(headers) if headers else None  # a delivery's plain header lines
+        if not reply or fields is _NOT_PLAIN:  # a status (heartbeat, expired or refused pull), an odd block
             try:
-                fields = await self._process_headers(headers)
+                fields = await self._process_headers(headers)  # nats-py's parsing
             except _BadHeaders as bad:
                 self._bad_frame("headers", subject, bad.__cause__)
                 return
@@ -233,7 +243,7 @@ class _FastParser(Parser):
             await super().parse(data)
             return
         nc = self.nc
-        routes, subs = nc._routes, nc._subs
+        routes, subs, deliver, not_plain = nc._routes, nc._subs, nc._deliver, _NOT_PLAIN  # per read
         pos, end = 0, len(data)
         while pos < end:
             if data.startswith(b"HMSG ", pos):
@@ -270,17 +280,12 @@ class _FastParser(Parser):
             payload = data[start + hsize : start + size]
             pos = start + size + 2
             handler = routes.get(sid)
-            sub = subs.get(sid) if handler is not None else None
-            if (
-                handler is not None
-                and sub is not None
-                and reply
-                and (not headers or headers.startswith(_PLAIN_HEAD))
-            ):
-                fields = parse_headers(headers) if headers else None
-                nc._deliver(sub, handler, subject, reply, payload, fields)
-            else:
-                await nc._process_msg(sid, subject, reply, payload, headers)
+            if handler is not None and reply and (sub := subs.get(sid)) is not None:
+                fields = _fields(headers) if headers else None
+                if fields is not not_plain:
+                    deliver(sub, handler, subject, reply, payload, fields)
+                    continue
+            await nc._process_msg(sid, subject, reply, payload, headers)
         if pos < end:
             await super().parse(data[pos:] if pos else data)
 

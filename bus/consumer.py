@@ -48,7 +48,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from bus._client import publish, publish_now, route, unroute
+from bus._client import check_names, publish_now, route, unroute
 
 __all__ = ["AckKind", "PullConsumer", "ack", "delivery_count", "stream_seq"]
 
@@ -75,7 +75,9 @@ class AckKind:
 
 async def ack(nc: Client, msg: Msg, kind: bytes) -> None:
     """Send an acknowledgement of ``kind`` for ``msg`` (fire and forget, like ``msg.ack()``)."""
-    await publish(nc, msg.reply, kind)
+    if not publish_now(nc, msg.reply, kind):  # inline, not through publish(): one coroutine less per ack
+        check_names(msg.reply)
+        await nc.publish(msg.reply, kind)
 
 
 def delivery_count(msg: Msg) -> int:
@@ -201,6 +203,7 @@ class PullConsumer:
             request = b"+NXT " + self._request(batch)
             try:
                 if not publish_now(self._nc, msg.reply, request, self._inbox):
+                    check_names(msg.reply, self._inbox)
                     await self._nc.publish(msg.reply, request, reply=self._inbox)
             except Exception:
                 self.credit -= batch
