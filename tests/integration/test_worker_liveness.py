@@ -9,10 +9,10 @@ import urllib.request
 import pytest
 from conftest import async_wait_until
 
-from agents.builtin import basic
 from agents.config import WorkerConfig
 from agents.registry import Registry
 from agents.worker import EXIT_LOST_NATS, Worker
+from bus.embedded import EmbeddedNats
 
 pytestmark = pytest.mark.integration
 
@@ -79,4 +79,24 @@ async def test_an_ordinary_drain_exits_0_and_is_never_reported_as_lost(nats_url:
     await asyncio.wait_for(worker.run_until_stopped(), 30)
     await asyncio.sleep(0.5)  # longer than the grace: the watchdog is gone with the drain
     assert worker.exit_code == 0
-    assert basic  # the module the registry loads
+
+
+async def test_a_nats_outage_is_not_a_lost_connection(nats_server: EmbeddedNats) -> None:
+    """While nats-py reconnects, the worker stays alive (an outage must not restart every worker)."""
+    worker = _worker(nats_server.url, nats_lost_exit_s=0.5)
+    await worker.start()
+    try:
+        assert worker._nc is not None
+        nc = worker._nc
+        nats_server.stop()
+        await async_wait_until(lambda: nc.is_reconnecting, 10, "nats-py to start reconnecting")
+        for _ in range(30):  # 3 s, six times the grace
+            assert worker._alive()[0], worker._alive()[1]
+            await asyncio.sleep(0.1)
+        assert worker.exit_code == 0
+        nats_server.start()
+        await async_wait_until(lambda: worker._ready()[0], 30, "the worker to be ready again")
+        assert worker._alive() == (True, "state=running")
+    finally:
+        await worker.stop()
+    assert worker.exit_code == 0
