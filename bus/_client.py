@@ -104,7 +104,9 @@ class GuardedClient(Client):
         n = self.bad_frames[reason] = self.bad_frames[reason] + 1
         if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a peer can send these at any rate
             log.warning(
-                "bad nats frame #%d (%s) on %r: %s: %s", n, reason, subject[:200], type(exc).__name__, exc
+                "bad nats frame #%d (%s) on %r: %s: %s",
+                *(n, reason, subject[:200], type(exc).__name__, exc),
+                exc_info=exc if reason == "handler" else None,  # our bug: the traceback
             )
 
     async def _process_msg(
@@ -208,9 +210,8 @@ class FastClient(GuardedClient):
             msg = Msg(self, _text(subject), _text(reply), data, fields, _sid=sub._id)
         try:
             handler(msg)
-        except Exception:
-            self.bad_frames["handler"] += 1
-            log.exception("handler of %r failed", msg.subject)
+        except Exception as exc:
+            self._bad_frame("handler", subject, exc)
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
@@ -220,7 +221,7 @@ class FastClient(GuardedClient):
         if handler is None or sub is None:
             await super()._process_msg(sid, subject, reply, data, headers)
             return
-        fields = _fields(headers) if headers else None  # a delivery's plain header lines
+        fields = _fields(headers) if reply and headers else None  # a delivery's plain header lines
         if not reply or fields is _NOT_PLAIN:  # a status (heartbeat, expired or refused pull), an odd block
             try:
                 fields = await self._process_headers(headers)  # nats-py's parsing
