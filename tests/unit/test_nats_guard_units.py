@@ -79,3 +79,14 @@ def test_safe_names_pass() -> None:
     check_names("tasks.acme.echo", "_INBOX.abc")
     check_names("a" * (MAX_NAMES_BYTES - 1), "r")
     check_names("results.acme.é")
+
+
+def test_an_untested_nats_py_gets_nats_pys_own_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nats.aio.client import Client
+
+    from bus import _client
+
+    monkeypatch.setattr(_client, "SUPPORTED", False)
+    assert _client.client_class(fast_path=True) is Client
+    assert _client.client_class(fast_path=False) is Client
+    assert not _client.publish_now(Client(), "s", b"")  # and nothing borrowed applies to it
