@@ -10,6 +10,7 @@ Everything agentbus raises on purpose derives from :class:`AgentbusError`::
     │   │   ├── PayloadTooLargeError  bigger than the stream or server accepts
     │   │   └── NoStreamError    no stream listens on that subject
     │   ├── InvalidSubjectError  tenant or kind is not a valid subject token
+    │   ├── UnsafeSubjectError   a subject or reply the server would close the connection for (not sent)
     │   └── ResultTimeoutError   a waited-for result did not arrive in time
     ├── ScalerError              the autoscaler could not read a metric or resize the pool
     │   ├── MetricError          a metric source failed (unreachable, bad query, bad answer)
@@ -87,6 +88,7 @@ __all__ = [
     "StreamFullError",
     "TaskFate",
     "TenantLimitError",
+    "UnsafeSubjectError",
 ]
 
 
@@ -109,6 +111,18 @@ class InvalidSubjectError(BusError):
         super().__init__(f"invalid {field} {value!r}: use 1-64 of [A-Za-z0-9_-]")
         self.field = field
         self.value = value
+
+
+class UnsafeSubjectError(BusError):
+    """A subject or reply nats-server would answer by closing the connection (whitespace,
+    control characters, over its control-line limit); nothing was sent."""
+
+    def __init__(self, field: str, value: str, reason: str) -> None:
+        shown = value if len(value) <= 80 else f"{value[:80]}... ({len(value)} characters)"
+        super().__init__(f"refusing to publish: {field} {shown!r} {reason}")
+        self.field = field
+        self.value = value
+        self.reason = reason
 
 
 class PublishError(BusError):

@@ -41,7 +41,7 @@ from agents._eager import start_eager, step_eager
 from agents.api import AgentSpec, Context, Stores
 from agents.metrics import KindStats, Outcome
 from agents.tenancy import _tenant
-from bus import fastpub, tracing
+from bus import _client, tracing
 from bus.consumer import AckKind, PullConsumer, ack, delivery_count, stream_seq
 from bus.dlq import DeadLetterQueue
 from bus.messages import (
@@ -179,7 +179,7 @@ class KindRunner:
         self.draining = False
         self._expiry: asyncio.TimerHandle | None = None  # the shared timer, armed for the oldest slot
         self._submit = publisher.submit  # bound once, not per task
-        self._emit = functools.partial(fastpub.publish, nc)
+        self._emit = functools.partial(_client.publish, nc)
         self._done_cb = self._done
         self._scopes: dict[str, contextvars.Context] = {}
         # tracing is decided once, here: with no tracer provider the hot path is untouched
@@ -466,9 +466,9 @@ class KindRunner:
             return
         data = encode(result)
         if self._publish_results:
-            await fastpub.publish(self._nc, result_subject(tenant, task_id), data)
+            await _client.publish(self._nc, result_subject(tenant, task_id), data)
         if reply:
-            await fastpub.publish(self._nc, reply, data)
+            await _client.publish(self._nc, reply, data)
 
     async def _retry_later(
         self, msg: Msg, tenant: str, task: Task[Any], attempt: int, reason: str, delay_s: float | None
