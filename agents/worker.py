@@ -77,7 +77,6 @@ class Worker:
         self.http: HealthServer | None = None
         self._nc: Client | None = None
         self._background: list[asyncio.Task[Any]] = []
-        self._dlq: DeadLetterQueue | None = None
         self._stop = asyncio.Event()
 
     # -- probes -----------------------------------------------------------------------------
@@ -139,12 +138,11 @@ class Worker:
                 tenants=cfg.tenants,
                 slots=(slots := cfg.max_inflight or spec.max_inflight),
                 prefetch=cfg.prefetch_for(slots),
+                reply_prefixes=cfg.reply_prefixes,
             )
             runner.stats.inflight = lambda r=runner: r.consumer.held  # type: ignore[misc]
             runner.stats.prefetched = lambda r=runner: r.consumer.prefetched  # type: ignore[misc]
             self.runners.append(runner)
-        await dlq.watch_max_deliveries()
-        self._dlq = dlq
         self.state.install(self.runners)
         await self.state.start(nc)
         for runner in self.runners:
@@ -219,8 +217,6 @@ class Worker:
             await asyncio.wait(leftovers, timeout=max(0.0, settle_by - loop.time()))
         for task in self._background:
             task.cancel()
-        if self._dlq is not None:
-            await self._dlq.close()
         for runner in self.runners:
             await runner.consumer.close()
         try:
