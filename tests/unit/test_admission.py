@@ -51,7 +51,9 @@ def test_a_subject_problem_names_the_token_escaped_and_cut() -> None:
     assert problem.startswith("tenant token '\\ufffd\\ufffd' ")
     assert problem.isascii()
     long = subject_problem("tasks.acme." + "\x1b" * 5000)
-    assert "kind token '\\x1b" in long and "\x1b" not in long and len(long) < 200
+    assert "kind token '\\x1b" in long
+    assert "\x1b" not in long
+    assert len(long) < 200
 
 
 def test_shown_is_ascii_and_bounded() -> None:
@@ -86,7 +88,8 @@ def test_a_publishers_own_msg_id_keeps_working(value: str) -> None:
 def test_refused_msg_ids(value: str, says: str) -> None:
     problem = msg_id_problem(value, "acme", "echo")
     assert says in problem
-    assert problem.isascii() and len(problem) < 250
+    assert problem.isascii()
+    assert len(problem) < 250
     assert task_id_of(value, "acme", "echo") == ""
 
 
