@@ -363,8 +363,11 @@ class KindRunner:
         dead-lettered without running. Cheapest checks first; nothing here runs the handler."""
         msg, tenant, kind = slot.msg, slot.tenant, slot.kind
         slot.attempt = attempt = delivery_count(msg)
+        if attempt > 1:
+            self.stats.redelivered += 1
         if tenant == INVALID_TOKEN or kind == INVALID_TOKEN:
-            return _Refusal(DlqReason.INVALID_SUBJECT, "", subject_problem(msg.subject))
+            detail = subject_problem(msg.subject)
+            return _Refusal(DlqReason.INVALID_SUBJECT, _header_id(msg, tenant, kind), detail)
         if attempt > self._max_deliver:  # the worker is the judge: the consumer delivers forever
             slot.attempt = attempt - 1  # the deliveries that ran
             detail = (
@@ -372,8 +375,6 @@ class KindRunner:
                 "worker (or its fate could not be stored)"
             )
             return _Refusal(DlqReason.MAX_DELIVERIES, _header_id(msg, tenant, kind), detail)
-        if attempt > 1:
-            self.stats.redelivered += 1
         data = msg.data
         if len(data) > self.spec.max_payload_bytes:
             detail = f"{len(data)} bytes > max_payload_bytes {self.spec.max_payload_bytes}"
