@@ -32,12 +32,26 @@ from nats.js.errors import NotFoundError
 from bus.admission import task_id_of
 from bus.consumer import AckKind, ack
 from bus.messages import HDR_MSG_ID, DeadLetter, DlqReason, encode, now
-from bus.subjects import TASKS_PREFIX, dlq_subject, shown, split_task_subject, subject_problem
+from bus.subjects import (
+    INVALID_TOKEN,
+    TASKS_PREFIX,
+    dlq_subject,
+    shown,
+    split_task_subject,
+    subject_problem,
+)
 from bus.topology import DLQ_STREAM, TASKS_STREAM
 
 __all__ = ["DeadLetterQueue"]
 
 log = logging.getLogger("agentbus.dlq")
+
+_SWEEP_SKIPS = 1000
+
+
+def _or_any(token: str) -> str:
+    """A subject filter token: itself, or ``*`` for one that is not valid (it cannot be matched)."""
+    return "*" if token == INVALID_TOKEN else token
 
 
 class DeadLetterQueue:
@@ -101,7 +115,12 @@ class DeadLetterQueue:
         return True
 
     async def sweep_unrouted(self, served_kinds: set[str], *, grace_s: float = 60.0) -> int:
-        """Move tasks of kinds no consumer serves, older than ``grace_s``; returns how many moved."""
+        """Move tasks of kinds no consumer serves, older than ``grace_s``; returns how many moved.
+
+        A subject with an invalid token (invalid UTF-8 reads as U+FFFD, which no filter matches)
+        is swept through a filter with ``*`` in that place, skipping what a consumer serves (at
+        most ``_SWEEP_SKIPS`` per filter and sweep: a deep backlog is walked as it drains).
+        """
         info = await self._js.stream_info(TASKS_STREAM, subjects_filter=f"{TASKS_PREFIX}.>")
         subjects = info.state.subjects or {}
         consumers = {
@@ -109,24 +128,30 @@ class DeadLetterQueue:
             for c in await self._js.consumers_info(TASKS_STREAM)
         }
         known = consumers | served_kinds
+        filters = set()
+        for subject in subjects:
+            tenant, kind = split_task_subject(subject)
+            if kind not in known:
+                filters.add(f"{TASKS_PREFIX}.{_or_any(tenant)}.{_or_any(kind)}")
         moved = 0
         cutoff = time.time() - grace_s
-        for subject in subjects:
-            kind = subject.rsplit(".", 1)[-1]
-            if kind in known:
-                continue
-            seq = 1
-            while True:
+        for subject in sorted(filters):
+            seq, skips = 1, 0
+            while skips <= _SWEEP_SKIPS:
                 try:
                     raw = await self._js.get_msg(TASKS_STREAM, seq=seq, subject=subject, next=True)
                 except NotFoundError:
                     break
                 if raw.time is None or raw.time.timestamp() > cutoff or raw.seq is None:
                     break
+                seq = raw.seq + 1
+                _, kind = split_task_subject(raw.subject or "")
+                if kind in known:  # only through a filter with a `*` for the kind
+                    skips += 1
+                    continue
                 detail = f"no agent serves kind {shown(kind)}"
                 if await self._move(raw.seq, DlqReason.UNKNOWN_KIND, detail, 0):
                     moved += 1
-                seq = raw.seq + 1
         return moved
 
     async def sweep_forever(self, served_kinds: set[str], *, interval_s: float, grace_s: float) -> None:

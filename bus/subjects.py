@@ -86,8 +86,9 @@ def task_subject(tenant: str, kind: str) -> str:
 def split_task_subject(subject: str) -> tuple[str, str]:
     """``(tenant, kind)`` of a task subject; the tenant of a task is always this one.
 
-    A token that is not valid (a subject decoded with replacement characters, one too long)
-    comes back as :data:`INVALID_TOKEN`; :func:`subject_problem` says why.
+    A subject with a token that is not valid (decoded with replacement characters, too long)
+    has the tenant :data:`INVALID_TOKEN`, and that kind too if the kind is the invalid one;
+    :func:`subject_problem` says why.
     (Cached: every task of a tenant and kind shares the two strings, not a copy each.)
     """
     parts = subject.split(".")
@@ -95,9 +96,9 @@ def split_task_subject(subject: str) -> tuple[str, str]:
         return INVALID_TOKEN, INVALID_TOKEN
     _, tenant, kind = parts
     if not _TOKEN.fullmatch(kind):
-        kind = INVALID_TOKEN
+        return INVALID_TOKEN, INVALID_TOKEN
     if not _TOKEN.fullmatch(tenant):
-        tenant = INVALID_TOKEN
+        return INVALID_TOKEN, kind
     return tenant, kind
 
 

@@ -36,7 +36,7 @@ def nested(depth: int, opener: str = "[", closer: str = "]") -> bytes:
         ("tasks.\ufffd\ufffd.echo", INVALID_TOKEN, "echo"),
         ("tasks._sys.echo", INVALID_TOKEN, "echo"),
         ("tasks." + "t" * 65 + ".echo", INVALID_TOKEN, "echo"),
-        ("tasks.acme.\x1b[31m", "acme", INVALID_TOKEN),
+        ("tasks.acme.\x1b[31m", INVALID_TOKEN, INVALID_TOKEN),
         ("tasks.\xff.\xfe", INVALID_TOKEN, INVALID_TOKEN),
         ("tasks.a.b.c", INVALID_TOKEN, INVALID_TOKEN),
     ],
