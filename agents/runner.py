@@ -55,6 +55,7 @@ from bus import fastpub, tracing
 from bus.admission import (
     DEFAULT_REPLY_PREFIXES,
     EPOCH_MAX_S,
+    MAX_MSG_ID_CHARS,
     MAX_NESTING,
     msg_id_problem,
     reply_problem,
@@ -74,6 +75,7 @@ from bus.messages import (
     Task,
     decoder_for,
     encode,
+    msg_id,
     now,
 )
 from bus.publisher import Publisher
@@ -211,6 +213,7 @@ class KindRunner:
         self._emit = functools.partial(fastpub.publish, nc)
         self._done_cb = self._done
         self._scopes: dict[str, contextvars.Context] = {}
+        self._id_prefixes: dict[str, str] = {}
         # tracing is decided once, here: with no tracer provider the hot path is untouched
         self._traced = tracing.enabled()
         self._ack = _traced_ack if self._traced else ack
@@ -295,6 +298,15 @@ class KindRunner:
             scope = self._scopes[tenant] = contextvars.copy_context()
             scope.run(_tenant.set, tenant)
         return scope.copy()
+
+    def _msg_id_prefix(self, tenant: str) -> str:
+        """``<tenant>:<kind>:``, the start of this tenant's ``Nats-Msg-Id`` (kept per tenant)."""
+        prefix = self._id_prefixes.get(tenant)
+        if prefix is None:
+            if len(self._id_prefixes) >= _MAX_SCOPES:
+                self._id_prefixes.clear()
+            prefix = self._id_prefixes[tenant] = msg_id(tenant, self.kind, "")
+        return prefix
 
     def _arm(self, slot: _Slot) -> None:
         loop = asyncio.get_running_loop()
@@ -384,12 +396,22 @@ class KindRunner:
             return _Refusal(DlqReason.UNKNOWN_TENANT, _header_id(msg, tenant, kind), detail)
         if headers := msg.headers:
             value = headers.get(HDR_MSG_ID)
-            problem = msg_id_problem(value, tenant, kind) if value is not None else ""
+            problem = ""
+            if value is not None and not (  # the publisher's scoped form is the common case
+                value.startswith(self._id_prefixes.get(tenant) or self._msg_id_prefix(tenant))
+                and len(value) <= MAX_MSG_ID_CHARS
+                and value.isprintable()
+            ):
+                problem = msg_id_problem(value, tenant, kind)
             if not problem and (reply := headers.get(HDR_REPLY)):
                 problem = reply_problem(reply, self._reply_prefixes)
             if problem:
                 return _Refusal(DlqReason.INVALID_ENVELOPE, _header_id(msg, tenant, kind), problem)
-        if too_deep(data):
+        if (  # inline: a normal task pays two byte counts, no call
+            len(data) > 2 * MAX_NESTING + 1
+            and data.count(b"[") + data.count(b"{") > MAX_NESTING
+            and too_deep(data)
+        ):
             detail = f"JSON nests deeper than {MAX_NESTING} levels"
             return _Refusal(DlqReason.MALFORMED, _header_id(msg, tenant, kind), detail)
         try:
@@ -400,7 +422,8 @@ class KindRunner:
         except Exception as exc:  # DecodeError, RecursionError, anything: never a retry
             detail = str(exc) if isinstance(exc, msgspec.DecodeError) else f"{type(exc).__name__}: {exc}"
             return _Refusal(DlqReason.MALFORMED, _header_id(msg, tenant, kind), detail)
-        if not is_task_id(task.id):
+        tid = task.id
+        if not (len(tid) <= 128 and tid.isalnum() and tid.isascii()) and not is_task_id(tid):
             detail = f"id {shown(task.id)} is not 1-128 of [A-Za-z0-9_-]"
             return _Refusal(DlqReason.INVALID_ENVELOPE, _header_id(msg, tenant, kind), detail)
         if (task.tenant is not None and task.tenant != tenant) or (

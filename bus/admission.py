@@ -62,11 +62,12 @@ def too_deep(data: bytes, limit: int = MAX_NESTING) -> bool:
     """Whether the JSON in ``data`` nests deeper than ``limit`` (exact for valid JSON).
 
     Linear and in C but for one pass over the brackets, and only when ``data`` holds more
-    than ``limit`` brackets at all. Strings are cut out first: escaped backslashes and
-    quotes removed (left to right, as JSON pairs them), the rest split on quotes.
+    than ``limit`` opening brackets at all (a short message is not even counted). Strings are
+    cut out first: escaped backslashes and quotes removed (left to right, as JSON pairs them),
+    the rest split on quotes.
     """
-    if data.count(b"[") + data.count(b"{") <= limit:
-        return False
+    if len(data) <= 2 * limit + 1 or data.count(b"[") + data.count(b"{") <= limit:
+        return False  # valid JSON that deep needs limit+1 brackets each way; invalid fails to decode
     outside = b"".join(data.replace(b"\\\\", b"").replace(b'\\"', b"").split(b'"')[::2])
     brackets = outside.translate(None, _NOT_BRACKETS)
     return max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > limit
@@ -78,7 +79,7 @@ def msg_id_problem(value: str, tenant: str, kind: str) -> str:
     Any printable value up to 256 characters is accepted (a publisher's own ids keep
     working), except the scoped form ``<tenant>:<kind>:<id>`` naming another tenant or kind.
     """
-    if len(value) > MAX_MSG_ID_CHARS or not value.isprintable():
+    if len(value) > MAX_MSG_ID_CHARS or not value.isprintable():  # (fast path: KindRunner)
         return f"{HDR_MSG_ID} {shown(value)} is not 1-{MAX_MSG_ID_CHARS} printable characters"
     if _is_own(value, tenant, kind) or value.count(":") != 2:
         return ""
