@@ -78,6 +78,7 @@ class Worker:
         self._nc: Client | None = None
         self._background: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
+        self._bounded: set[str] = set()  # kinds whose consumer has a server-side max_deliver (warned)
 
     # -- probes -----------------------------------------------------------------------------
 
@@ -272,6 +273,15 @@ class Worker:
                     continue
                 runner.stats.pending = info.num_pending or 0
                 runner.stats.ack_pending = info.num_ack_pending or 0
+                bounded = info.config.max_deliver or -1
+                if bounded > 0 and runner.kind not in self._bounded:  # provisioned by someone else
+                    self._bounded.add(runner.kind)
+                    log.warning(
+                        "consumer %s has max_deliver %d on the server: a task whose last delivery "
+                        "dies stays in the work queue; set it to -1 (docs/wire.md, 'Deliveries')",
+                        consumer_name(runner.kind),
+                        bounded,
+                    )
             await asyncio.sleep(self.config.consumer_info_interval_s)
 
 

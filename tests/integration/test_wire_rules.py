@@ -413,3 +413,20 @@ async def test_an_invalid_utf8_tenant_is_dead_lettered_by_the_worker(
     assert letter.detail.startswith("tenant token '\\ufffd\\ufffd'")
     await poll(lambda: runs["globex:good"] == 1, timeout_s=20, what="the good task after it")
     assert runs == Counter({"globex:good": 1})
+
+
+async def test_a_worker_that_does_not_provision_warns_of_a_bounded_server_max_deliver(
+    nats_url: str, nc: Client, runs: Counter[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    js = nc.jetstream()
+    await ensure_consumer(js, ConsumerSpec(kind="count"))
+    info = await js.consumer_info(TASKS_STREAM, "agents-count")
+    info.config.max_deliver = 5  # as older agentbus (or an operator) made it
+    await js.add_consumer(TASKS_STREAM, info.config)
+    w = Worker(config(nats_url, provision=False, consumer_info_interval_s=0.05), counting_registry(runs))
+    await w.start()
+    try:
+        await poll(lambda: "has max_deliver 5 on the server" in caplog.text, timeout_s=10, what="the warning")
+    finally:
+        await w.stop()
+    assert caplog.text.count("has max_deliver 5 on the server") == 1
