@@ -406,7 +406,7 @@ async def test_an_invalid_utf8_tenant_is_dead_lettered_by_the_worker(
     js = nc.jetstream()
     await raw_publish(nats_url, (b"tasks.\xff\xfe.count", envelope("bad-tenant")))
     await Publisher(nc).submit("globex", "count", CountIn(text="good"), task_id="good")
-    ((subject, letter),) = await wait_letters(js, 1)
+    ((subject, letter),) = await wait_letters(js, 1, timeout_s=10)
     assert subject == "dlq._invalid.count"
     assert letter.reason is DlqReason.INVALID_SUBJECT
     assert (letter.tenant, letter.kind) == ("_invalid", "count")
