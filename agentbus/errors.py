@@ -107,8 +107,9 @@ class BusError(AgentbusError):
 class InvalidSubjectError(BusError):
     """A tenant or kind cannot be used as a NATS subject token."""
 
-    def __init__(self, field: str, value: str) -> None:
-        super().__init__(f"invalid {field} {value!r}: use 1-64 of [A-Za-z0-9_-]")
+    def __init__(self, field: str, value: str, rule: str = "1-64 of [A-Za-z0-9_-]") -> None:
+        shown = repr(value[:100]) + ("..." if len(value) > 100 else "")
+        super().__init__(f"invalid {field} {shown}: use {rule}")
         self.field = field
         self.value = value
 

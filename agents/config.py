@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agentbus.errors import ConfigError
+from bus.admission import DEFAULT_REPLY_PREFIXES, check_reply_prefix
 from bus.connection import NatsAuth
 from bus.topology import StreamLimits
 
@@ -89,6 +90,9 @@ class WorkerConfig:
     retry_max_s: float = 60.0
     provision: bool = True  # create/update streams and consumers at start
     tenants: frozenset[str] | None = None  # None: any tenant; else others are dead-lettered
+    reply_prefixes: tuple[str, ...] = DEFAULT_REPLY_PREFIXES
+    """Subjects a task's ``Agentbus-Reply`` may name (each a prefix ending with a dot); a task
+    asking for any other reply is dead-lettered (``invalid_envelope``) before it runs."""
     unrouted_grace_s: float = 60.0  # age before a task of an unserved kind is dead-lettered
     sweep_interval_s: float = 10.0
     consumer_info_interval_s: float = 5.0  # how often pending counts are read for /metrics (autoscale: 1)
@@ -113,6 +117,11 @@ class WorkerConfig:
             raise ConfigError("prefetch must be >= 0")
         if self.gc_gen0_threshold < 0:
             raise ConfigError("gc_gen0_threshold must be >= 0")
+        try:
+            prefixes = tuple(check_reply_prefix(p) for p in self.reply_prefixes)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        object.__setattr__(self, "reply_prefixes", prefixes)  # normalized: each ends with a dot
         if self.gossip_preset not in GOSSIP_PRESETS:
             raise ConfigError(f"gossip_preset must be one of {', '.join(GOSSIP_PRESETS)}")
 
@@ -175,6 +184,8 @@ class WorkerConfig:
             out["gossip"] = _flag(env["AGENTBUS_GOSSIP"])
         if "AGENTBUS_NATS_FAST_PATH" in env:
             out["nats_fast_path"] = _flag(env["AGENTBUS_NATS_FAST_PATH"])
+        if "AGENTBUS_REPLY_PREFIXES" in env:  # comma-separated; empty: no reply is allowed
+            out["reply_prefixes"] = tuple(p for p in env["AGENTBUS_REPLY_PREFIXES"].split(",") if p.strip())
         if env.get("AGENTBUS_TENANTS"):
             out["tenants"] = frozenset(env["AGENTBUS_TENANTS"].split(","))
         if env.get("AGENTBUS_STREAM_REPLICAS"):  # R3 on a NATS cluster (the Helm chart sets it)

@@ -86,10 +86,10 @@ class Worker:
         self.http: HealthServer | None = None
         self._nc: Client | None = None
         self._background: list[asyncio.Task[Any]] = []
-        self._dlq: DeadLetterQueue | None = None
         self._stop = asyncio.Event()
         self.exit_code = 0
         """What the process exits with: 0, or :data:`EXIT_LOST_NATS` once NATS was lost for good."""
+        self._bounded: set[str] = set()  # kinds whose consumer has a server-side max_deliver (warned)
 
     # -- probes -----------------------------------------------------------------------------
 
@@ -170,12 +170,11 @@ class Worker:
                 tenants=cfg.tenants,
                 slots=(slots := cfg.max_inflight or spec.max_inflight),
                 prefetch=cfg.prefetch_for(slots),
+                reply_prefixes=cfg.reply_prefixes,
             )
             runner.stats.inflight = lambda r=runner: r.consumer.held  # type: ignore[misc]
             runner.stats.prefetched = lambda r=runner: r.consumer.prefetched  # type: ignore[misc]
             self.runners.append(runner)
-        await dlq.watch_max_deliveries()
-        self._dlq = dlq
         self.state.install(self.runners)
         await self.state.start(nc)
         for runner in self.runners:
@@ -255,11 +254,6 @@ class Worker:
             await asyncio.wait(leftovers, timeout=max(0.0, settle_by - loop.time()))
         for task in self._background:
             task.cancel()
-        if self._dlq is not None:
-            try:
-                await self._dlq.close()
-            except Exception as exc:  # a closed connection (NATS lost) has nothing to unsubscribe
-                log.warning("closing the dead-letter watch failed: %s", exc)
         for runner in self.runners:
             await runner.consumer.close()
         try:
@@ -336,6 +330,15 @@ class Worker:
                     continue
                 runner.stats.pending = info.num_pending or 0
                 runner.stats.ack_pending = info.num_ack_pending or 0
+                bounded = info.config.max_deliver or -1
+                if bounded > 0 and runner.kind not in self._bounded:  # provisioned by someone else
+                    self._bounded.add(runner.kind)
+                    log.warning(
+                        "consumer %s has max_deliver %d on the server: a task whose last delivery "
+                        "dies stays in the work queue; set it to -1 (docs/wire.md, 'Deliveries')",
+                        consumer_name(runner.kind),
+                        bounded,
+                    )
             await asyncio.sleep(self.config.consumer_info_interval_s)
 
 

@@ -10,8 +10,10 @@ that is not UTF-8, a header block of 8 bytes or fewer, a status line that is not
 UTF-8 (docs/nats-py-read-loop.md has the reproducers). Any client allowed to publish
 on a subject a worker subscribes to could stop that worker; one ``HPUB`` on the gossip
 subject stopped all of them. Here subjects and replies decode with replacement, a
-message whose header block cannot be parsed is dropped, a failing handler is logged,
-each is counted in :attr:`GuardedClient.bad_frames`, and the read loop carries on.
+message whose header block cannot be parsed is dropped (a JetStream delivery is handed
+on marked instead, so the worker dead-letters it rather than see it redelivered
+forever), a failing handler is logged, each is counted in
+:attr:`GuardedClient.bad_frames`, and the read loop carries on.
 
 **The fast path** (:class:`FastClient`, ``connect(fast_path=True)``), for the
 worker's hot path, with the same guard:
@@ -53,6 +55,7 @@ from nats.aio.subscription import Subscription
 from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 
 from agentbus.errors import UnsafeSubjectError
+from bus.messages import HDR_UNREADABLE
 
 __all__ = [
     "BAD_FRAME_REASONS",
@@ -116,6 +119,16 @@ class GuardedClient(Client):
             await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
         except _BadHeaders as bad:
             self._bad_frame("headers", subject, bad.__cause__)
+            if reply.startswith(_JS_ACK):  # a stored task: marked, so its fate is a dead letter
+                await self._process_marked(sid, subject, reply, data)
+        except Exception as exc:
+            self._bad_frame("other", subject, exc)
+
+    async def _process_marked(self, sid: int, subject: bytes, reply: bytes, data: bytes) -> None:
+        """Deliver a JetStream delivery whose header block was unreadable with the header
+        :data:`~bus.messages.HDR_UNREADABLE` instead: dropped, it would be redelivered forever."""
+        try:
+            await super()._process_msg(sid, subject, reply, data, _UNREADABLE_BLOCK)
         except Exception as exc:
             self._bad_frame("other", subject, exc)
 
@@ -135,6 +148,10 @@ class GuardedClient(Client):
             return self.msg_class(
                 subject=_text(subject), reply=_text(reply), data=data, headers=headers, _client=self, _sid=sid
             )
+
+
+_JS_ACK = b"$JS.ACK."
+_UNREADABLE_BLOCK = f"NATS/1.0\r\n{HDR_UNREADABLE}: 1\r\n\r\n".encode()
 
 
 class _BadHeaders(Exception):
@@ -227,7 +244,9 @@ class FastClient(GuardedClient):
                 fields = await self._process_headers(headers)  # nats-py's parsing
             except _BadHeaders as bad:
                 self._bad_frame("headers", subject, bad.__cause__)
-                return
+                if not reply.startswith(_JS_ACK):
+                    return
+                fields = {HDR_UNREADABLE: "1"}  # a stored task: its fate is a dead letter (see above)
         self._deliver(sub, handler, subject, reply, data, fields)
 
 

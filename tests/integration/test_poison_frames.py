@@ -13,12 +13,12 @@ from collections.abc import Callable
 
 import pytest
 from conftest import WorkerProcess
-from helpers_a import launch, metric, poll
+from helpers_a import dead_letters, launch, metric, poll
 from nats.aio.client import Client
 
 from agents.builtin.basic import EchoIn, EchoOut
 from bus.embedded import EmbeddedNats
-from bus.messages import Task, encode
+from bus.messages import DlqReason, Task, encode
 from bus.publisher import Publisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -41,6 +41,12 @@ def _send_raw(server: EmbeddedNats, frames: bytes) -> None:
             got += chunk
         assert b"-ERR" not in got, got
 
+
+# What a stored poison task ends as: a dead letter with a precise reason, never a redelivery loop.
+LETTER = {
+    "task-subject-not-utf8": ("_invalid", DlqReason.INVALID_SUBJECT),
+    "task-header-NATS/1.0": ("acme", DlqReason.INVALID_ENVELOPE),
+}
 
 POISON = {
     # a task on a subject that is not UTF-8: stored by JetStream, delivered to a worker
@@ -84,3 +90,10 @@ async def test_one_hostile_frame_does_not_stop_the_fleet(
         assert worker.proc.poll() is None, worker.log()
         assert f"(client {'FastClient' if fast_path == '1' else 'GuardedClient'})" in worker.log()
         assert (await asyncio.to_thread(worker.get, "/healthz"))[0] == 200
+    if case in LETTER:
+        tenant, reason = LETTER[case]
+
+        async def lettered() -> bool:
+            return any((d.tenant, d.reason) == (tenant, reason) for d in await dead_letters(nc))
+
+        await poll(lettered, timeout_s=30, what=f"the poison task dead-lettered {reason}")
