@@ -112,11 +112,13 @@ def metric(text: str, name: str, **labels: str) -> float | None:
 # -- one worker, every kind of bad input ----------------------------------------------------
 
 
-@pytest.fixture
-async def worker(nats_url: str, nc: Client) -> AsyncIterator[Worker]:
-    """An in-process worker serving tenants acme and globex, fast retries, a fast unrouted sweep."""
+@pytest.fixture(params=[True, False], ids=["fast", "plain"])
+async def worker(nats_url: str, nc: Client, request: pytest.FixtureRequest) -> AsyncIterator[Worker]:
+    """An in-process worker serving tenants acme and globex, fast retries, a fast unrouted sweep;
+    nats-py's fast path on and off (``AGENTBUS_NATS_FAST_PATH``)."""
     config = WorkerConfig(
         nats_url=nats_url,
+        nats_fast_path=request.param,
         worker_id="bad-input",
         http_port=0,
         max_deliver=3,

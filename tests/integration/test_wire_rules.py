@@ -81,9 +81,12 @@ def runs() -> Counter[str]:
     return Counter()
 
 
-@pytest.fixture
-async def worker(nats_url: str, nc: Client, runs: Counter[str]) -> AsyncIterator[Worker]:
-    w = Worker(config(nats_url), counting_registry(runs))
+@pytest.fixture(params=[True, False], ids=["fast", "plain"])
+async def worker(
+    nats_url: str, nc: Client, runs: Counter[str], request: pytest.FixtureRequest
+) -> AsyncIterator[Worker]:
+    """The worker under test, with nats-py's fast path on and off (``AGENTBUS_NATS_FAST_PATH``)."""
+    w = Worker(config(nats_url, nats_fast_path=request.param), counting_registry(runs))
     await w.start()
     try:
         yield w
