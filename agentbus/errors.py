@@ -3,7 +3,7 @@
 Everything agentbus raises on purpose derives from :class:`AgentbusError`::
 
     AgentbusError
-    ├── ConfigError              bad configuration, found at start (exit code 2)
+    ├── ConfigError              bad configuration, found at start (a worker exits 78)
     ├── BusError                 talking to NATS failed
     │   ├── PublishError         a task could not be stored
     │   │   ├── StreamFullError  the stream refused it: limits reached (discard=new)
@@ -37,7 +37,8 @@ Everything agentbus raises on purpose derives from :class:`AgentbusError`::
         └── Reject(reason)       not retryable: term and dead-letter with the reason
 
 ``ConfigError`` is raised at start for bad configuration (the scaler's too: unknown
-metric, min > max, a query Prometheus refuses). ``ScalerError`` subclasses are raised
+metric, min > max, a query Prometheus refuses); ``agentbus worker`` then exits 78
+(``EX_CONFIG``), which makes ``agentbus up`` stop instead of restarting it. ``ScalerError`` subclasses are raised
 at run time; the control loop catches them, holds the pool's size and logs why.
 
 ``StateError`` subclasses come from ``state``: limits and type clashes are raised to
