@@ -22,7 +22,6 @@ COPY bus/ bus/
 COPY agents/ agents/
 COPY state/ state/
 COPY scaler/ scaler/
-COPY loadtest/ loadtest/
 # Binary wheels only: uvloop and msgspec are compiled extensions, and a source build would
 # need a compiler this image does not have.
 RUN pip install --only-binary=:all: --upgrade pip \
@@ -51,8 +50,7 @@ FROM runtime AS loadtest
 USER root
 RUN pip install --no-cache-dir --prefer-binary "locust>=2.40" && python -m compileall -q /opt/venv
 COPY loadtest/ /app/loadtest/
-# The scenarios read loadtest/slo.toml next to their modules: import the package from /app,
-# which has it, rather than from site-packages, which has only the .py files.
+# loadtest/ is not in the wheel: the scenarios and loadtest/slo.toml are imported from /app.
 ENV PYTHONPATH=/app
 USER 10001:10001
 ENTRYPOINT ["locust"]

@@ -42,7 +42,7 @@ test: setup lint
 # The data path against a raw nats-py loop, then LLM agents against a hand-written anchor;
 # both print the anchor and the ratio. Exit 1 when the data path misses a target.
 bench: setup
-	$(BIN)/agentbus bench; rc=$$?; $(BIN)/python -m loadtest.bench_llm || rc=1; exit $$rc
+	$(BIN)/python -m loadtest; rc=$$?; $(BIN)/python -m loadtest.bench_llm || rc=1; exit $$rc
 
 # One worker, 2,000 LLM tasks in flight against a 200 ms model (docs/llm.md#performance).
 bench-llm: setup

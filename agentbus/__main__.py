@@ -1,5 +1,5 @@
 """``python -m agentbus`` runs the command-line interface."""
 
-from agents.cli import main
+from agentbus.cli import main
 
 raise SystemExit(main())

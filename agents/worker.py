@@ -34,8 +34,8 @@ from prometheus_client import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from agentbus.errors import ConfigError
+from agentbus.http import HealthServer
 from agents.config import WorkerConfig
-from agents.http import HealthServer
 from agents.lifecycle import Lifecycle, State
 from agents.metrics import StatsCollector, WorkerStats
 from agents.registry import Registry

@@ -1,4 +1,4 @@
-"""``agentbus bench``: agentbus against a raw nats-py anchor, on one server, in one run.
+"""``python -m loadtest``: agentbus against a raw nats-py anchor, on one server, in one run.
 
 Every suite measures agentbus and a raw nats-py loop doing the same work, in
 alternation, each phase in a fresh child interpreter on uvloop (``bench_common``):

@@ -1,4 +1,4 @@
-"""Shared pieces of ``agentbus bench``: the task, queues, publishing, and phases in child processes.
+"""Shared pieces of ``python -m loadtest``: the task, queues, publishing, and phases in child processes.
 
 Every measured phase runs in a fresh interpreter (``python -m loadtest.bench_child``)
 on uvloop, so one phase's garbage, allocator state and connections never weigh on

@@ -7,7 +7,7 @@ rounds until all N replicas agree. Averaged over seeds, without loss and with 10
 loss plus 5 % duplication (push-pull repairs what retransmission misses).
 
 ``python -m loadtest.bench_gossip`` prints one JSON line; ``run()`` returns it as a
-dict (``agentbus bench --suite state`` includes ``convergence_rounds`` from it).
+dict (``python -m loadtest --suite state`` includes ``convergence_rounds`` from it).
 """
 
 from __future__ import annotations

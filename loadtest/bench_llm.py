@@ -3,7 +3,7 @@
     python -m loadtest.bench_llm [--inflight 2000] [--delay-ms 200] [--tasks N]
 
 Three processes on loopback besides this driver: nats-server, the scripted
-OpenAI-compatible server (``loadtest.llm_server``: every answer after
+OpenAI-compatible server (``agents.llm.testing``: every answer after
 ``--delay-ms``) and one ``agentbus worker`` serving the built-in ``assistant``
 agent with ``--max-inflight`` slots and the model configured through
 ``AGENTBUS_LLM_*``. Each task is plan (a ``check_inventory`` tool call) -> tool ->
@@ -81,7 +81,7 @@ TENANT = "bench"
 
 def _start_model(delay_ms: float) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loadtest.llm_server", "--delay-ms", str(delay_ms)],
+        [sys.executable, "-m", "agents.llm.testing", "--delay-ms", str(delay_ms)],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -33,10 +33,10 @@ import httpx
 import msgspec
 from rich.console import Console
 
+from agentbus.cli import up
+from agentbus.cli.scaler import autoscaling
+from agentbus.cli.worker import worker_argv
 from agentbus.errors import AgentbusError, ConfigError
-from agents.cli import up
-from agents.cli.scaler import autoscaling
-from agents.cli.worker import worker_argv
 from agents.config import nats_auth_from_env, read_up_state
 from bus.connection import connect
 from loadtest.cluster_counts import ClusterDelta, settle, snapshot

@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 import pytest
 from conftest import async_wait_until
 
+from agentbus.cli.up import _http_status, local_cluster, wait_ready
 from agents.builtin.basic import EchoIn, EchoOut
-from agents.cli.up import _http_status, local_cluster, wait_ready
 from agents.worker import EXIT_LOST_NATS
 from bus.connection import connect
 from bus.embedded import EmbeddedNats

@@ -1,6 +1,6 @@
 """Must show 5: the command lines in the chart are the ones the CLI accepts.
 
-The rendered args go through the real parser (``agents.cli.build_parser``) and on into the
+The rendered args go through the real parser (``agentbus.cli.build_parser``) and on into the
 same ``config_from_args`` the commands run, with the container's environment (ConfigMap and
 env entries) in place; a subprocess ``--help`` smoke checks the installed console script too.
 """
@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from agents.cli import build_parser
-from agents.cli import scaler as scaler_cli
-from agents.cli import worker as worker_cli
+from agentbus.cli import build_parser
+from agentbus.cli import scaler as scaler_cli
+from agentbus.cli import worker as worker_cli
 from agents.config import NATS_AUTH_VARIABLES, WorkerConfig
 from agents.registry import Registry
 from scaler.config import ScalerConfig

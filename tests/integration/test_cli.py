@@ -440,7 +440,7 @@ def test_worker_help(tmp_path: Path) -> None:
 def test_top_level_help_lists_the_commands(tmp_path: Path) -> None:
     done = agentbus(tmp_path, "--help")
     assert done.returncode == 0, done.stderr
-    for command in ("up", "worker", "publish", "status", "demo", "bench"):
+    for command in ("up", "worker", "publish", "status", "demo", "scaler"):
         assert command in done.stdout
     version = agentbus(tmp_path, "--version")
     assert version.returncode == 0

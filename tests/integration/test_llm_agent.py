@@ -35,6 +35,7 @@ from agents.llm import (
     agent_of,
     task_agent,
 )
+from agents.llm import testing as s
 from agents.registry import Registry
 from agents.worker import Worker
 from bus.embedded import free_port
@@ -49,7 +50,6 @@ from bus.messages import (
 )
 from bus.publisher import Publisher
 from bus.topology import DLQ_STREAM
-from loadtest import llm_server as s
 
 pytestmark = pytest.mark.integration
 

@@ -18,10 +18,10 @@ from agents.builtin.assistant import order_rules, order_tools
 from agents.builtin.orders import Inventory
 from agents.config import WorkerConfig
 from agents.llm import LLMConfig, OfflineBrain, task_agent
+from agents.llm import testing as s
 from agents.registry import Registry
 from agents.worker import Worker
 from bus.embedded import free_port
-from loadtest import llm_server as s
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +73,7 @@ async def test_publish_wait_stream_prints_events_then_the_result(nats_url: str) 
 
 
 def test_publish_stream_without_wait_is_refused_before_connecting(capsys: pytest.CaptureFixture[str]) -> None:
-    from agents.cli import main
+    from agentbus.cli import main
 
     # nothing listens on port 9: a connection attempt would fail differently (and slowly)
     assert main(["publish", "assistant", "{}", "--stream", "--nats-url", "nats://127.0.0.1:9"]) == 2

@@ -24,9 +24,9 @@ from nats.aio.msg import Msg
 from agents.builtin.assistant import assistant
 from agents.llm.agent import agent_of
 from agents.llm.planner import SYSTEM_PROMPT
+from agents.llm.testing import ScriptedLLM, bench_model
 from bus.publisher import Publisher, TaskSpec
 from bus.topology import TASKS_STREAM, ConsumerSpec, consumer_name, ensure_consumer
-from loadtest.llm_server import ScriptedLLM, bench_model
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ import pytest
 from conftest import ROOT, WorkerProcess, wait_until
 from nats.aio.client import Client
 
-from agents.cli.status import query_state
+from agentbus.cli.status import query_state
 from bus.publisher import Publisher
 from bus.topology import TASKS_STREAM, consumer_name
 

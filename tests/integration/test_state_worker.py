@@ -33,11 +33,11 @@ from agents.builtin.assistant import order_rules, order_tools
 from agents.builtin.orders import Inventory
 from agents.config import WorkerConfig
 from agents.llm import LimitsConfig, LLMConfig, OfflineBrain, TaskOut, agent_of, task_agent
+from agents.llm import testing as s
 from agents.llm.shared_limits import SharedLimits
 from agents.registry import Registry
 from agents.worker import Worker
 from bus.publisher import Publisher
-from loadtest import llm_server as s
 from state.store import Store
 
 pytestmark = pytest.mark.integration

@@ -22,8 +22,8 @@ import pytest
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 
+from agentbus.cli.up import local_cluster, wait_ready
 from agents.builtin.basic import EchoIn
-from agents.cli.up import local_cluster, wait_ready
 from bus.connection import connect
 from bus.publisher import Publisher, TaskRef, TaskSpec
 from bus.topology import DLQ_STREAM, TASKS_STREAM

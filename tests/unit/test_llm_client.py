@@ -8,8 +8,8 @@ import pytest
 
 from agentbus.errors import CircuitOpenError, ModelHTTPError, ModelUnavailableError
 from agents.llm import BreakerConfig, BreakerState, ChatClient, CircuitBreaker, LLMConfig, RetryConfig
+from agents.llm import testing as s
 from agents.llm.chat import ChatRequest, Message
-from loadtest import llm_server as s
 
 FAST = RetryConfig(attempts=4, base_s=0.05, max_s=2.0)
 

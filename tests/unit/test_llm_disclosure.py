@@ -17,9 +17,9 @@ import pytest
 
 from agentbus.errors import CircuitOpenError, ConfigError, LLMError, ModelHTTPError, ModelUnavailableError
 from agents.llm import BreakerConfig, ChatClient, LLMConfig, ModelEndpoint, RetryConfig
+from agents.llm import testing as s
 from agents.llm.chat import ChatRequest, Message
 from bus.embedded import free_port
-from loadtest import llm_server as s
 
 MARKER = "SECRET-BODY-123"
 PASSWORD = "s3cr3t-PASS"

@@ -18,9 +18,9 @@ from agents.llm import (
     ModelEndpoint,
     RetryConfig,
 )
+from agents.llm import testing as s
 from agents.llm.chat import ChatRequest, Message
 from bus.embedded import free_port
-from loadtest import llm_server as s
 
 SLOW_BACKOFF = RetryConfig(attempts=4, base_s=5.0, max_s=8.0)  # a backoff would take >= 2.5 s
 

@@ -19,9 +19,9 @@ from prometheus_client.registry import CollectorRegistry
 import scaler
 import scaler.actuators
 import scaler.sources
+from agentbus.cli import build_parser, main
+from agentbus.cli.scaler import config_from_args
 from agentbus.errors import ConfigError, ScalePermissionError
-from agents.cli import build_parser, main
-from agents.cli.scaler import config_from_args
 from scaler.actuators import MemoryActuator
 from scaler.config import load_config
 from scaler.loop import Evaluation, Scaler
@@ -229,8 +229,8 @@ def test_cli_dry_run_prints_one_json_decision(capsys: pytest.CaptureFixture[str]
 
 def test_autoscale_flag_makes_workers_report_pending_every_second() -> None:
     p = argparse.ArgumentParser()
-    from agents.cli.scaler import add_autoscale_options
-    from agents.cli.worker import add_worker_options
+    from agentbus.cli.scaler import add_autoscale_options
+    from agentbus.cli.worker import add_worker_options
 
     add_worker_options(p)
     add_autoscale_options(p)

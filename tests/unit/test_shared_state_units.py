@@ -10,11 +10,11 @@ import logging
 
 import pytest
 
+from agentbus.cli import build_parser
+from agentbus.cli import worker as worker_cli
 from agentbus.errors import BudgetExceededError, ConfigError, RateLimitedError, StateError
 from agents.api import Context
 from agents.builtin.basic import echo
-from agents.cli import build_parser
-from agents.cli import worker as worker_cli
 from agents.config import WorkerConfig
 from agents.llm.config import LimitsConfig
 from agents.llm.shared_limits import MIN_RATE_WINDOW_S, SharedLimits
@@ -221,19 +221,22 @@ async def test_rejoin_takes_the_new_node_id_everywhere() -> None:
     assert set(sim.nodes["n2"].live_peers()) == {"n0", "n1"}
 
 
-# -- agentbus bench --suite state -------------------------------------------------------------------
+# -- python -m loadtest --suite state -------------------------------------------------------------------
 
 
 def test_bench_state_suite_is_chosen_only_when_named(capsys: pytest.CaptureFixture[str]) -> None:
-    from agents.cli import bench
+    import loadtest.__main__ as bench
 
     assert bench._suites(["state"]) == ()
     assert bench._suites(["a,state"]) == ("throughput",)
     assert "memory" in bench._suites(None)  # the default run is unchanged, state not in it
-    with pytest.raises(ConfigError, match="unknown suite"):
+    with pytest.raises(ValueError, match="unknown suite"):
         bench._suites(["state,nope"])
-    args = build_parser().parse_args(["bench", "--suite", "state", "--quick", "--json-only"])
-    assert bench.run(args) == 0
+    with pytest.raises(SystemExit) as usage:  # a usage error: exit 2 from argparse
+        bench.main(["--suite", "nope"])
+    assert usage.value.code == 2
+    capsys.readouterr()
+    assert bench.main(["--suite", "state", "--quick", "--json-only"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["suites"] == ["state"]
     assert out["state"]["suite"] == "state"

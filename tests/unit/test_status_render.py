@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from agents.cli.status import KindRow, Snapshot, print_snapshot, safe
+from agentbus.cli.status import KindRow, Snapshot, print_snapshot, safe
 from bus.messages import StateReport, TenantUsage
 
 EVIL = "[red]x\x1b[2J[/red][link=http://e]y\x07"

@@ -1,4 +1,4 @@
-"""``agentbus bench``: agentbus against the raw nats-py anchor (throughput, I/O, latency, memory).
+"""``python -m loadtest``: agentbus against the raw nats-py anchor (throughput, I/O, latency, memory).
 
 Prints human-readable lines, then one JSON line with every figure (the last line
 of stdout; ``--json-only`` prints just that). ``--suite state`` (only when named)
@@ -15,18 +15,17 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-__all__ = ["register"]
+__all__ = ["build_parser", "main"]
 
 _ALIASES = {"a": "throughput", "b": "throughput", "c": "io", "d": "latency", "e": "memory"}
 STATE_SUITE = "state"
 """Shared-state CRDT costs and gossip convergence (no NATS needed); run only when named."""
 
 
-def register(sub: Any) -> None:
-    """Add the subcommand."""
-    p: argparse.ArgumentParser = sub.add_parser(
-        "bench",
-        help="benchmark agentbus against raw nats-py",
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's command line (the product's ``agentbus`` command does not import the harness)."""
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -51,7 +50,18 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--check", action="store_true", help="exit 1 when a target is missed (a failed suite always is)"
     )
-    p.set_defaults(run=run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the flags and run; an unknown suite is a usage error (exit 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _suites(args.suite)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return run(args)
 
 
 def _named(values: list[str] | None) -> set[str]:
@@ -64,7 +74,6 @@ def _named(values: list[str] | None) -> set[str]:
 
 def _suites(values: list[str] | None) -> tuple[str, ...]:
     """The suites of ``loadtest.bench`` the flags name (all when none is named; ``state`` aside)."""
-    from agentbus.errors import ConfigError
     from loadtest.bench import SUITES
 
     if not values:
@@ -73,7 +82,7 @@ def _suites(values: list[str] | None) -> tuple[str, ...]:
     for name in sorted(chosen - {STATE_SUITE}):
         if name not in SUITES:
             known = ", ".join((*SUITES, STATE_SUITE))
-            raise ConfigError(f"unknown suite {name!r}; choose from {known} or a-e")
+            raise ValueError(f"unknown suite {name!r}; choose from {known} or a-e")
     return tuple(s for s in SUITES if s in chosen)
 
 
@@ -118,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(result, sort_keys=True), flush=True)
     missed = [k for k, ok in result["targets_met"].items() if not ok]
     if missed and not args.json_only:
-        print(f"agentbus bench: targets missed: {', '.join(missed)}", file=sys.stderr)
+        print(f"loadtest: targets missed: {', '.join(missed)}", file=sys.stderr)
     if result.get("errors"):  # a suite could not run: its figures are missing
         return 1
     return 1 if (args.check and missed) else 0
@@ -144,3 +153,7 @@ def _state_suite(result: dict[str, Any], *, quick: bool, say: Any) -> None:
     lossy = state.get("convergence_rounds_loss10_dup5", {})
     for n in sorted(rounds, key=int):
         say(f"  {n} replicas converge in {rounds[n]} rounds ({lossy.get(n, '?')} with 10% loss, 5% dup)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""The ``agentbus`` command: ``up``, ``worker``, ``publish``, ``status``, ``demo``, ``bench``, ``scaler``."""
+"""The ``agentbus`` command: ``up``, ``worker``, ``publish``, ``status``, ``demo``, ``scaler``."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ __all__ = ["main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand (used by ``--help`` tests too)."""
-    from agents.cli import bench, demo, publish, scaler, status, up, worker
+    from agentbus.cli import demo, publish, scaler, status, up, worker
 
     parser = argparse.ArgumentParser(prog="agentbus", description=__doc__)
     parser.add_argument("--version", action="version", version=f"agentbus {__version__}")
     parser.add_argument("--log-level", default="WARNING", help="logging level (default %(default)s)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (up, worker, publish, status, demo, bench, scaler):
+    for module in (up, worker, publish, status, demo, scaler):
         module.register(sub)
     return parser
 

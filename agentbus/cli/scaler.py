@@ -21,7 +21,7 @@ import msgspec
 from prometheus_client.registry import CollectorRegistry
 
 from agentbus.errors import ConfigError
-from agents.http import HealthServer
+from agentbus.http import HealthServer
 from scaler.actuators import Actuator, MemoryActuator
 from scaler.assemble import kubernetes_actuator, local_scaler, metric_source
 from scaler.config import ScalerConfig, load_config

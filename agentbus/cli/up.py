@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentbus.cli.scaler import add_autoscale_options, autoscaling
+from agentbus.cli.worker import EXIT_CONFIG, EXIT_USAGE, add_worker_options, worker_argv
 from agentbus.errors import AgentbusError
-from agents.cli.scaler import add_autoscale_options, autoscaling
-from agents.cli.worker import EXIT_CONFIG, EXIT_USAGE, add_worker_options, worker_argv
 from agents.config import UP_STATE_FILE, nats_auth_from_env
 from bus.connection import connect
 from bus.embedded import EmbeddedNats, free_port, keep_alive

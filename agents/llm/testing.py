@@ -8,7 +8,7 @@ the next :class:`Reply` of the script (JSON, an SSE stream, an error status with
 build the usual replies: :func:`text`, :func:`tool_calls`, :func:`stream_text`,
 :func:`stream_tool_calls`, :func:`status`, :func:`malformed`.
 
-``python -m loadtest.llm_server --delay-ms 200`` runs the benchmark's model (a plan
+``python -m agents.llm.testing --delay-ms 200`` runs the benchmark's model (a plan
 with one tool call, then an answer) and prints ``listening <url>`` when ready.
 """
 

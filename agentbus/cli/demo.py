@@ -24,8 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agentbus.errors import ConfigError
-from agents.cli._demo_workload import (
+from agentbus.cli._demo_workload import (
     COMPLETED,
     RETRIED,
     TENANTS,
@@ -38,7 +37,8 @@ from agents.cli._demo_workload import (
     publish,
     read_dead_letters,
 )
-from agents.cli.up import local_cluster, wait_ready
+from agentbus.cli.up import local_cluster, wait_ready
+from agentbus.errors import ConfigError
 from bus.connection import connect
 from bus.messages import DlqReason
 
