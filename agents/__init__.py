@@ -18,8 +18,18 @@ transient failure and :class:`Reject` for a task that must not be retried.
 """
 
 from agentbus.errors import AgentbusError, Reject, Retry
-from agents.api import AgentSpec, Context, agent
+from agents.api import AgentSpec, Context, Services, agent
 from agents.registry import Registry
 from agents.tenancy import current_tenant
 
-__all__ = ["AgentSpec", "AgentbusError", "Context", "Registry", "Reject", "Retry", "agent", "current_tenant"]
+__all__ = [
+    "AgentSpec",
+    "AgentbusError",
+    "Context",
+    "Registry",
+    "Reject",
+    "Retry",
+    "Services",
+    "agent",
+    "current_tenant",
+]

@@ -1,8 +1,8 @@
 """The agent API: ``@agent`` turns a typed async function into an :class:`AgentSpec`.
 
-Decorating registers nothing globally (STYLE.md 10): a worker collects the specs
-of the modules it is told to load, or a :class:`~agents.registry.Registry` is
-built from them explicitly::
+Decorating registers nothing globally: a worker collects the specs of the
+modules it is told to load, or a :class:`~agents.registry.Registry` is built
+from them explicitly::
 
     class Echo(msgspec.Struct):
         text: str
@@ -10,12 +10,16 @@ built from them explicitly::
     @agent(kind="echo", input=Echo, output=Echo, max_inflight=64, timeout_s=5)
     async def echo(ctx: Context, task: Echo) -> Echo:
         return task
+
+An agent that needs configuration or a client declares ``on_start(services)``
+(and ``on_stop()``): the worker runs them before readiness turns green and after
+the drain, so a misconfigured plugin stops the worker at start, not at its first task.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -30,7 +34,7 @@ from bus.subjects import check_token, stream_subject
 if TYPE_CHECKING:
     from state.store import Store
 
-__all__ = ["AgentSpec", "Context", "Handler", "Stores", "agent"]
+__all__ = ["AgentSpec", "Context", "Handler", "OnStart", "OnStop", "Services", "Stores", "agent"]
 
 Stores = Callable[[str], "Store"]
 """The worker's tenant -> :class:`~state.store.Store` lookup; a Context applies it to its own tenant only."""
@@ -117,6 +121,38 @@ class Context:
 Handler = Callable[[Context, In], Awaitable[Out]]
 
 
+class Services:
+    """What a worker offers its agents at start (``AgentSpec.on_start``).
+
+    ``stores`` is the worker's tenant -> store lookup (None when the agent runs
+    without one); :meth:`count_tokens` hands the runtime a tenant -> tokens mapping
+    that the agent only ever increases, folded into the tenants' usage counters
+    every gossip round (nothing is counted on the task path).
+    """
+
+    __slots__ = ("_token_counts", "stores", "worker")
+
+    def __init__(self, *, worker: str, stores: Stores | None = None) -> None:
+        self.worker = worker
+        self.stores = stores
+        self._token_counts: list[Mapping[str, int]] = []
+
+    def count_tokens(self, counts: Mapping[str, int]) -> None:
+        """Count ``counts`` (tenant -> tokens spent so far) in the tenants' shared usage."""
+        self._token_counts.append(counts)
+
+    @property
+    def token_counts(self) -> list[Mapping[str, int]]:
+        """The mappings given to :meth:`count_tokens`."""
+        return list(self._token_counts)
+
+
+OnStart = Callable[[Services], Awaitable[None]]
+"""Run by the worker before it consumes; raise :class:`~agentbus.errors.ConfigError` to stop it."""
+OnStop = Callable[[], Awaitable[None]]
+"""Run by the worker after the drain (close clients)."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AgentSpec(Generic[In, Out]):
     """A registered agent: its kind, types, limits and handler."""
@@ -130,6 +166,10 @@ class AgentSpec(Generic[In, Out]):
     max_payload_bytes: int = 256 * 1024
     collector: Collector | None = None
     """Extra Prometheus metrics of this agent; the worker registers it in its registry."""
+    on_start: OnStart | None = None
+    """Read configuration, open clients, take services; before readiness (a ConfigError stops the worker)."""
+    on_stop: OnStop | None = None
+    """Close what ``on_start`` opened; after the last handler finished."""
 
     def __post_init__(self) -> None:
         check_token("kind", self.kind)
@@ -156,11 +196,14 @@ def agent(
     max_inflight: int = 64,
     timeout_s: float = 60.0,
     max_payload_bytes: int = 256 * 1024,
+    on_start: OnStart | None = None,
+    on_stop: OnStop | None = None,
 ) -> Callable[[Handler[In, Out]], AgentSpec[In, Out]]:
     """Declare an agent for tasks on ``tasks.<tenant>.<kind>``.
 
     ``max_inflight`` is the number of tasks one worker process runs at once (and
-    the most messages it holds unacked); ``timeout_s`` bounds one attempt.
+    the most messages it holds unacked); ``timeout_s`` bounds one attempt;
+    ``on_start``/``on_stop`` run once per worker around its life.
     """
 
     def wrap(handler: Handler[In, Out]) -> AgentSpec[In, Out]:
@@ -172,6 +215,8 @@ def agent(
             max_inflight=max_inflight,
             timeout_s=timeout_s,
             max_payload_bytes=max_payload_bytes,
+            on_start=on_start,
+            on_stop=on_stop,
         )
 
     return wrap

@@ -17,9 +17,9 @@ A worker owns one :class:`SharedState` (docs/state.md):
   and to Redis once it answers;
 * usage counters folded in from the worker's plain-int stats, not counted on the
   task path: every gossip round (200 ms) the increase of ``KindStats.tasks``
-  (``ok`` -> ``tasks_completed``, ``dead_lettered`` -> ``tasks_failed``) and of each
-  LLM task agent's ``tokens`` is added to the tenant's counters. A count reaches
-  this replica within one round and every replica within one round plus the
+  (``ok`` -> ``tasks_completed``, ``dead_lettered`` -> ``tasks_failed``) and of the
+  token counts agents gave at start (``Services.count_tokens``) is added to the tenant's
+  counters. A count reaches this replica within one round and every replica within one round plus the
   gossip delay; the drain folds once more before leaving, so nothing is dropped;
 * the live-agents set: the worker adds its name at start and removes it on drain;
   a killed worker's entry stays until gossip prunes its replica (``prune_after_s``),
@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -44,10 +44,7 @@ from nats.aio.subscription import Subscription
 
 from agentbus.errors import ConfigError, PersistenceError, StateError
 from agents.config import WorkerConfig
-from agents.llm.agent import TaskAgent, agent_of
-from agents.llm.shared_limits import SharedLimits
 from agents.metrics import Outcome, WorkerStats
-from agents.registry import Registry
 from agents.runner import KindRunner
 from bus.gossip import NatsTransport
 from bus.messages import StateQuery, StateReport, TenantUsage, encode
@@ -77,7 +74,7 @@ _COUNTED = {Outcome.OK: True, Outcome.DEAD_LETTERED: False}
 class SharedState:
     """One worker's replica, its gossip node, its Redis snapshots and its usage counters."""
 
-    def __init__(self, config: WorkerConfig, *, name: str, stats: WorkerStats, registry: Registry) -> None:
+    def __init__(self, config: WorkerConfig, *, name: str, stats: WorkerStats) -> None:
         if config.redis_url is not None and not config.redis_url.startswith(REDIS_SCHEMES):
             raise ConfigError(f"a Redis URL is redis://, rediss:// or unix://, not {config.redis_url!r}")
         self.config = config
@@ -91,10 +88,7 @@ class SharedState:
         self.loaded = config.redis_url is None
         """Every Redis snapshot of our tenants is merged (True at once without Redis)."""
         self._stats = stats
-        self._agents: list[TaskAgent] = []
-        for spec in registry:
-            with contextlib.suppress(TypeError):  # not an LLM task agent
-                self._agents.append(agent_of(spec))
+        self._token_counts: list[Mapping[str, int]] = []
         self._seen: dict[tuple[str, str, str], int] = {}
         self._bad_tenants: set[str] = set()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -102,11 +96,13 @@ class SharedState:
         self._sub: Subscription | None = None
 
     def install(self, runners: list[KindRunner]) -> None:
-        """Give the handlers their tenant's store and the LLM agents the cluster-wide limits."""
+        """Give the handlers their tenant's store."""
         for runner in runners:
             runner.stores = self.replica.store
-        for agent in self._agents:  # agents given explicit limits keep them (TaskAgent.setup)
-            agent.limits_factory = functools.partial(SharedLimits, self.replica.store)
+
+    def count_tokens(self, counts: Iterable[Mapping[str, int]]) -> None:
+        """Fold these tenant -> tokens mappings (``Services.count_tokens``) into the usage counters."""
+        self._token_counts.extend(counts)
 
     # -- life -------------------------------------------------------------------------------
 
@@ -231,10 +227,9 @@ class SharedState:
                     self.replica.record_task(tenant, ok=ok, n=delta)
                 except (ValueError, StateError) as exc:
                     self._not_counted(tenant, exc)
-        for agent in self._agents:
-            kind = agent.spec.kind
-            for tenant, n in agent.tokens.items():
-                key = (kind, tenant, "~tokens")
+        for index, counts in enumerate(self._token_counts):
+            for tenant, n in counts.items():
+                key = (str(index), tenant, "~tokens")
                 if (delta := n - seen.get(key, 0)) <= 0:
                     continue
                 seen[key] = n

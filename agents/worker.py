@@ -6,6 +6,10 @@ handlers get ``drain_timeout_s`` to finish; whatever still runs then is cancelle
 and handed back, so another replica takes it at once instead of after ack_wait;
 acks are flushed, the connection drained, exit 0.
 
+Agents' ``on_start(services)`` hooks run first, before the probe server and the
+connection: a plugin that cannot be configured raises ConfigError and the worker
+exits 78 with readiness never green and no task taken. ``on_stop`` runs after the drain.
+
 Shared tenant state (``agents.shared_state``) starts after the consumers' setup
 and before the first fetch, so the first handler already finds its tenant's store;
 it stops after the last handler and before the connection drains: the last counts
@@ -35,6 +39,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from agentbus.errors import ConfigError
 from agentbus.http import HealthServer
+from agents.api import AgentSpec, Services
 from agents.config import WorkerConfig
 from agents.lifecycle import Lifecycle, State
 from agents.metrics import StatsCollector, WorkerStats
@@ -80,7 +85,7 @@ class Worker:
             if spec.collector is not None:  # an agent's own metrics (the LLM agents' breakers)
                 self.metrics.register(spec.collector)
         self.runners: list[KindRunner] = []
-        self.state = SharedState(config, name=self.name, stats=self.stats, registry=self.registry)
+        self.state = SharedState(config, name=self.name, stats=self.stats)
         """Shared tenant state: this worker's replica, gossip, Redis snapshots (docs/state.md)."""
         StateCollector(self.state, self.metrics)
         self.http: HealthServer | None = None
@@ -90,6 +95,7 @@ class Worker:
         self.exit_code = 0
         """What the process exits with: 0, or :data:`EXIT_LOST_NATS` once NATS was lost for good."""
         self._bounded: set[str] = set()  # kinds whose consumer has a server-side max_deliver (warned)
+        self._started_specs: list[AgentSpec[Any, Any]] = []  # on_start ran: on_stop runs at the end
 
     # -- probes -----------------------------------------------------------------------------
 
@@ -126,7 +132,15 @@ class Worker:
     # -- life -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect, provision, start consuming. Returns once running."""
+        """Start the agents' plugins, connect, provision, start consuming. Returns once running."""
+        await self._start_agents()
+        try:
+            await self._start()
+        except BaseException:  # a failed or cancelled start closes what the plugins opened
+            await self._stop_agents()
+            raise
+
+    async def _start(self) -> None:
         cfg = self.config
         if cfg.http_port >= 0:
             self.http = HealthServer(
@@ -190,6 +204,29 @@ class Worker:
             ),
         ]
         self._move(State.RUNNING)
+
+    async def _start_agents(self) -> None:
+        """Run every agent's ``on_start``; a failure stops the ones already started and propagates."""
+        services = Services(worker=self.name, stores=self.state.replica.store)
+        for spec in self.registry:
+            if spec.on_start is None:
+                continue
+            try:
+                await spec.on_start(services)
+            except BaseException:
+                await self._stop_agents()
+                raise
+            self._started_specs.append(spec)
+        self.state.count_tokens(services.token_counts)
+
+    async def _stop_agents(self) -> None:
+        specs, self._started_specs = self._started_specs, []
+        for spec in reversed(specs):
+            if spec.on_stop is not None:
+                try:
+                    await spec.on_stop()
+                except Exception as exc:  # the drain goes on
+                    log.warning("agent %s: on_stop failed: %s", spec.kind, exc)
 
     def _consumer_spec(self, kind: str) -> ConsumerSpec:
         cfg = self.config
@@ -256,6 +293,7 @@ class Worker:
             task.cancel()
         for runner in self.runners:
             await runner.consumer.close()
+        await self._stop_agents()
         try:
             await self.state.stop()
         except Exception as exc:  # the drain goes on: peers and Redis keep what they already have

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -32,13 +31,14 @@ from agentbus.errors import (
     ModelOutputError,
     TaskFate,
 )
-from agents.api import AgentSpec, Context
+from agents.api import AgentSpec, Context, Services
 from agents.llm.attempt import Events, fate
 from agents.llm.budget import LocalLimits, TenantLimits
 from agents.llm.client import ChatClient
-from agents.llm.config import LimitsConfig, LLMConfig
-from agents.llm.metrics import LLMCollector
+from agents.llm.config import LLMConfig
+from agents.llm.metrics import LLMCollector, LLMStats
 from agents.llm.planner import Brain, ModelBrain, Plan, PlannedCall, Run, Turn
+from agents.llm.shared_limits import SharedLimits
 from agents.llm.tools import Toolbox, ToolOutcome
 from bus import tracing
 from bus.messages import AuditEvent, DecisionEvent, DoneEvent, StepEvent, now
@@ -85,10 +85,10 @@ class TaskAgent:
         self.brain: Brain = offline
         self.client: ChatClient | None = None
         self.limits: TenantLimits | None = None
-        self.limits_factory: Callable[[LimitsConfig], TenantLimits] = LocalLimits
-        """Makes the limits when none were given: the worker installs shared (cluster-wide) ones."""
-        self.tokens: dict[str, int] = {}
-        self.tool_calls: dict[tuple[str, bool], int] = {}
+        self.stats = LLMStats()
+        """What the metrics read: tokens per tenant, tool calls, the endpoints, the limits' refusals."""
+        self.tokens = self.stats.tokens
+        self.tool_calls = self.stats.tool_calls
         self._traced = False
         self.spec: AgentSpec[TaskIn, TaskOut] = AgentSpec(
             kind=kind,
@@ -97,11 +97,23 @@ class TaskAgent:
             handler=self.handle,
             max_inflight=max_inflight,
             timeout_s=timeout_s,
-            collector=LLMCollector(self),
+            collector=LLMCollector(kind, self.stats),
+            on_start=self.on_start,
+            on_stop=self.aclose,
         )
 
-    def setup(self) -> None:
-        """Resolve configuration (``AGENTBUS_LLM_*`` when none was given), the brain and the limits; once."""
+    async def on_start(self, services: Services) -> None:
+        """At the worker's start: read ``AGENTBUS_LLM_*`` (a bad value stops the worker with a
+        ConfigError naming it), take the cluster-wide limits and count tokens in the shared usage."""
+        self.setup(services)
+        services.count_tokens(self.tokens)
+
+    def setup(self, services: Services | None = None) -> None:
+        """Resolve configuration (``AGENTBUS_LLM_*`` when none was given), the brain and the limits; once.
+
+        With ``services`` from a worker the limits are shared by the cluster
+        (:class:`~agents.llm.shared_limits.SharedLimits`); without, they are this process's.
+        """
         if self.config is not None:
             return
         cfg = self._config or LLMConfig.from_env()
@@ -110,7 +122,14 @@ class TaskAgent:
         elif not cfg.offline:
             self.client = ChatClient(cfg)
             self.brain = ModelBrain(self.client, cfg)
-        self.limits = self._limits or self.limits_factory(cfg.limits)
+            self.stats.endpoints = self.client.endpoints
+        if self._limits is not None:
+            self.limits = self._limits
+        elif services is not None and services.stores is not None:
+            self.limits = SharedLimits(services.stores, cfg.limits)
+        else:
+            self.limits = LocalLimits(cfg.limits)
+        self.stats.refused = getattr(self.limits, "refused", {})
         self._traced = tracing.enabled()
         self.config = cfg
 
@@ -243,7 +262,7 @@ def task_agent(
     timeout_s: float = 120.0,
 ) -> AgentSpec[TaskIn, TaskOut]:
     """An LLM task agent for ``kind``: the model of ``config`` (default: ``AGENTBUS_LLM_*``,
-    read at the first task), else the ``offline`` brain; ``brain`` overrides both."""
+    read when the worker starts), else the ``offline`` brain; ``brain`` overrides both."""
     agent = TaskAgent(
         kind=kind,
         tools=tools,

@@ -1,7 +1,8 @@
 """Prometheus metrics of the LLM task agents, read from plain counters at scrape time.
 
 The agent registers one :class:`LLMCollector` through ``AgentSpec.collector``; the
-worker adds it to its registry, so agents without a model cost nothing. ``endpoint``
+worker adds it to its registry, so agents without a model cost nothing. The collector
+reads an :class:`LLMStats` (plain dicts the agent increases), not the agent itself. ``endpoint``
 is the endpoint's URL without user info or query (:func:`~agents.llm._failure.redact_url`).
 
 ==============================================  =========================================
@@ -18,27 +19,40 @@ is the endpoint's URL without user info or query (:func:`~agents.llm._failure.re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from agents.llm.agent import TaskAgent
+    from agents.llm.client import Endpoint
 
-__all__ = ["LLMCollector"]
+__all__ = ["LLMCollector", "LLMStats"]
+
+
+class LLMStats:
+    """One LLM agent's counters: tokens per tenant, tool calls, its endpoints, limit refusals."""
+
+    __slots__ = ("endpoints", "refused", "tokens", "tool_calls")
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, int] = {}
+        self.tool_calls: dict[tuple[str, bool], int] = {}
+        self.endpoints: Sequence[Endpoint] = ()
+        self.refused: Mapping[tuple[str, str], int] = {}
 
 
 class LLMCollector(Collector):
-    """Exposes one :class:`~agents.llm.agent.TaskAgent`'s counters."""
+    """Exposes one LLM agent's :class:`LLMStats`."""
 
-    def __init__(self, agent: TaskAgent) -> None:
-        self._agent = agent
+    def __init__(self, kind: str, stats: LLMStats) -> None:
+        self._kind = kind
+        self._stats = stats
 
     def collect(self) -> Iterator[Metric]:
-        agent = self._agent
-        kind = agent.spec.kind
+        stats = self._stats
+        kind = self._kind
         state = GaugeMetricFamily(
             "agentbus_llm_breaker_state",
             "Circuit breaker of a model endpoint: 0 closed, 1 half-open, 2 open",
@@ -50,7 +64,7 @@ class LLMCollector(Collector):
         attempts = CounterMetricFamily(
             "agentbus_llm_attempts", "Model call attempts by outcome", labels=["kind", "endpoint", "outcome"]
         )
-        for ep in agent.client.endpoints if agent.client is not None else ():
+        for ep in stats.endpoints:
             state.add_metric([kind, ep.label], float(ep.breaker.state))
             opened.add_metric([kind, ep.label], ep.breaker.opened)
             for outcome, n in sorted(ep.outcomes.items()):
@@ -58,18 +72,18 @@ class LLMCollector(Collector):
         tokens = CounterMetricFamily(
             "agentbus_llm_tokens", "Model tokens spent, by tenant", labels=["kind", "tenant"]
         )
-        for tenant, n in sorted(agent.tokens.items()):
+        for tenant, n in sorted(stats.tokens.items()):
             tokens.add_metric([kind, tenant], n)
         limited = CounterMetricFamily(
             "agentbus_llm_limited",
             "Model calls refused by a tenant limit",
             labels=["kind", "tenant", "limit"],
         )
-        for (tenant, why), n in sorted(getattr(agent.limits, "refused", {}).items()):
+        for (tenant, why), n in sorted(stats.refused.items()):
             limited.add_metric([kind, tenant, why], n)
         tools = CounterMetricFamily(
             "agentbus_llm_tool_calls", "Tool calls by outcome", labels=["kind", "tool", "outcome"]
         )
-        for (name, ok), n in sorted(agent.tool_calls.items()):
+        for (name, ok), n in sorted(stats.tool_calls.items()):
             tools.add_metric([kind, name, "ok" if ok else "error"], n)
         yield from (state, opened, attempts, tokens, limited, tools)

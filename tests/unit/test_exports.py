@@ -22,6 +22,7 @@ EXPECTED: dict[types.ModuleType, list[str]] = {
         "Registry",
         "Reject",
         "Retry",
+        "Services",
         "agent",
         "current_tenant",
     ],
