@@ -1,7 +1,7 @@
-"""The worker's HTTP endpoint: ``/healthz``, ``/readyz`` and ``/metrics``.
+"""The HTTP endpoint of every agentbus process (worker and scaler): ``/healthz``, ``/readyz``, ``/metrics``.
 
 A few dozen lines over ``asyncio.start_server`` instead of a web framework: three
-GET routes, one connection per scrape or probe, served on the worker's own loop
+GET routes, one connection per scrape or probe, served on the process's own loop
 so ``/readyz`` tells the truth about that loop.
 """
 
