@@ -5,8 +5,13 @@ This package is the shared kernel: the version and the one exception tree that
 lives in ``agents`` (``import agents``).
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from agentbus.errors import AgentbusError
 
 __all__ = ["AgentbusError", "__version__"]
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("agentbus")  # one source: pyproject.toml
+except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+    __version__ = "0+unknown"

@@ -3,7 +3,8 @@
 Everything agentbus raises on purpose derives from :class:`AgentbusError`::
 
     AgentbusError
-    ├── ConfigError              bad configuration, found at start (a worker exits 78)
+    ├── ConfigError              bad configuration, found at start (exit 78); also a ValueError
+    │   └── UsageError           a bad command line (exit 2)
     ├── BusError                 talking to NATS failed
     │   ├── PublishError         a task could not be stored
     │   │   ├── StreamFullError  the stream refused it: limits reached (discard=new)
@@ -11,7 +12,7 @@ Everything agentbus raises on purpose derives from :class:`AgentbusError`::
     │   │   └── NoStreamError    no stream listens on that subject
     │   ├── InvalidSubjectError  tenant or kind is not a valid subject token
     │   ├── UnsafeSubjectError   a subject or reply the server would close the connection for (not sent)
-    │   └── ResultTimeoutError   a waited-for result did not arrive in time
+    │   └── ResultTimeoutError   a waited-for result did not arrive in time; also a TimeoutError
     ├── ScalerError              the autoscaler could not read a metric or resize the pool
     │   ├── MetricError          a metric source failed (unreachable, bad query, bad answer)
     │   └── ActuatorError        reading or changing the replica count failed
@@ -37,8 +38,9 @@ Everything agentbus raises on purpose derives from :class:`AgentbusError`::
         └── Reject(reason)       not retryable: term and dead-letter with the reason
 
 ``ConfigError`` is raised at start for bad configuration (the scaler's too: unknown
-metric, min > max, a query Prometheus refuses); ``agentbus worker`` then exits 78
-(``EX_CONFIG``), which makes ``agentbus up`` stop instead of restarting it. ``ScalerError``
+metric, min > max, a query Prometheus refuses); every ``agentbus`` command then exits 78
+(``EX_CONFIG``), which makes ``agentbus up`` stop instead of restarting a worker. Only a
+``UsageError`` (and argparse's own) exits 2; any other ``AgentbusError`` exits 1. ``ScalerError``
 subclasses are raised at run time; the control loop catches them, holds the pool's size and logs why.
 
 ``StateError`` subclasses come from ``state``: limits and type clashes are raised to
@@ -90,6 +92,7 @@ __all__ = [
     "TaskFate",
     "TenantLimitError",
     "UnsafeSubjectError",
+    "UsageError",
 ]
 
 
@@ -97,8 +100,12 @@ class AgentbusError(Exception):
     """Root of every error agentbus raises on purpose."""
 
 
-class ConfigError(AgentbusError):
+class ConfigError(AgentbusError, ValueError):
     """Configuration is invalid; raised at start, never mid-run."""
+
+
+class UsageError(ConfigError):
+    """The command line is wrong: a missing or contradictory flag, an argument that does not parse."""
 
 
 class BusError(AgentbusError):
@@ -157,7 +164,7 @@ class NoStreamError(PublishError):
     """No JetStream stream captures the subject (topology not provisioned?)."""
 
 
-class ResultTimeoutError(BusError):
+class ResultTimeoutError(BusError, TimeoutError):
     """The result of a task did not arrive within the wait."""
 
     def __init__(self, task_id: str, timeout_s: float) -> None:

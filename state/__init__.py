@@ -13,6 +13,6 @@
 
 from state.limiter import Budget, RateLimiter
 from state.replica import ReplicaState
-from state.store import Store, TenantLimits
+from state.store import Store, StoreLimits
 
-__all__ = ["Budget", "RateLimiter", "ReplicaState", "Store", "TenantLimits"]
+__all__ = ["Budget", "RateLimiter", "ReplicaState", "Store", "StoreLimits"]

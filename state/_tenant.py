@@ -21,7 +21,7 @@ from state.lww import LWWRegister
 from state.orset import ORSet
 from state.wire import Crdt, Entry
 
-__all__ = ["KIND", "RESERVED", "C", "Folded", "TenantLimits", "TenantState", "new_replica_id"]
+__all__ = ["KIND", "RESERVED", "C", "Folded", "StoreLimits", "TenantState", "new_replica_id"]
 
 KIND: dict[type, str] = {GCounter: "counter", PNCounter: "pncounter", ORSet: "set", LWWRegister: "register"}
 """What each CRDT class is called in errors and in ``Store.names()``."""
@@ -42,7 +42,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 @dataclass(frozen=True, kw_only=True)
-class TenantLimits:
+class StoreLimits:
     """Per-tenant bounds, checked when this replica writes (merges from peers are accepted)."""
 
     max_entries: int = 1_000
@@ -100,7 +100,7 @@ class TenantState:
         self,
         tenant: str,
         replica: str,
-        limits: TenantLimits,
+        limits: StoreLimits,
         clock: Callable[[], int] = time.time_ns,
         pruned: dict[str, int] | None = None,
     ) -> None:

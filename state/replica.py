@@ -45,7 +45,7 @@ from collections.abc import Callable
 
 from agentbus.errors import CorruptStateError
 from state import wire
-from state._tenant import Folded, TenantLimits, TenantState, new_replica_id
+from state._tenant import Folded, StoreLimits, TenantState, new_replica_id
 from state.orset import ORSet
 from state.store import CounterView, SetView, Store, check_tenant
 from state.wire import SYSTEM_TENANT, Crdt, StateMessage, TenantSnapshot
@@ -70,7 +70,7 @@ class ReplicaState:
         node: str = "replica",
         *,
         replica_id: str | None = None,
-        limits: TenantLimits | None = None,
+        limits: StoreLimits | None = None,
         clock: Callable[[], int] = time.time_ns,
         max_delta_entries: int = 500,
         marker_recent_s: float = 3600.0,
@@ -81,7 +81,7 @@ class ReplicaState:
         self.replica_id = replica_id or new_replica_id(node)
         self.former_ids: list[str] = []
         """Ids this replica wrote under before a peer pruned it (see the module docstring)."""
-        self.limits = limits or TenantLimits()
+        self.limits = limits or StoreLimits()
         self.clock = clock
         self.max_delta_entries = max_delta_entries
         """Entries per ``pending()`` batch (Akka's max-delta-elements is 500); the rest waits a round."""

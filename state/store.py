@@ -6,7 +6,7 @@ tenant's entries, so there is no call that reads or changes another tenant.
 
 Each name holds one kind of CRDT for good (:class:`~agentbus.errors.StateTypeError`
 otherwise), created by its first write; reading a name that was never written
-gives the empty value. Writes check the tenant's :class:`TenantLimits` and raise
+gives the empty value. Writes check the tenant's :class:`StoreLimits` and raise
 :class:`~agentbus.errors.StateLimitError`. Names starting with ``~`` belong to
 agentbus (usage counters, budgets): handlers can read them, not write them,
 and they do not count against the limits (they are few by construction).
@@ -23,13 +23,13 @@ from typing import Any, TypeVar
 import msgspec
 
 from agentbus.errors import StateLimitError
-from state._tenant import KIND, RESERVED, C, TenantLimits, TenantState, new_replica_id
+from state._tenant import KIND, RESERVED, C, StoreLimits, TenantState, new_replica_id
 from state.counters import GCounter, PNCounter
 from state.lww import LWWRegister
 from state.orset import ORSet
 from state.wire import SYSTEM_TENANT, TENANT_PATTERN
 
-__all__ = ["CounterView", "PNCounterView", "RegisterView", "SetView", "Store", "TenantLimits"]
+__all__ = ["CounterView", "PNCounterView", "RegisterView", "SetView", "Store", "StoreLimits"]
 
 V = TypeVar("V", bound="_View")
 
@@ -206,9 +206,9 @@ class Store:
 
     __slots__ = ("_t", "_views")
 
-    def __init__(self, tenant: str, *, limits: TenantLimits | None = None) -> None:
+    def __init__(self, tenant: str, *, limits: StoreLimits | None = None) -> None:
         """A standalone in-memory store (tests, scripts); workers hand out ``ReplicaState.store(tenant)``."""
-        self._t = TenantState(check_tenant(tenant), new_replica_id("local"), limits or TenantLimits())
+        self._t = TenantState(check_tenant(tenant), new_replica_id("local"), limits or StoreLimits())
         self._views: dict[str, _View] = {}
 
     @classmethod

@@ -8,9 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from agentbus import __version__
-from agentbus.errors import AgentbusError
+from agentbus.cli._codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE
+from agentbus.errors import AgentbusError, ConfigError, UsageError
 
-__all__ = ["main"]
+__all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_USAGE", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args)
     except AgentbusError as exc:
         print(f"agentbus: error: {exc}", file=sys.stderr)
-        return 2
+        if isinstance(exc, UsageError):
+            return EXIT_USAGE
+        return EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
     return code

@@ -38,7 +38,7 @@ from agentbus.cli._demo_workload import (
     read_dead_letters,
 )
 from agentbus.cli.up import local_cluster, wait_ready
-from agentbus.errors import ConfigError
+from agentbus.errors import ConfigError, UsageError
 from bus.connection import connect
 from bus.messages import DlqReason
 
@@ -74,7 +74,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the demo; 0 when every task met its planned fate."""
     if args.workers < 1:
-        raise ConfigError("--workers must be >= 1")
+        raise UsageError("--workers must be >= 1")
     try:
         tasks = plan(args.tasks, seed=args.seed)
     except ValueError as exc:

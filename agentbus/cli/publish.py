@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from agentbus.errors import AgentbusError
+from agentbus.errors import AgentbusError, UsageError
 from agents.config import nats_auth_from_env, resolve_nats_url
 from bus.connection import connect
 from bus.messages import DoneEvent, stream_event_decoder
@@ -63,12 +63,12 @@ def _tasks(args: argparse.Namespace) -> Iterator[_Line]:
                 try:
                     yield decoder.decode(raw)
                 except msgspec.DecodeError as exc:
-                    raise AgentbusError(f"stdin line {n}: {exc}") from exc
+                    raise UsageError(f"stdin line {n}: {exc}") from exc
         return
     try:
         payload = msgspec.json.decode(args.payload)
     except msgspec.DecodeError as exc:
-        raise AgentbusError(f"payload is not JSON: {exc}") from exc
+        raise UsageError(f"payload is not JSON: {exc}") from exc
     for i in range(args.count):
         task_id = args.task_id if args.count == 1 else (f"{args.task_id}-{i}" if args.task_id else None)
         yield _Line(payload=payload, id=task_id)
@@ -77,7 +77,7 @@ def _tasks(args: argparse.Namespace) -> Iterator[_Line]:
 def run(args: argparse.Namespace) -> int:
     """Publish, print one JSON line per task, exit 1 on any failure."""
     if args.stream and not args.wait:
-        raise AgentbusError("--stream needs --wait (the events are printed while waiting for the result)")
+        raise UsageError("--stream needs --wait (the events are printed while waiting for the result)")
     return asyncio.run(_publish(args))
 
 

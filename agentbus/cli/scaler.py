@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 from prometheus_client.registry import CollectorRegistry
 
-from agentbus.errors import ConfigError
+from agentbus.errors import UsageError
 from agentbus.http import HealthServer
 from scaler.actuators import Actuator, MemoryActuator
 from scaler.assemble import kubernetes_actuator, local_scaler, metric_source
@@ -106,7 +106,7 @@ async def _run(args: argparse.Namespace) -> int:
         actuator = MemoryActuator(max(config.policy.min_replicas, 1))  # a simulated pool
     else:
         await source.aclose()
-        raise ConfigError(
+        raise UsageError(
             "nothing to scale: give --deployment (Kubernetes); local workers scale with "
             "`agentbus up --autoscale`; --dry-run alone simulates a pool"
         )

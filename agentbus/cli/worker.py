@@ -14,6 +14,7 @@ import sys
 import traceback
 from typing import Any
 
+from agentbus.cli._codes import EXIT_CONFIG, EXIT_USAGE
 from agentbus.errors import ConfigError
 from agents.config import GOSSIP_PRESETS, WorkerConfig, resolve_nats_url
 from agents.registry import Registry
@@ -28,11 +29,6 @@ __all__ = [
     "register",
     "worker_argv",
 ]
-
-EXIT_USAGE = 2
-"""argparse's exit code for a bad command line."""
-EXIT_CONFIG = 78
-"""The worker cannot start as configured (sysexits.h ``EX_CONFIG``): a restart would fail the same way."""
 
 
 def register(sub: Any) -> None:

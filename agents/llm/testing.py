@@ -27,6 +27,7 @@ __all__ = [
     "Recorded",
     "Reply",
     "ScriptedLLM",
+    "bench_model",
     "malformed",
     "status",
     "stream_text",

@@ -454,7 +454,7 @@ def test_unknown_command_and_bad_flags_exit_2(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_commands_fail_clearly_without_a_server(tmp_path: Path) -> None:
-    """No server at the URL: an error naming it and exit 2, not a retry loop forever."""
+    """No server at the URL: an error naming it and exit 1 (not a usage error), not a retry loop forever."""
     url = f"nats://127.0.0.1:{free_port()}"
     env = _env()
     procs = [
@@ -470,5 +470,5 @@ def test_commands_fail_clearly_without_a_server(tmp_path: Path) -> None:
     ]
     for proc in procs:  # both at once: each waits out its connect bound
         _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 2, err
+        assert proc.returncode == 1, err
         assert f"cannot connect to NATS at {url}" in err

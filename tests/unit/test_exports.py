@@ -5,13 +5,19 @@ Adding or removing a public name must be a conscious change to this test.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import types
+from importlib.metadata import version
 
 import pytest
 
 import agentbus
 import agents
+import agents.llm.testing
+import agents.testing
 import bus
+from agentbus.errors import ConfigError, ResultTimeoutError, UsageError
 
 EXPECTED: dict[types.ModuleType, list[str]] = {
     agentbus: ["AgentbusError", "__version__"],
@@ -25,6 +31,19 @@ EXPECTED: dict[types.ModuleType, list[str]] = {
         "Services",
         "agent",
         "current_tenant",
+    ],
+    agents.testing: ["AgentTester", "Outcome", "PublishedTask"],
+    agents.llm.testing: [
+        "Recorded",
+        "Reply",
+        "ScriptedLLM",
+        "bench_model",
+        "malformed",
+        "status",
+        "stream_text",
+        "stream_tool_calls",
+        "text",
+        "tool_calls",
     ],
     bus: [
         "ConsumerSpec",
@@ -72,9 +91,36 @@ def test_star_import_gives_exactly_all() -> None:
     assert sorted(k for k in namespace if k != "__builtins__") == sorted(agents.__all__)
 
 
-def test_version_is_a_string() -> None:
-    assert isinstance(agentbus.__version__, str)
+def test_version_is_the_package_metadata() -> None:
+    assert agentbus.__version__ == version("agentbus")
     assert agentbus.__version__.count(".") >= 1
+
+
+def _public_modules() -> list[str]:
+    names = []
+    for top in ("agentbus", "bus", "agents", "state", "scaler"):
+        package = importlib.import_module(top)
+        names.append(top)
+        for info in pkgutil.walk_packages(package.__path__, f"{top}."):
+            if not any(part.startswith("_") for part in info.name.split(".")):
+                names.append(info.name)
+    return names
+
+
+@pytest.mark.parametrize("name", _public_modules())
+def test_every_public_module_declares_its_surface(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = getattr(module, "__all__", None)
+    assert exported is not None, f"{name} has no __all__"
+    assert [n for n in exported if not hasattr(module, n)] == []
+
+
+def test_errors_are_also_the_builtin_kinds_callers_catch() -> None:
+    assert issubclass(ConfigError, ValueError)
+    assert issubclass(UsageError, ConfigError)
+    assert issubclass(ResultTimeoutError, TimeoutError)
+    with pytest.raises(TimeoutError):
+        raise ResultTimeoutError("t1", 2.0)
 
 
 def test_agent_api_errors_share_the_root() -> None:

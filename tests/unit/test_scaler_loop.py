@@ -213,8 +213,8 @@ def test_http_host_defaults_to_loopback_and_layers_file_env_flag(
     assert config_from_args(build_parser().parse_args(["scaler"])).http_host == "10.1.2.3"
 
 
-def test_cli_bad_config_exits_2_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["scaler", "--min", "5", "--max", "4", "--dry-run", "--scrape", "http://x/metrics"]) == 2
+def test_cli_bad_config_exits_78_and_usage_2_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scaler", "--min", "5", "--max", "4", "--dry-run", "--scrape", "http://x/metrics"]) == 78
     assert "min_replicas=5 > max_replicas=4" in capsys.readouterr().err
     assert main(["scaler", "--scrape", "http://x/metrics", "--once"]) == 2
     assert "nothing to scale" in capsys.readouterr().err

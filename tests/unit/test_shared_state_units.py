@@ -24,7 +24,7 @@ from state.gossip import GossipConfig
 from state.gossip.testing import SimCluster
 from state.limiter import Budget, RateLimiter
 from state.replica import ReplicaState
-from state.store import TenantLimits
+from state.store import StoreLimits
 
 S = 10**9
 DAY_NS = 86_400 * S
@@ -99,7 +99,7 @@ def test_rate_window_is_the_burst_over_its_refill_time_and_at_least_a_second() -
 
 def test_reserved_counters_ignore_the_tenants_limits() -> None:
     clock = Clock(9 * DAY_NS)
-    r = ReplicaState("r", clock=clock, limits=TenantLimits(max_entries=1, max_tenant_bytes=200))
+    r = ReplicaState("r", clock=clock, limits=StoreLimits(max_entries=1, max_tenant_bytes=200))
     r.store("acme").counter("mine").increment()
     with pytest.raises(StateError):
         r.store("acme").counter("more").increment()  # the tenant's own room is full...

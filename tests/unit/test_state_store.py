@@ -12,7 +12,7 @@ from agentbus.errors import AgentbusError, CorruptStateError, StateError, StateL
 from state import wire
 from state.limiter import Budget, RateLimiter
 from state.replica import ReplicaState
-from state.store import CounterView, PNCounterView, RegisterView, SetView, Store, TenantLimits
+from state.store import CounterView, PNCounterView, RegisterView, SetView, Store, StoreLimits
 
 
 class Clock:
@@ -46,7 +46,7 @@ def test_exported_names() -> None:
         "RateLimiter",
         "ReplicaState",
         "Store",
-        "TenantLimits",
+        "StoreLimits",
     ]
     assert sorted(state.store.__all__) == [
         "CounterView",
@@ -54,7 +54,7 @@ def test_exported_names() -> None:
         "RegisterView",
         "SetView",
         "Store",
-        "TenantLimits",
+        "StoreLimits",
     ]
 
 
@@ -161,7 +161,7 @@ def test_reserved_names_are_read_only_for_handlers() -> None:
 
 
 def test_entry_limit() -> None:
-    store = Store("A", limits=TenantLimits(max_entries=3))
+    store = Store("A", limits=StoreLimits(max_entries=3))
     for i in range(3):
         store.counter(f"c{i}").increment()
     with pytest.raises(StateLimitError) as info:
@@ -177,7 +177,7 @@ def test_entry_limit() -> None:
 def test_set_register_and_size_limits() -> None:
     store = Store(
         "A",
-        limits=TenantLimits(
+        limits=StoreLimits(
             max_set_elements=2, max_value_bytes=16, max_tenant_bytes=2000, max_element_chars=8
         ),
     )
