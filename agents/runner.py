@@ -36,7 +36,6 @@ import asyncio
 import contextvars
 import functools
 import logging
-import random
 import time
 from collections.abc import Awaitable, Coroutine
 from typing import Any, NamedTuple
@@ -46,6 +45,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import MaxPayloadError
 
+from agentbus.backoff import Backoff
 from agentbus.errors import Reject, Retry
 from agents._eager import start_eager, step_eager
 from agents.api import AgentSpec, Context, Stores
@@ -90,28 +90,13 @@ from bus.subjects import (
 )
 from bus.topology import TASKS_STREAM, consumer_name
 
-__all__ = ["KindRunner", "RetryPolicy"]
+__all__ = ["KindRunner"]
 
 log = logging.getLogger("agentbus.worker")
 
 _CALLBACKS = contextvars.Context()  # where done callbacks run: no copy of a context per task
 _MAX_SCOPES = 4096  # tenants whose context is kept (all of them are forgotten beyond)
 _TIMER_SLACK_S = 0.001  # uvloop timers tick in milliseconds and may fire just short of the deadline
-
-
-class RetryPolicy:
-    """Nak delays: ``base * 2**(attempt-1)`` capped at ``max``, with equal jitter."""
-
-    __slots__ = ("base_s", "max_s")
-
-    def __init__(self, base_s: float, max_s: float) -> None:
-        self.base_s = base_s
-        self.max_s = max_s
-
-    def delay_s(self, attempt: int) -> float:
-        """Delay before redelivering a task that failed on delivery ``attempt``."""
-        ceiling: float = min(self.max_s, self.base_s * 2.0 ** min(attempt - 1, 30))
-        return ceiling / 2 + random.random() * ceiling / 2
 
 
 class _Slot:
@@ -186,7 +171,7 @@ class KindRunner:
         stats: KindStats,
         worker: str,
         max_deliver: int,
-        retry: RetryPolicy,
+        retry: Backoff,
         tenants: frozenset[str] | None,
         slots: int,
         prefetch: int = 0,

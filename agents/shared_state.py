@@ -42,6 +42,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from agentbus.backoff import Backoff
 from agentbus.errors import ConfigError, PersistenceError, StateError
 from agents.config import WorkerConfig
 from agents.metrics import Outcome, WorkerStats
@@ -176,12 +177,13 @@ class SharedState:
         return True
 
     async def _load_until_done(self) -> None:
-        delay = 1.0
+        delays = Backoff(1.0, LOAD_RETRY_MAX_S, jitter=False)
+        attempt = 0
         while not self._stopping:
-            await asyncio.sleep(delay)
+            attempt += 1
+            await asyncio.sleep(delays.delay_s(attempt))
             if self._stopping or await self._load():
                 return
-            delay = min(delay * 2, LOAD_RETRY_MAX_S)
 
     async def _compact(self) -> None:
         """Once our own snapshots hold what we loaded, delete the loaded keys (restarts pile up none)."""

@@ -37,6 +37,7 @@ from nats.js.errors import NotFoundError
 from prometheus_client import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
+from agentbus.backoff import Backoff
 from agentbus.errors import ConfigError
 from agentbus.http import HealthServer
 from agents.api import AgentSpec, Services
@@ -44,7 +45,7 @@ from agents.config import WorkerConfig
 from agents.lifecycle import Lifecycle, State
 from agents.metrics import StatsCollector, WorkerStats
 from agents.registry import Registry
-from agents.runner import KindRunner, RetryPolicy
+from agents.runner import KindRunner
 from agents.shared_state import SharedState
 from agents.state_metrics import StateCollector
 from bus.connection import connect, redact_url
@@ -168,7 +169,7 @@ class Worker:
             await ensure_streams(js, cfg.stream_limits)
         publisher = Publisher(nc, max_msg_bytes=cfg.stream_limits.max_msg_bytes)
         dlq = DeadLetterQueue(nc, worker=self.name)
-        retry = RetryPolicy(cfg.retry_base_s, cfg.retry_max_s)
+        retry = Backoff(cfg.retry_base_s, cfg.retry_max_s)
         for spec in self.registry:
             if cfg.provision:
                 await ensure_consumer(js, self._consumer_spec(spec.kind))

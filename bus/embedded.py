@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from agentbus.backoff import Backoff
 from agentbus.errors import ConfigError
 
 __all__ = ["EmbeddedNats", "find_nats_server", "free_port", "keep_alive"]
@@ -204,7 +205,8 @@ async def keep_alive(
     retried with a doubling backoff capped at ``backoff_max_s``; each restart is logged.
     """
     loop = asyncio.get_running_loop()
-    backoff = backoff_s
+    delays = Backoff(backoff_s, backoff_max_s, jitter=False)
+    failures = 0
     up_since = loop.time()
     while True:
         await asyncio.sleep(check_interval_s)  # a poll: Popen gives no awaitable exit
@@ -215,13 +217,14 @@ async def keep_alive(
         if code is None:
             continue
         if loop.time() - up_since > 60:
-            backoff = backoff_s
+            failures = 0
+        failures += 1
+        backoff = delays.delay_s(failures)
         log.warning(
             "nats-server (pid %d) exited with %d; restarting it on port %d in %.1fs (store %s)",
             proc.pid, code, server.port, backoff, server.store_dir,
         )  # fmt: skip
         await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, backoff_max_s)
         if server.proc is not proc:  # stopped (or restarted) meanwhile
             return
         starting = asyncio.ensure_future(asyncio.to_thread(server.start))

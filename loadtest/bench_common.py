@@ -31,6 +31,7 @@ from agents.worker import Worker, tune_gc
 from bus.messages import Task, encode
 from bus.publisher import Publisher
 from bus.topology import TASKS_STREAM, ConsumerSpec, consumer_name, ensure_consumer, ensure_streams
+from loadtest.stats import percentile
 
 __all__ = [
     "TASK_BYTES",
@@ -221,14 +222,6 @@ async def alternate(
         for side in sides if rep % 2 == 0 else tuple(reversed(sides)):
             out[side].append(await one(side, rep))
     return out
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The nearest-rank ``q`` quantile of an already sorted sequence."""
-    if not sorted_values:
-        return float("nan")
-    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[i]
 
 
 def rss_mib(field: str = "VmRSS") -> float:

@@ -18,12 +18,13 @@ written by the master at exit).
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
+
+from loadtest.stats import percentile
 
 __all__ = [
     "ACK_TIMEOUT",
@@ -111,16 +112,9 @@ class Tally:
 
     def percentile_ms(self, q: float) -> float | None:
         """Nearest-rank percentile of the response times; None without samples."""
-        total = sum(self.times_ms.values())
-        if not total:
+        if not self.times_ms:
             return None
-        rank = min(total, max(1, math.ceil(q / 100 * total)))
-        seen = 0
-        for ms in sorted(self.times_ms):
-            seen += self.times_ms[ms]
-            if seen >= rank:
-                return float(ms)
-        raise AssertionError("unreachable: the ranks add up to total")
+        return percentile(self.times_ms, q / 100)
 
 
 @dataclass

@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Awaitable, Callable
 
 import msgspec
 from msgspec.structs import replace
 
+from agentbus.backoff import Backoff
 from agentbus.errors import CircuitOpenError, ModelConnectionError, ModelHTTPError, ModelUnavailableError
 from agents.llm._failure import endpoint_name, excerpt, log, redact_url, retry_after_s
 from agents.llm._http import HTTPPool, Response
@@ -162,6 +162,7 @@ class ChatClient:
 
     def __init__(self, config: LLMConfig, *, breaker: CircuitBreaker | None = None) -> None:
         self.config = config
+        self._backoff = Backoff(config.retry.base_s, config.retry.max_s)
         self.endpoints = [Endpoint(config.base_url, config, breaker, api_key=config.api_key)]
         self.endpoints += [
             Endpoint(
@@ -240,8 +241,7 @@ class ChatClient:
                 detail = why.detail or (repr(why.__cause__) if why.__cause__ else "")
                 delay = why.retry_after_s
                 if delay is None:
-                    ceiling = min(cfg.retry.max_s, cfg.retry.base_s * 2.0 ** (attempt - 1))
-                    delay = ceiling / 2 + random.random() * ceiling / 2
+                    delay = self._backoff.delay_s(attempt)
                 stop = attempt >= cfg.retry.attempts or sent[0]
                 other = None
                 if not stop:

@@ -35,7 +35,7 @@ class RetryConfig:
     """Retries of one model call on 429, 5xx and connection failures."""
 
     attempts: int = 4  # tries per call, the first included
-    base_s: float = 0.25  # first backoff; doubles, with full jitter
+    base_s: float = 0.25  # first backoff; doubles, with equal jitter (agentbus.backoff)
     max_s: float = 8.0  # cap of one backoff and of a Retry-After honoured in place
     # A longer Retry-After (or one past the deadline) ends the call: the task is
     # nakked with that delay instead of holding a worker slot while it waits.

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agentbus.backoff import Backoff
 from agentbus.errors import InvalidSubjectError
-from agents.runner import RetryPolicy
 from bus.messages import DeadLetter, DlqReason, Result, Task, decoder_for, encode
 from bus.subjects import check_token, split_task_subject, task_subject
 
@@ -61,5 +61,5 @@ def test_result_round_trips(ok: bool, output: Any) -> None:
 def test_retry_delay_is_jittered_within_its_ceiling(base: float, cap: float, attempt: int) -> None:
     cap = max(cap, base)
     ceiling = min(cap, base * 2.0 ** min(attempt - 1, 30))
-    delay = RetryPolicy(base, cap).delay_s(attempt)
+    delay = Backoff(base, cap).delay_s(attempt)
     assert ceiling / 2 <= delay <= ceiling
