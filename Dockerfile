@@ -30,12 +30,9 @@ RUN groupadd --system --gid 10001 agentbus \
  && install -d -m 0755 /app
 
 # -- build: a virtualenv with agentbus and its wheels (uvloop, msgspec, nats-py, ...) ----------
-FROM ${PYTHON_IMAGE} AS build
-# PIP_CERT: a CA bundle for a TLS-intercepting proxy, mounted by `make image` for the build only.
-ARG PIP_CERT=""
+FROM base AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY agentbus/ agentbus/
@@ -45,15 +42,17 @@ COPY state/ state/
 COPY scaler/ scaler/
 COPY loadtest/ loadtest/
 # Binary wheels only: uvloop and msgspec are compiled extensions, and a source build would
-# need a compiler these images do not have.
-RUN pip install -q --only-binary=:all: --upgrade pip \
+# need a compiler these images do not have. /run/build-ca.crt: the CA bundle of a
+# TLS-intercepting proxy, which `make image` mounts for the build steps only where it has one.
+RUN [ ! -f /run/build-ca.crt ] || export PIP_CERT=/run/build-ca.crt; \
+    pip install -q --only-binary=:all: --upgrade pip \
  && pip install -q --prefer-binary . \
  && python3 -m compileall -q /opt/venv
 
 # -- build-loadtest: the same virtualenv plus Locust ----------------------------------------
 FROM build AS build-loadtest
-ARG PIP_CERT=""
-RUN pip install -q --prefer-binary "locust>=2.40" \
+RUN [ ! -f /run/build-ca.crt ] || export PIP_CERT=/run/build-ca.crt; \
+    pip install -q --prefer-binary "locust>=2.40" \
  && python3 -m compileall -q /opt/venv
 
 # -- loadtest: Locust and the scenarios (helm value locust.enabled) ---------------------------

@@ -85,6 +85,9 @@ debian_base() {
 			buildah add --quiet "$ctr" "$tarball" / >/dev/null
 			buildah config --env PATH=$path --env LANG=C.UTF-8 --cmd '["python3"]' "$ctr"
 			buildah commit --quiet --rm "$ctr" "$image" >/dev/null
+			# The bases of older tarballs: removed unless an image still stands on them.
+			buildah images --format '{{.Name}}:{{.Tag}}' "localhost/$NAME-python" | grep -vxF "$image" |
+				xargs -r buildah rmi >/dev/null 2>&1 || true
 			;;
 		*)
 			"$ENGINE" import --change "ENV PATH=$path" --change "ENV LANG=C.UTF-8" \
@@ -112,18 +115,45 @@ say "engine $ENGINE, base $BASE"
 
 args=(--build-arg "PYTHON_IMAGE=$BASE")
 case $ENGINE in
-buildah) build=(buildah bud --isolation chroot --layers --quiet) ;;
-*) build=("$ENGINE" build --quiet) ;;
+buildah) build=(buildah bud --isolation chroot --layers) ;;
+*) build=("$ENGINE" build) ;;
 esac
 ca=${PIP_CERT:-${SSL_CERT_FILE:-}}
 if [ -n "$ca" ] && [ -f "$ca" ] && [ "$ENGINE" != docker ]; then
-	args+=(--volume "$(realpath "$ca"):/run/build-ca.crt:ro" --build-arg PIP_CERT=/run/build-ca.crt)
+	args+=(--volume "$(realpath "$ca"):/run/build-ca.crt:ro")
 fi
 
+log=$CACHE/build.log
+mkdir -p "$CACHE"
+: >"$log"
+all_images() { [ "$ENGINE" != buildah ] || buildah images -a -q --no-trunc | sort; }
+before=$(all_images)
 start=$(date +%s)
-"${build[@]}" "${args[@]}" --target loadtest -t "$NAME:$TAG-loadtest" . >/dev/null
-"${build[@]}" "${args[@]}" -t "$NAME:$TAG" . >/dev/null
+for target in loadtest runtime; do
+	tag=$NAME:$TAG$([ $target = runtime ] || echo "-$target")
+	"${build[@]}" "${args[@]}" --target $target -t "$tag" . 2>&1 | tee -a "$log" >&2
+done
 say "built $NAME:$TAG and $NAME:$TAG-loadtest in $(($(date +%s) - start)) s"
+
+# buildah --layers keeps every step as an image, the cache of the next build. Remember the
+# ones these builds made, and drop those that neither build used nor any tag names, so that
+# rebuilds do not fill the disk; other projects' images are never touched.
+if [ "$ENGINE" = buildah ]; then
+	ours=$CACHE/buildah-images
+	comm -13 <(printf '%s\n' "$before") <(all_images) | sed 's/^sha256://' >>"$ours"
+	used=$( (grep -oE '^--> (Using cache )?[0-9a-f]{11,}' "$log" | awk '{print $NF}'
+		buildah images --no-trunc --format '{{.ID}} {{.Name}}' | awk '$2 != "<none>" {print $1}' |
+			sed 's/^sha256://') | sort -u)
+	stale=$(sort -u "$ours" | grep -v -F -f <(printf '%s\n' "$used") || true)
+	while [ -n "$stale" ]; do # a child first, then its parent
+		# shellcheck disable=SC2086
+		buildah rmi $stale >/dev/null 2>&1 || true
+		left=$(comm -12 <(printf '%s\n' "$stale") <(all_images | sed 's/^sha256://'))
+		[ "$left" != "$stale" ] || break
+		stale=$left
+	done
+	comm -12 <(sort -u "$ours") <(all_images | sed 's/^sha256://') >"$ours.new" && mv "$ours.new" "$ours"
+fi
 
 for image in "$NAME:$TAG" "$NAME:$TAG-loadtest"; do
 	case $ENGINE in
