@@ -60,13 +60,21 @@ debian_tarball() {
 		command -v mmdebstrap >/dev/null || { say "mmdebstrap is missing (make system-deps)"; exit 1; }
 		say "making the base from Debian packages ($SUITE: $PACKAGES) with mmdebstrap"
 		# No documentation, manuals or translations: nothing at run time reads them.
-		mmdebstrap --quiet --variant=essential --format=tar --include="$PACKAGES" \
+		if mmdebstrap --quiet --variant=essential --format=tar --include="$PACKAGES" \
 			--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
 			--dpkgopt='path-exclude=/usr/share/info/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
 			"$SUITE" "$tarball.part" \
 			"deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" \
-			"deb $SECURITY_MIRROR $SUITE-security main" >&2
-		mv "$tarball.part" "$tarball"
+			"deb $SECURITY_MIRROR $SUITE-security main" >&2; then
+			mv "$tarball.part" "$tarball"
+			# Roots made from another package list or mirror are not used any more.
+			find "$CACHE" -maxdepth 1 -name "$SUITE-python3-*.tar" ! -name "${tarball##*/}" -delete
+		elif [ -f "$tarball" ]; then
+			rm -f "$tarball.part"
+			say "mmdebstrap failed: keeping the base made $(date -r "$tarball" +%F)"
+		else
+			exit 1
+		fi
 	fi
 	echo "$tarball"
 }

@@ -38,7 +38,7 @@ def buildah() -> str:
 
 def build() -> subprocess.CompletedProcess[str]:
     """Build both images with the script `make image` runs, on buildah (what runs them here)."""
-    env = {**os.environ, "IMAGE_ENGINE": "buildah", "TAG": TAG}
+    env = {**os.environ, "IMAGE_ENGINE": "buildah", "IMAGE_NAME": "agentbus", "TAG": TAG}
     return subprocess.run(
         [str(BUILD_SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False
     )
