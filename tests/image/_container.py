@@ -1,7 +1,8 @@
 """The built images and commands run in them with ``buildah run --isolation chroot``.
 
-Chroot isolation needs no daemon, cgroups or user namespace, which is what this machine has;
-the command shares the host's network, so it reaches a nats-server on the host's loopback.
+Chroot isolation needs no daemon, no cgroup setup and no user namespace (here there is no
+Docker daemon, and podman's runtime refuses this machine's cgroup layout); the command shares
+the host's network, so it reaches a nats-server on the host's loopback.
 ``buildah run`` ignores the image's entrypoint: ``_pods.pod_argv`` composes it the way the
 kubelet does, and the tests run what that gives.
 """
