@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from agentbus.env import Env
 from agentbus.errors import ConfigError
 from bus.admission import DEFAULT_REPLY_PREFIXES, check_reply_prefix
 from bus.connection import NatsAuth
@@ -51,16 +52,9 @@ NATS_AUTH_VARIABLES = {
 
 def nats_auth_from_env(environ: Mapping[str, str] | None = None) -> NatsAuth:
     """NATS credentials and TLS files from ``AGENTBUS_NATS_*``; a file that is not there is a ConfigError."""
-    env = os.environ if environ is None else environ
-    files: dict[str, str] = {}
-    for var, name in NATS_AUTH_VARIABLES.items():
-        path = env.get(var, "")
-        if not path:
-            continue
-        if not os.path.isfile(path):
-            raise ConfigError(f"{var}={path!r}: no such file")
-        files[name] = path
-    return NatsAuth(**files)
+    env = Env(environ)
+    files = {name: env.file(var) for var, name in NATS_AUTH_VARIABLES.items()}
+    return NatsAuth(**{name: path for name, path in files.items() if path is not None})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -149,58 +143,39 @@ class WorkerConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerConfig:
-        """Defaults overlaid with ``AGENTBUS_*`` variables."""
-        env = os.environ if environ is None else environ
-        out: dict[str, Any] = {}
-        conv: dict[str, tuple[str, type]] = {
-            "AGENTBUS_NATS_URL": ("nats_url", str),
-            "AGENTBUS_WORKER_ID": ("worker_id", str),
-            "AGENTBUS_HTTP_HOST": ("http_host", str),
-            "AGENTBUS_HTTP_PORT": ("http_port", int),
-            "AGENTBUS_MAX_INFLIGHT": ("max_inflight", int),
-            "AGENTBUS_PREFETCH": ("prefetch", int),
-            "AGENTBUS_DRAIN_TIMEOUT_S": ("drain_timeout_s", float),
-            "AGENTBUS_ACK_WAIT_S": ("ack_wait_s", float),
-            "AGENTBUS_MAX_DELIVER": ("max_deliver", int),
-            "AGENTBUS_CONSUMER_INFO_INTERVAL_S": ("consumer_info_interval_s", float),
-            "AGENTBUS_GOSSIP_PRESET": ("gossip_preset", str),
-            "AGENTBUS_GC_GEN0_THRESHOLD": ("gc_gen0_threshold", int),
-            "AGENTBUS_NATS_LOST_EXIT_S": ("nats_lost_exit_s", float),
+        """Defaults overlaid with ``AGENTBUS_*`` variables (:class:`~agentbus.env.Env`)."""
+        env = Env(environ)
+        out: dict[str, Any] = {
+            "nats_url": env.text("AGENTBUS_NATS_URL"),
+            "worker_id": env.text("AGENTBUS_WORKER_ID"),
+            "http_host": env.text("AGENTBUS_HTTP_HOST"),
+            "http_port": env.integer("AGENTBUS_HTTP_PORT"),
+            "max_inflight": env.integer("AGENTBUS_MAX_INFLIGHT"),
+            "prefetch": env.integer("AGENTBUS_PREFETCH"),
+            "drain_timeout_s": env.number("AGENTBUS_DRAIN_TIMEOUT_S"),
+            "ack_wait_s": env.number("AGENTBUS_ACK_WAIT_S"),
+            "max_deliver": env.integer("AGENTBUS_MAX_DELIVER"),
+            "consumer_info_interval_s": env.number("AGENTBUS_CONSUMER_INFO_INTERVAL_S"),
+            "gossip_preset": env.text("AGENTBUS_GOSSIP_PRESET"),
+            "gc_gen0_threshold": env.integer("AGENTBUS_GC_GEN0_THRESHOLD"),
+            "nats_lost_exit_s": env.number("AGENTBUS_NATS_LOST_EXIT_S"),
+            "nats_auth": nats_auth_from_env(environ),
+            "agent_modules": env.items("AGENTBUS_AGENTS"),
+            "kinds": env.items("AGENTBUS_KINDS"),
+            "redis_url": env.text("AGENTBUS_REDIS_URL") or None,
+            "gossip": env.flag("AGENTBUS_GOSSIP"),
+            "nats_fast_path": env.flag("AGENTBUS_NATS_FAST_PATH"),
+            "reply_prefixes": env.items("AGENTBUS_REPLY_PREFIXES"),  # set but empty: no reply is allowed
         }
-        for var, (name, typ) in conv.items():
-            if var in env:
-                try:
-                    out[name] = typ(env[var])
-                except ValueError as exc:
-                    raise ConfigError(f"{var}={env[var]!r}: {exc}") from exc
-        out["nats_auth"] = nats_auth_from_env(env)
-        if "AGENTBUS_AGENTS" in env:
-            out["agent_modules"] = tuple(m for m in env["AGENTBUS_AGENTS"].split(",") if m)
-        if "AGENTBUS_KINDS" in env:
-            out["kinds"] = tuple(k for k in env["AGENTBUS_KINDS"].split(",") if k)
-        if env.get("AGENTBUS_REDIS_URL"):
-            out["redis_url"] = env["AGENTBUS_REDIS_URL"]
-        if "AGENTBUS_GOSSIP" in env:
-            out["gossip"] = _flag(env["AGENTBUS_GOSSIP"])
-        if "AGENTBUS_NATS_FAST_PATH" in env:
-            out["nats_fast_path"] = _flag(env["AGENTBUS_NATS_FAST_PATH"])
-        if "AGENTBUS_REPLY_PREFIXES" in env:  # comma-separated; empty: no reply is allowed
-            out["reply_prefixes"] = tuple(p for p in env["AGENTBUS_REPLY_PREFIXES"].split(",") if p.strip())
-        if env.get("AGENTBUS_TENANTS"):
-            out["tenants"] = frozenset(env["AGENTBUS_TENANTS"].split(","))
-        if env.get("AGENTBUS_STREAM_REPLICAS"):  # R3 on a NATS cluster (the Helm chart sets it)
+        if tenants := env.items("AGENTBUS_TENANTS"):
+            out["tenants"] = frozenset(tenants)
+        replicas = env.integer("AGENTBUS_STREAM_REPLICAS")  # R3 on a NATS cluster (the Helm chart sets it)
+        if replicas is not None:
             try:
-                out["stream_limits"] = StreamLimits(replicas=int(env["AGENTBUS_STREAM_REPLICAS"]))
+                out["stream_limits"] = StreamLimits(replicas=replicas)
             except ValueError as exc:
-                raise ConfigError(
-                    f"AGENTBUS_STREAM_REPLICAS={env['AGENTBUS_STREAM_REPLICAS']!r}: {exc}"
-                ) from exc
-        return cls(**out)
-
-
-def _flag(value: str) -> bool:
-    """A boolean variable: ``0``, ``false``, ``no``, ``off`` (any case) are off, anything else on."""
-    return value.strip().lower() not in ("0", "false", "no", "off")
+                raise ConfigError(f"AGENTBUS_STREAM_REPLICAS={replicas!r}: {exc}") from exc
+        return cls(**{k: v for k, v in out.items() if v is not None})
 
 
 UP_STATE_FILE = ".agentbus/up.json"
@@ -211,9 +186,9 @@ def resolve_nats_url(flag: str | None, environ: Mapping[str, str] | None = None)
     """``--nats-url``, else ``AGENTBUS_NATS_URL``, else a running ``agentbus up``, else the default."""
     if flag:
         return flag
-    env = os.environ if environ is None else environ
-    if env.get("AGENTBUS_NATS_URL"):
-        return env["AGENTBUS_NATS_URL"]
+    url = Env(environ).text("AGENTBUS_NATS_URL")
+    if url:
+        return url
     state = read_up_state()
     if state is not None:
         return str(state["nats_url"])

@@ -30,6 +30,7 @@ from typing import Any
 
 import msgspec
 
+from agentbus.env import Env
 from agentbus.errors import ConfigError
 from scaler.sources.prometheus import DEFAULT_SELECTOR, default_queries
 from scaler.spec import PolicySpec
@@ -85,16 +86,17 @@ class ScalerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             raise ConfigError("http_host must not be empty (0.0.0.0 listens on every interface)")
 
 
-_ENV: dict[str, tuple[tuple[str, ...], type]] = {
-    "AGENTBUS_PROMETHEUS_URL": (("prometheus", "url"), str),
-    "AGENTBUS_SCALER_DEPLOYMENT": (("kubernetes", "deployment"), str),
-    "AGENTBUS_SCALER_NAMESPACE": (("kubernetes", "namespace"), str),
-    "AGENTBUS_SCALER_MIN_REPLICAS": (("policy", "min_replicas"), int),
-    "AGENTBUS_SCALER_MAX_REPLICAS": (("policy", "max_replicas"), int),
-    "AGENTBUS_SCALER_INTERVAL_S": (("interval_s",), float),
-    "AGENTBUS_SCALER_HTTP_HOST": (("http_host",), str),
-    "AGENTBUS_SCALER_HTTP_PORT": (("http_port",), int),
+_ENV: dict[str, tuple[tuple[str, ...], str]] = {
+    "AGENTBUS_PROMETHEUS_URL": (("prometheus", "url"), "text"),
+    "AGENTBUS_SCALER_DEPLOYMENT": (("kubernetes", "deployment"), "text"),
+    "AGENTBUS_SCALER_NAMESPACE": (("kubernetes", "namespace"), "text"),
+    "AGENTBUS_SCALER_MIN_REPLICAS": (("policy", "min_replicas"), "integer"),
+    "AGENTBUS_SCALER_MAX_REPLICAS": (("policy", "max_replicas"), "integer"),
+    "AGENTBUS_SCALER_INTERVAL_S": (("interval_s",), "number"),
+    "AGENTBUS_SCALER_HTTP_HOST": (("http_host",), "text"),
+    "AGENTBUS_SCALER_HTTP_PORT": (("http_port",), "integer"),
 }
+"""Variable -> (the config key it sets, the :class:`~agentbus.env.Env` reader of its type)."""
 
 
 def load_config(
@@ -104,15 +106,13 @@ def load_config(
     environ: Mapping[str, str] | None = None,
 ) -> ScalerConfig:
     """File (``path`` or ``$AGENTBUS_SCALER_CONFIG``), then environment, then ``overrides`` (dotted keys)."""
-    env = os.environ if environ is None else environ
-    path = path or env.get("AGENTBUS_SCALER_CONFIG") or None
+    env = Env(environ)
+    path = path or env.text("AGENTBUS_SCALER_CONFIG") or None
     raw: dict[str, Any] = _read_file(Path(path)) if path else {}
-    for var, (keys, typ) in _ENV.items():
-        if env.get(var):
-            try:
-                _put(raw, keys, typ(env[var]))
-            except ValueError as exc:
-                raise ConfigError(f"{var}={env[var]!r}: {exc}") from exc
+    for var, (keys, reader) in _ENV.items():
+        value = getattr(env, reader)(var)
+        if value is not None and value != "":  # an empty text: not given
+            _put(raw, keys, value)
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _put(raw, tuple(dotted.split(".")), value)

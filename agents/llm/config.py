@@ -15,13 +15,13 @@ n-th of them (from 1): another provider, or a smaller model kept as a reserve.
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from agentbus.env import Env
 from agentbus.errors import ConfigError
 from agents.llm._failure import redact_url
 
@@ -139,30 +139,25 @@ class LLMConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LLMConfig:
         """Defaults overlaid with ``AGENTBUS_LLM_*`` variables."""
-        env = os.environ if environ is None else environ
-        key = _api_key(env, "AGENTBUS_LLM_API_KEY") or ""
-        limits: dict[str, Any] = {}
-        try:
-            if env.get("AGENTBUS_LLM_TENANT_TOKEN_BUDGET"):
-                limits["token_budget"] = int(env["AGENTBUS_LLM_TENANT_TOKEN_BUDGET"])
-            if env.get("AGENTBUS_LLM_TENANT_RPS"):
-                limits["requests_per_s"] = float(env["AGENTBUS_LLM_TENANT_RPS"])
-            stream = env.get("AGENTBUS_LLM_STREAM", "1").lower() not in ("0", "false", "no")
-            timeout_s = float(env.get("AGENTBUS_LLM_TIMEOUT_S", "60"))
-            max_connections = int(env.get("AGENTBUS_LLM_MAX_CONNECTIONS", "0"))
-            retry = RetryConfig(retry_after_max_s=float(env.get("AGENTBUS_LLM_RETRY_AFTER_MAX_S", "60")))
-        except ValueError as exc:
-            raise ConfigError(f"AGENTBUS_LLM_*: {exc}") from exc
+        env = Env(environ)
+        limits: dict[str, Any] = {
+            "token_budget": env.integer("AGENTBUS_LLM_TENANT_TOKEN_BUDGET"),
+            "requests_per_s": env.number("AGENTBUS_LLM_TENANT_RPS"),
+        }
+        retry_after_max_s = env.number("AGENTBUS_LLM_RETRY_AFTER_MAX_S")
+        stream = env.flag("AGENTBUS_LLM_STREAM")
+        timeout_s = env.number("AGENTBUS_LLM_TIMEOUT_S")
+        max_connections = env.integer("AGENTBUS_LLM_MAX_CONNECTIONS")
         return cls(
-            base_url=env.get("AGENTBUS_LLM_BASE_URL", ""),
+            base_url=env.text("AGENTBUS_LLM_BASE_URL") or "",
             fallbacks=_fallbacks_from_env(env),
-            model=env.get("AGENTBUS_LLM_MODEL", ""),
-            api_key=key,
-            stream=stream,
-            request_timeout_s=timeout_s,
-            max_connections=max_connections,
-            retry=retry,
-            limits=LimitsConfig(**limits),
+            model=env.text("AGENTBUS_LLM_MODEL") or "",
+            api_key=env.secret("AGENTBUS_LLM_API_KEY") or "",
+            stream=True if stream is None else stream,
+            request_timeout_s=60.0 if timeout_s is None else timeout_s,
+            max_connections=max_connections or 0,
+            retry=RetryConfig(retry_after_max_s=60.0 if retry_after_max_s is None else retry_after_max_s),
+            limits=LimitsConfig(**{k: v for k, v in limits.items() if v is not None}),
         )
 
 
@@ -176,24 +171,11 @@ def _is_http_url(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
-def _api_key(env: Mapping[str, str], var: str) -> str | None:
-    """``var``, else the contents of the file named by ``var``_FILE (a mounted Secret); None: neither."""
-    key = env.get(var)
-    key_file = env.get(f"{var}_FILE", "")
-    if key_file and not key:
-        try:
-            with open(key_file) as f:
-                return f.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"{var}_FILE={key_file!r}: {exc}") from exc
-    return key
-
-
-def _fallbacks_from_env(env: Mapping[str, str]) -> tuple[ModelEndpoint, ...]:
+def _fallbacks_from_env(env: Env) -> tuple[ModelEndpoint, ...]:
     """``AGENTBUS_LLM_FALLBACK_URLS``, each with its ``AGENTBUS_LLM_FALLBACK_<n>_*`` overrides."""
-    urls = [u.strip() for u in env.get("AGENTBUS_LLM_FALLBACK_URLS", "").split(",") if u.strip()]
-    for name in env:
-        if name.startswith("AGENTBUS_LLM_FALLBACK_") and name != "AGENTBUS_LLM_FALLBACK_URLS":
+    urls = list(env.items("AGENTBUS_LLM_FALLBACK_URLS") or ())
+    for name in env.names("AGENTBUS_LLM_FALLBACK_"):
+        if name != "AGENTBUS_LLM_FALLBACK_URLS":
             match = _FALLBACK_VAR.fullmatch(name)
             if match is None:
                 raise ConfigError(
@@ -206,8 +188,8 @@ def _fallbacks_from_env(env: Mapping[str, str]) -> tuple[ModelEndpoint, ...]:
     return tuple(
         ModelEndpoint(
             url,
-            model=env.get(f"AGENTBUS_LLM_FALLBACK_{n}_MODEL"),
-            api_key=_api_key(env, f"AGENTBUS_LLM_FALLBACK_{n}_API_KEY"),
+            model=env.text(f"AGENTBUS_LLM_FALLBACK_{n}_MODEL"),
+            api_key=env.secret(f"AGENTBUS_LLM_FALLBACK_{n}_API_KEY"),
         )
         for n, url in enumerate(urls, 1)
     )

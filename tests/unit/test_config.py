@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -76,14 +77,38 @@ def test_stream_replicas_come_from_the_environment() -> None:
         ("AGENTBUS_HTTP_PORT", "eighty"),
         ("AGENTBUS_MAX_INFLIGHT", "1.5"),
         ("AGENTBUS_ACK_WAIT_S", "30s"),
+        ("AGENTBUS_DRAIN_TIMEOUT_S", "nan"),
         ("AGENTBUS_DRAIN_TIMEOUT_S", ""),
         ("AGENTBUS_MAX_DELIVER", "five"),
         ("AGENTBUS_STREAM_REPLICAS", "three"),
+        ("AGENTBUS_GOSSIP", "maybe"),
+        ("AGENTBUS_GOSSIP", ""),
     ],
 )
 def test_unparsable_values_raise_config_error_naming_the_variable(var: str, value: str) -> None:
-    with pytest.raises(ConfigError, match=var):
+    with pytest.raises(ConfigError, match=f"^{var}={value!r}: expected "):
         WorkerConfig.from_env({var: value})
+
+
+def test_every_reader_uses_one_error_format_and_one_boolean_spelling() -> None:
+    from agents.llm import LLMConfig
+    from scaler.config import load_config
+
+    readers: dict[str, Callable[[dict[str, str]], object]] = {
+        "AGENTBUS_MAX_DELIVER": WorkerConfig.from_env,
+        "AGENTBUS_LLM_TIMEOUT_S": LLMConfig.from_env,
+        "AGENTBUS_SCALER_INTERVAL_S": lambda env: load_config(environ=env),
+    }
+    for var, read in readers.items():
+        with pytest.raises(ConfigError) as bad:
+            read({var: "soon"})
+        assert str(bad.value).startswith(f"{var}='soon': expected ")
+    for word, on in (("YES", True), ("on", True), ("1", True), ("Off", False), ("no", False), ("0", False)):
+        assert WorkerConfig.from_env({"AGENTBUS_GOSSIP": word}).gossip is on
+        assert LLMConfig.from_env({"AGENTBUS_LLM_STREAM": word}).stream is on
+    with pytest.raises(ConfigError, match="AGENTBUS_LLM_STREAM='nope': expected 1, true"):
+        LLMConfig.from_env({"AGENTBUS_LLM_STREAM": "nope"})
+    assert WorkerConfig.from_env({"AGENTBUS_REDIS_URL": ""}).redis_url is None  # an empty optional text
 
 
 @pytest.mark.parametrize(
