@@ -10,7 +10,7 @@ Agents' ``on_start(services)`` hooks run first, before the probe server and the
 connection: a plugin that cannot be configured raises ConfigError and the worker
 exits 78 with readiness never green and no task taken. ``on_stop`` runs after the drain.
 
-Shared tenant state (``agents.shared_state``) starts after the consumers' setup
+Shared tenant state (``agents._shared_state``) starts after the consumers' setup
 and before the first fetch, so the first handler already finds its tenant's store;
 it stops after the last handler and before the connection drains: the last counts
 are folded in, the worker leaves the live-agents set, hands its state to peers and
@@ -40,14 +40,14 @@ from prometheus_client.registry import CollectorRegistry
 from agentbus.backoff import Backoff
 from agentbus.errors import ConfigError
 from agentbus.http import HealthServer
+from agents._runner import KindRunner
+from agents._shared_state import SharedState
+from agents._state_metrics import StateCollector
 from agents.api import AgentSpec, Services
 from agents.config import WorkerConfig
 from agents.lifecycle import Lifecycle, State
 from agents.metrics import StatsCollector, WorkerStats
 from agents.registry import Registry
-from agents.runner import KindRunner
-from agents.shared_state import SharedState
-from agents.state_metrics import StateCollector
 from bus.connection import connect, redact_url
 from bus.dlq import DeadLetterQueue
 from bus.publisher import Publisher

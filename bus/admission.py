@@ -1,7 +1,7 @@
 """What a worker checks on a task taken from the wire, before anything runs.
 
 Every byte from NATS is hostile until validated (DESIGN.md, "Trust boundaries"). The
-worker (``agents.runner``) dead-letters a task that breaks one of these rules before its
+worker (``agents._runner``) dead-letters a task that breaks one of these rules before its
 handler runs, so nothing after the handler can fail on input it accepted: the result
 subject (``results.<tenant>.<id>``) and the reply subject are known to be valid.
 

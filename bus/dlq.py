@@ -9,7 +9,7 @@ dead-lettering the same message store it once.
 
 A task whose last delivery died with its worker (kill -9, OOM) needs no path of its own:
 the consumers deliver without limit and the worker dead-letters a delivery past its
-``max_deliver`` without running it (``agents.runner``). No ``MAX_DELIVERIES`` advisory is
+``max_deliver`` without running it (``agents._runner``). No ``MAX_DELIVERIES`` advisory is
 followed any more: any client could publish one and move another tenant's queued task.
 
 :meth:`DeadLetterQueue.sweep_unrouted` moves tasks whose kind has no consumer at all

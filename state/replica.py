@@ -34,7 +34,7 @@ carries the folded values (``StateMessage.folded``), kept ``fold_keep_s`` after 
 prune; a replica that returns later than that counts the whole old slot as folded
 (it can under-count what it never got to gossip, never count twice). The gossip
 node follows the new id (``Gossip.rejoin``, called by whoever runs both: the
-worker's ``agents.shared_state``).
+worker's ``agents._shared_state``).
 """
 
 from __future__ import annotations

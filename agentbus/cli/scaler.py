@@ -22,8 +22,8 @@ from prometheus_client.registry import CollectorRegistry
 
 from agentbus.errors import UsageError
 from agentbus.http import HealthServer
+from scaler._assemble import kubernetes_actuator, local_scaler, metric_source
 from scaler.actuators import Actuator, MemoryActuator
-from scaler.assemble import kubernetes_actuator, local_scaler, metric_source
 from scaler.config import ScalerConfig, load_config
 from scaler.local import LocalSupervisor
 from scaler.loop import Evaluation, Scaler

@@ -32,7 +32,7 @@ from agentbus.errors import (
     TaskFate,
 )
 from agents.api import AgentSpec, Context, Services
-from agents.llm.attempt import Events, fate
+from agents.llm._attempt import Events, fate
 from agents.llm.budget import LocalLimits, TenantLimits
 from agents.llm.client import ChatClient
 from agents.llm.config import LLMConfig

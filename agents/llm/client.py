@@ -42,10 +42,10 @@ from agentbus.backoff import Backoff
 from agentbus.errors import CircuitOpenError, ModelConnectionError, ModelHTTPError, ModelUnavailableError
 from agents.llm._failure import endpoint_name, excerpt, log, redact_url, retry_after_s
 from agents.llm._http import HTTPPool, Response
+from agents.llm._sse import SSEDecoder
 from agents.llm.breaker import CircuitBreaker
 from agents.llm.chat import ChatChunk, ChatRequest, ChatResponse, Completion, CompletionBuilder, Usage
 from agents.llm.config import LLMConfig
-from agents.llm.sse import SSEDecoder
 
 __all__ = ["ChatClient", "Endpoint", "TokenSink"]
 

@@ -2,7 +2,7 @@
 
 The rendered rules pass ``promtool check rules``, and each alert fires on the series a
 real worker exports (the names and labels of ``agents/metrics.py`` and
-``agents/state_metrics.py``, with the labels the ServiceMonitor adds) when the trouble
+``agents/_state_metrics.py``, with the labels the ServiceMonitor adds) when the trouble
 lasts, and stays silent when it does not.
 """
 

@@ -18,8 +18,8 @@ from agents.llm import (
     Toolbox,
     tool,
 )
+from agents.llm._sse import SSEDecoder
 from agents.llm.chat import ChatChunk, CompletionBuilder
-from agents.llm.sse import SSEDecoder
 
 
 class Clock:

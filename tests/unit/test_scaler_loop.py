@@ -287,7 +287,7 @@ def test_scaler_never_imports_agents() -> None:
     import sys
 
     code = (
-        "import sys, scaler, scaler.assemble, scaler.loop, scaler.actuators.kubernetes;"
+        "import sys, scaler, scaler._assemble, scaler.loop, scaler.actuators.kubernetes;"
         "print(sorted(m for m in sys.modules if m == 'agents' or m.startswith('agents.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

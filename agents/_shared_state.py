@@ -44,9 +44,9 @@ from nats.aio.subscription import Subscription
 
 from agentbus.backoff import Backoff
 from agentbus.errors import ConfigError, PersistenceError, StateError
+from agents._runner import KindRunner
 from agents.config import WorkerConfig
 from agents.metrics import Outcome, WorkerStats
-from agents.runner import KindRunner
 from bus.gossip import NatsTransport
 from bus.messages import StateQuery, StateReport, TenantUsage, encode
 from bus.subjects import STATE_QUERY_QUEUE, STATE_QUERY_SUBJECT

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from agents.shared_state import SharedState
+from agents._shared_state import SharedState
 from state.gossip.membership import MemberState
 
 __all__ = ["StateCollector"]
