@@ -1,6 +1,6 @@
 """One agent kind inside a worker: decode, run the handler in the tenant scope, decide the fate.
 
-Fates (DESIGN.md, "The flow of one task"):
+Fates (docs/architecture.md, "The flow of one task"):
 
 * success: result to ``results.<tenant>.<task_id>`` (when the agent declares an
   output) and to the publisher's inbox when it waits, then ``+ACK``;

@@ -1,6 +1,6 @@
 """The worker process: connect, provision, run one :class:`KindRunner` per kind, drain on SIGTERM.
 
-Drain (DESIGN.md step 5): stop fetching and withdraw the pull requests the server
+Drain (docs/architecture.md, step 8): stop fetching and withdraw the pull requests the server
 holds; tasks already on their way are handed back at once (``-NAK`` without delay); running
 handlers get ``drain_timeout_s`` to finish; whatever still runs then is cancelled
 and handed back, so another replica takes it at once instead of after ack_wait;

@@ -1,6 +1,6 @@
 """The nats-py ``Client`` agentbus connects with: a frame guard, and an optional fast path.
 
-Both subclass nats-py 2.16's ``Client`` and borrow its internals (STYLE.md 13), so
+Both subclass nats-py 2.16's ``Client`` and borrow its internals, so
 :func:`client_class` uses them only with the exact version they were tested with
 (:data:`SUPPORTED`); with any other it returns nats-py's own ``Client``.
 

@@ -1,6 +1,6 @@
 """What a worker checks on a task taken from the wire, before anything runs.
 
-Every byte from NATS is hostile until validated (DESIGN.md, "Trust boundaries"). The
+Every byte from NATS is hostile until validated (docs/wire.md). The
 worker (``agents._runner``) dead-letters a task that breaks one of these rules before its
 handler runs, so nothing after the handler can fail on input it accepted: the result
 subject (``results.<tenant>.<id>``) and the reply subject are known to be valid.

@@ -4,7 +4,7 @@ Each replica listens on ``agentbus.gossip.<node>``; broadcasts (join announcemen
 leave notices) go to ``agentbus.gossip.all``. Core NATS is at-most-once, which is
 what gossip assumes anyway. The sender travels in a header, so the payload stays
 the opaque bytes gossip handed over. ``drop_rate``/``duplicate_rate`` inject faults
-at the sender for chaos tests (R13: 10 % dropped, 5 % duplicated).
+at the sender for chaos tests (10 % dropped, 5 % duplicated).
 """
 
 from __future__ import annotations

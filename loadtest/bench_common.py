@@ -56,7 +56,7 @@ __all__ = [
 T = TypeVar("T")
 
 TENANT = "bench"
-TASK_BYTES = 200  # the size of the anchors' tasks (research/bench-anchors)
+TASK_BYTES = 200  # the size of the anchors' tasks (docs/performance.md)
 
 
 class BenchIn(msgspec.Struct):

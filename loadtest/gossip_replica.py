@@ -1,4 +1,4 @@
-"""One replica process for the multi-process gossip test (R13): ``python -m loadtest.gossip_replica``.
+"""One replica process for the multi-process gossip test: ``python -m loadtest.gossip_replica``.
 
 It runs a ``ReplicaState`` with gossip over NATS (optionally dropping and
 duplicating a share of its datagrams) and Redis persistence, performs ``--ops``

@@ -1,4 +1,4 @@
-"""The scaler's own Prometheus metrics (registered on a registry passed in, STYLE.md 10)."""
+"""The scaler's own Prometheus metrics (registered on a registry passed in)."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ DEFAULT_METRICS = (
     # near the workers' max_inflight: a full pool then reads as exactly its size.
     MetricTarget(name="queue_depth", target=10.0, kind=MetricKind.TOTAL),
 )
-"""CPU utilisation and queue depth, as DESIGN.md names them."""
+"""CPU utilisation and queue depth (docs/autoscaler.md)."""
 
 
 class PolicySpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -4,19 +4,17 @@ Delta-state (Almeida, Shoker, Baquero 2018): every mutator changes the state in
 place and returns a small delta, the replica's own slot, such that
 ``merge(state, delta) == merge(state, mutated full state)``.
 
-Why not the ``crdts`` package, which the design names (measured by
-``python -m loadtest.bench_state`` on the 2-core box):
+Why not the ``crdts`` package:
 
 * ``crdts.Counter`` keeps one integer merged by max, so +1 on two replicas
   converges to 1: concurrent increments are lost. Wrong for counting.
 * ``crdts.CounterSet`` (one PNCounter per counter id) converges when each replica
   increments only its own id, but every increment type-checks against Protocols,
-  builds a StateUpdate, updates a GSet and a Lamport clock: 100-440 us per
-  increment here under load (the issue measured ~45 us on a quiet machine), and a
-  merge replays updates one by one (80-220 us for one slot). An increment through
-  our ``Store`` is a dict slot: 0.4-0.5 us in the same runs, 200-1000x less, which
-  the task path can afford on every task. ``crdts`` stays a dev dependency for the
-  comparison only. The laws are proven by ``tests/property/test_crdt_laws.py``.
+  builds a StateUpdate, updates a GSet and a Lamport clock, and a merge replays
+  updates one by one: hundreds of times the cost of our dict slot, which the task
+  path can afford on every task (figures: docs/performance.md, "Our own HTTP client
+  and CRDTs"). ``crdts`` stays a dev dependency for the comparison only. The laws
+  are proven by ``tests/property/test_crdt_laws.py``.
 
 An optional ``expires_at`` (Unix ns, 0 = never) lets a counter be collected once
 its time is over (the rate limiter's windows). It merges as a join too: 0 is the

@@ -5,7 +5,7 @@ is known exactly and any peer can merge it without decoding. Writes are stamped
 with the writer's wall clock in ns, bumped past the stamp the writer last saw so
 one replica's writes always order after each other. Concurrent writes on two
 replicas resolve by the larger stamp, then the larger writer id: that is LWW's
-known trade (research/reliability.md 3.3): it needs roughly synchronised clocks and
+known trade: it needs roughly synchronised clocks and
 must not be used where the choice between concurrent values matters.
 
 Merge compares the whole tuple ``(ts, writer, value, expires_at)``, a total order,

@@ -17,8 +17,8 @@ Why not ``crdts.ORSet``: it orders adds and removes by a Lamport timestamp, so a
 remove whose clock is ahead cancels a concurrent re-add it never saw (checked: an
 add concurrent with a remove converges to the empty set; this is a LWW-element-set,
 not add-wins), and every removed member stays in its ``removed`` set forever
-(1000 add/remove cycles leave 1000 tombstones). It also costs 55-130 us per add here
-(ours: about 8 us, building the delta included).
+(1000 add/remove cycles leave 1000 tombstones). It is also an order of magnitude
+slower per add (docs/performance.md, "Our own HTTP client and CRDTs").
 
 Deltas are themselves ORSets (an add: the new dot plus the dots it supersedes; a
 remove: only context), so ``merge(state, delta) == merge(state, mutated state)``.

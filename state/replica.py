@@ -8,7 +8,7 @@ persistence calls ``tenant_snapshot`` and ``restore``.
 The replica id is new on every start (``new_replica_id``): a replica restored from
 a snapshot that is older than what its peers hold would otherwise keep counting in
 its old slot from the stale value, and its new increments would hide under the
-higher value the peers already have (research/reliability.md 3.3). A fresh id costs
+higher value the peers already have. A fresh id costs
 one more slot per counter per restart, and is always safe.
 
 Those slots are reclaimed by pruning (``state.delegate.Pruning``; gossip decides when

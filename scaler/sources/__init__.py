@@ -3,7 +3,7 @@
 * :class:`PrometheusSource` asks a Prometheus server (PromQL, one query per metric).
 * :class:`ScrapeSource` scrapes the workers' ``/metrics`` itself: the embedded default,
   no Prometheus needed.
-* :class:`MemorySource` is the in-memory twin for tests (STYLE.md 7).
+* :class:`MemorySource` is the in-memory twin for tests.
 
 A source never raises from :meth:`MetricSource.read`: a metric it cannot read comes
 back as ``Reading(None, error=...)`` and the policy holds. :meth:`MetricSource.check`

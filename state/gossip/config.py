@@ -1,9 +1,9 @@
 """Gossip settings: memberlist's LAN defaults as the reference, a preset for tests.
 
 Every field carries its unit in its name. The defaults follow hashicorp/memberlist
-``DefaultLANConfig`` (research/reliability.md section 4) except where agentbus
-gossips replicated state, not just membership: then DESIGN.md ("Shared state")
-decides (gossip round 200 ms to 3 peers, push-pull every few seconds).
+``DefaultLANConfig`` except where agentbus gossips replicated state, not just
+membership: a gossip round of 200 ms to 3 peers, push-pull every few seconds
+(docs/state.md).
 """
 
 from __future__ import annotations
@@ -41,15 +41,15 @@ class GossipConfig:
     """memberlist LAN: each update and delta batch is sent retransmit_mult x ceil(log10(n+1))
     times, which reaches every node with high probability under loss."""
     gossip_interval_s: float = 0.2
-    """DESIGN.md and memberlist LAN: pending deltas leave every 200 ms."""
+    """memberlist LAN: pending deltas leave every 200 ms."""
     gossip_nodes: int = 3
-    """DESIGN.md and memberlist LAN: fan-out of one gossip round."""
+    """memberlist LAN: fan-out of one gossip round."""
     gossip_to_the_dead_s: float = 30.0
     """memberlist LAN: keep gossiping to a node declared dead this long, so a node that was
     only cut off hears it and refutes."""
     push_pull_interval_s: float = 5.0
     """memberlist LAN syncs membership every 30 s; here push-pull also repairs lost deltas,
-    so DESIGN.md's "every few seconds" wins (R13 uses 5 s)."""
+    so it runs every 5 s."""
     announce_interval_s: float = 10.0
     """Broadcast our own liveness this often: repairs views after partitions and mass
     restarts, the case where memberlist keeps a node dead forever (memberlist#311)."""
@@ -74,7 +74,7 @@ class GossipConfig:
 
     @classmethod
     def lan(cls, **overrides: object) -> GossipConfig:
-        """The defaults (memberlist ``DefaultLANConfig`` plus DESIGN.md's gossip round)."""
+        """The defaults (memberlist ``DefaultLANConfig`` plus agentbus's gossip round)."""
         return dataclasses.replace(cls(), **overrides)  # type: ignore[arg-type]
 
     @classmethod
@@ -91,7 +91,7 @@ class GossipConfig:
             gossip_to_the_dead_s=3.0,
             push_pull_interval_s=0.5,
             announce_interval_s=1.0,
-            # longer than any pause the timing-sensitive tests inject (R13 SIGSTOPs a replica for
+            # longer than any pause the timing-sensitive tests inject (the chaos test SIGSTOPs a replica for
             # 10 s), so pruning stays out of them; a replica pruned while paused is safe (it moves
             # to a new id, pruning.py) and tests/property/test_self_prune.py covers it with 2 s
             prune_after_s=60.0,

@@ -1,4 +1,4 @@
-"""Every gossip message, as msgspec Structs in one place (STYLE.md 5).
+"""Every gossip message, as msgspec Structs in one place.
 
 One datagram is one :class:`Packet`: the sender's cluster, a few protocol messages
 and piggybacked membership updates, the way memberlist compounds messages into one

@@ -1,4 +1,4 @@
-"""Real multi-process gossip over a real nats-server (must-show 3, reliability R13).
+"""Real multi-process gossip over a real nats-server.
 
 Five ``loadtest.gossip_replica`` processes increment two tenants' counters and add
 and remove OR-set elements concurrently, gossiping over core NATS with 10 % of

@@ -87,7 +87,7 @@ def test_lint_strict_reports_nothing(kube_version: str, values: str) -> None:
 
 
 def test_every_values_key_has_a_comment() -> None:
-    """traefik's convention (STYLE.md 12): a comment line right above every key of values.yaml.
+    """traefik's convention: a comment line right above every key of values.yaml.
 
     Only the quantities inside resources blocks (cpu, memory) speak for themselves.
     """

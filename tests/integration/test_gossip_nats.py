@@ -1,4 +1,4 @@
-"""Gossip convergence over both transports (STYLE.md 7): the in-memory twin and real nats-server.
+"""Gossip convergence over both transports: the in-memory twin and real nats-server.
 
 The same scenarios run in real time against ``InMemoryTransport`` and ``NatsTransport``
 with the real ``ReplicaState`` as the delegate: exact totals after concurrent
@@ -134,7 +134,7 @@ async def test_crash_is_detected_and_leave_is_announced(
 
 
 async def test_tenant_gossip_never_leaks(make_transport: MakeTransport, cluster: Cluster) -> None:
-    # must-show 5 (part): one tenant's writes reach the same tenant everywhere, never another's
+    # one tenant's writes reach the same tenant everywhere, never another's
     for i in range(3):
         await cluster.add(await make_transport(), f"r{i}")
     a = cluster.replicas["r0"].store("tenant-a")

@@ -1,4 +1,4 @@
-"""The README's agent example runs as printed (STYLE.md 11: docs examples are tested)."""
+"""The README's agent example runs as printed."""
 
 from __future__ import annotations
 

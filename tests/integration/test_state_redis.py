@@ -1,4 +1,4 @@
-"""Redis persistence against a real redis-server (must-show 4, reliability R14).
+"""Redis persistence against a real redis-server.
 
 * snapshots of several replicas and tenants load back as their join;
 * ``kill -9`` of redis-server (and a SIGSTOP hang) while a replica keeps counting:

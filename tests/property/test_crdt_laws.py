@@ -1,4 +1,4 @@
-"""The laws of every CRDT type (must-show 1, reliability R11; STYLE.md 9).
+"""The laws of every CRDT type.
 
 For G-Counter, PN-Counter, OR-Set and LWW-Register: merge is idempotent,
 commutative and associative; every mutator is an inflation; merging a mutator's

@@ -1,4 +1,4 @@
-"""Model-based convergence under an adversarial network (must-show 2, reliability R12).
+"""Model-based convergence under an adversarial network.
 
 A Hypothesis state machine runs 3-7 replicas over the in-memory network in virtual
 time. Rules: increment at a replica, change loss / duplication / reordering, split

@@ -1,4 +1,4 @@
-"""The public surface is deliberate (STYLE.md 2, httpx ``tests/test_exported_members.py``).
+"""The public surface is deliberate (as httpx ``tests/test_exported_members.py`` does).
 
 Adding or removing a public name must be a conscious change to this test.
 """

@@ -1,4 +1,4 @@
-"""SWIM membership, dissemination and pruning in virtual time (R16 in miniature).
+"""SWIM membership, dissemination and pruning in virtual time.
 
 Every test drives :class:`SimCluster` (in-memory network, virtual clock): tens of
 simulated seconds run in well under a second, and a seed replays a run exactly.
@@ -30,7 +30,7 @@ def test_exported_names() -> None:
 
 
 def test_formulas_match_memberlist() -> None:
-    # research/reliability.md section 4: N = 5 at LAN defaults -> 4 s .. 24 s, 4 retransmits
+    # memberlist LAN defaults: N = 5 at LAN defaults -> 4 s .. 24 s, 4 retransmits
     assert LAN.suspicion_timeouts_s(5) == (4.0, 24.0)
     assert LAN.retransmit_limit(5) == 4
     assert LAN.retransmit_limit(10) == 8
@@ -102,7 +102,7 @@ async def test_indirect_probe_saves_a_node_behind_one_broken_link() -> None:
 
 
 async def test_no_false_dead_under_ten_percent_loss() -> None:
-    # R16 (b): 10 % loss for a simulated minute, nobody is declared dead
+    # (b) 10 % loss for a simulated minute, nobody is declared dead
     sim = await cluster(5, config=LAN, seed=6, loss=0.10)
     await sim.run_for(60.0)
     for name, node in sim.nodes.items():
@@ -127,7 +127,7 @@ async def test_suspected_node_refutes_with_a_higher_incarnation() -> None:
 
 
 async def test_restarted_node_rejoins_and_refutes_its_death() -> None:
-    # R16 (c): a node declared dead comes back under the same id and is alive again everywhere
+    # (c) a node declared dead comes back under the same id and is alive again everywhere
     sim = await cluster(5, config=LAN, seed=8)
     await sim.run_for(3.0)
     snapshot = await sim.crash("n4")
@@ -141,7 +141,7 @@ async def test_restarted_node_rejoins_and_refutes_its_death() -> None:
 
 
 async def test_split_brain_heals_to_one_view() -> None:
-    # R16 (d): a 2|3 split long enough for each side to declare the other dead, then heal
+    # (d) a 2|3 split long enough for each side to declare the other dead, then heal
     cfg = GossipConfig.for_tests()
     sim = await cluster(5, config=cfg, seed=9)
     await sim.run_for(2.0)

@@ -1,4 +1,4 @@
-"""Wire messages: round trips, strict payload typing, schema evolution (STYLE.md 5)."""
+"""Wire messages: round trips, strict payload typing, schema evolution."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Metric sources: the direct scrape against real HTTP endpoints, and one contract both sources obey.
 
-The contract (STYLE.md 7: one suite against the real thing and its twin): a value
+The contract (one suite against the real thing and its twin): a value
 reads back as itself, and a metric that cannot be read comes back as ``None`` with
 a reason, never as 0.
 """

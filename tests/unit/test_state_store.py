@@ -1,4 +1,4 @@
-"""The tenant store: API surface, isolation (must-show 5), limits, kinds, expiry, budgets."""
+"""The tenant store: API surface, isolation, limits, kinds, expiry, budgets."""
 
 from __future__ import annotations
 
