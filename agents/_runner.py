@@ -47,6 +47,7 @@ from nats.errors import MaxPayloadError
 
 from agentbus.backoff import Backoff
 from agentbus.errors import Reject, Retry
+from agentbus.logs import task_fields
 from agents._eager import start_eager, step_eager
 from agents.api import AgentSpec, Context, Stores
 from agents.metrics import KindStats, Outcome
@@ -192,6 +193,7 @@ class KindRunner:
         self._timeout_s = spec.timeout_s
         self._publish_results = spec.output is not None
         self._log = logging.LoggerAdapter(log, {"kind": spec.kind})
+        self._agent_log = logging.getLogger(f"agentbus.agents.{spec.kind}")  # ctx.log's
         self.slots: dict[asyncio.Task[None], _Slot] = {}
         self.draining = False
         self._expiry: asyncio.TimerHandle | None = None  # the shared timer, armed for the oldest slot
@@ -444,11 +446,12 @@ class KindRunner:
             task_id=task.id,
             attempt=slot.attempt,
             deadline=task.deadline,
-            log=self._log,
+            log=self._agent_log,
             submit=self._submit,
             emit=self._emit,
             stores=self.stores,
             streaming=task.stream,
+            headers=slot.msg.headers,
         )
 
     def _handler_ended(self, slot: _Slot) -> None:
@@ -559,7 +562,11 @@ class KindRunner:
             return await self._dead_letter(
                 msg, tenant, task.id, DlqReason.DEADLINE_EXCEEDED, detail, attempt, task
             )
-        self._log.info("task %s attempt %d failed, retry in %.2fs: %r", task.id, attempt, delay, reason)
+        if log.isEnabledFor(logging.INFO):  # nothing built for a line that is not written
+            extra = task_fields(tenant, self.kind, task.id, attempt, msg.headers)
+            log.info(
+                "task %s attempt %d failed, retry in %.2fs: %r", task.id, attempt, delay, reason, extra=extra
+            )
         await self._ack(self._nc, msg, AckKind.nak(delay))
         self.stats.tasks[(tenant, Outcome.RETRIED)] += 1
         return None
@@ -594,7 +601,8 @@ class KindRunner:
             self._log.warning("dead-lettering %r failed (%s); retrying later", task_id, exc)
             await ack(self._nc, msg, AckKind.nak(self._retry.max_s))
             return
-        self._log.warning("task %r dead-lettered: %s: %r", task_id, reason, detail)
+        extra = task_fields(tenant, kind or self.kind, task_id, attempt, msg.headers)
+        log.warning("task %r dead-lettered: %s: %r", task_id, reason, detail, extra=extra)
         self.stats.tasks[(tenant, Outcome.DEAD_LETTERED)] += 1
         self.stats.dead_letters[(tenant, reason)] += 1
         failed: Result[None] = Result(

@@ -27,6 +27,7 @@ import msgspec
 from prometheus_client.registry import Collector
 
 from agentbus.errors import ConfigError, StateError
+from agentbus.logs import TaskLog, trace_id
 from bus.messages import encode
 from bus.publisher import TaskRef
 from bus.subjects import check_token, stream_subject
@@ -54,12 +55,13 @@ class Context:
 
     __slots__ = (
         "_emit",
+        "_headers",
+        "_log",
         "_stores",
         "_submit",
         "attempt",
         "deadline",
         "kind",
-        "log",
         "streaming",
         "task_id",
         "tenant",
@@ -73,11 +75,12 @@ class Context:
         task_id: str,
         attempt: int,
         deadline: float | None,
-        log: logging.LoggerAdapter[logging.Logger],
+        log: logging.Logger,
         submit: _Submit,
         emit: Callable[[str, bytes], Awaitable[None]],
         stores: Stores | None = None,
         streaming: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.tenant = tenant
         self.kind = kind
@@ -85,13 +88,24 @@ class Context:
         self.attempt = attempt
         """1 on the first delivery, 2 on the first retry, and so on."""
         self.deadline = deadline
-        self.log = log
+        self._log = log
+        self._headers = headers
         self._submit = submit
         self._emit = emit
         self._stores = stores
         self.streaming = streaming
         """The publisher follows this task's stream (its envelope says ``"stream": true``);
         :meth:`stream` sends nothing otherwise, so a handler may skip building events."""
+
+    @property
+    def log(self) -> TaskLog:
+        """A logger whose lines carry this task's tenant, kind, task id, attempt and trace id."""
+        return TaskLog(self._log, self)
+
+    @property
+    def trace_id(self) -> str:
+        """The trace id of the task's ``traceparent`` header (publisher's trace), or ""."""
+        return trace_id(self._headers)
 
     @property
     def state(self) -> Store:

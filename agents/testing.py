@@ -48,8 +48,6 @@ __all__ = ["AgentTester", "Outcome", "PublishedTask"]
 Fate = Literal["ok", "retry", "dead_letter"]
 Out = TypeVar("Out")
 
-_log = logging.getLogger("agentbus.testing")
-
 
 @dataclass(frozen=True, slots=True)
 class PublishedTask:
@@ -101,7 +99,7 @@ class AgentTester(Generic[Out]):
         """Every follow-up task ``ctx.publish`` sent, in order."""
         self._decoder = msgspec.json.Decoder(spec.input)
         self._output = msgspec.json.Decoder(spec.output) if spec.output is not None else None
-        self._log = logging.LoggerAdapter(_log, {"kind": spec.kind})
+        self._log = logging.getLogger(f"agentbus.agents.{spec.kind}")
         self._started = False
 
     async def __aenter__(self) -> AgentTester[Out]:

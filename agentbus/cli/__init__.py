@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from agentbus import __version__
 from agentbus.cli._codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE
+from agentbus.env import Env
 from agentbus.errors import AgentbusError, ConfigError, UsageError
+from agentbus.logs import FORMATS
+from agentbus.logs import configure as configure_logging
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_USAGE", "build_parser", "main"]
 
@@ -21,6 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentbus", description=__doc__)
     parser.add_argument("--version", action="version", version=f"agentbus {__version__}")
     parser.add_argument("--log-level", default="WARNING", help="logging level (default %(default)s)")
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=Env().text("AGENTBUS_LOG_FORMAT") or "text",
+        help="text, or json: one object per line; lines about a task carry tenant, kind, task_id,"
+        " attempt and trace_id (default $AGENTBUS_LOG_FORMAT or text)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (up, worker, publish, status, demo, scaler):
         module.register(sub)
@@ -30,11 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        configure_logging(args.log_level, args.log_format)
+    except ValueError as exc:  # AGENTBUS_LOG_FORMAT or --log-level (argparse checks --log-format)
+        print(f"agentbus: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         code: int = args.run(args)
     except AgentbusError as exc:

@@ -87,6 +87,7 @@ async def local_cluster(
     store_dir: str | None = None,
     stop_timeout_s: float = 30.0,
     worker_log_level: str | None = None,
+    worker_log_format: str | None = None,
 ) -> AsyncIterator[LocalCluster]:
     """Start nats-server (unless ``nats_url``), the streams and ``workers`` supervised workers.
 
@@ -108,6 +109,7 @@ async def local_cluster(
         await nc.close()
         ports: dict[str, int] = {}
         prefix = ["--log-level", worker_log_level] if worker_log_level else []
+        prefix += ["--log-format", worker_log_format] if worker_log_format else []
         # A URL with credentials reaches the workers in their environment: a command line is public.
         secret = _without_credentials(url) != url
         url_args = [] if secret else ["--nats-url", url]
@@ -203,6 +205,7 @@ async def _up(args: argparse.Namespace) -> int:
             nats_port=args.nats_port,
             store_dir=args.store_dir,
             stop_timeout_s=(args.drain_timeout_s or 25.0) + 5,
+            worker_log_format=getattr(args, "log_format", None),
         ) as cluster:
             public_url = cluster.public_url
             needs_credentials = public_url != cluster.url

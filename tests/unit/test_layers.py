@@ -42,7 +42,7 @@ def _offenders(package: str, allowed: tuple[str, ...], *, skip: tuple[str, ...] 
     return bad
 
 
-KERNEL = ("agentbus.errors", "agentbus.backoff", "agentbus.env", "agentbus.http")
+KERNEL = ("agentbus.errors", "agentbus.backoff", "agentbus.env", "agentbus.http", "agentbus.logs")
 """What every process shares; never ``agentbus.cli``, which sits on top."""
 
 RULES = {

@@ -199,7 +199,7 @@ def _ctx() -> Context:
         task_id="t",
         attempt=1,
         deadline=None,
-        log=logging.LoggerAdapter(logging.getLogger("t")),
+        log=logging.getLogger("t"),
         submit=nope,  # type: ignore[arg-type]
         emit=nope,
     )

@@ -145,7 +145,7 @@ async def _emit(subject: str, data: bytes) -> None:
 
 def test_context_state_is_the_tasks_tenants_store_only() -> None:
     r = ReplicaState("r")
-    log = logging.LoggerAdapter(logging.getLogger("t"), {})
+    log = logging.getLogger("t")
     common = {"kind": "k", "task_id": "t1", "attempt": 1, "deadline": None, "log": log}
     ctx = Context(tenant="acme", submit=_submit, emit=_emit, stores=r.store, **common)  # type: ignore[arg-type]
     ctx.state.counter("c").increment()
