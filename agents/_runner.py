@@ -467,6 +467,16 @@ class KindRunner:
         attributes = {"messaging.system": "nats", "messaging.destination.name": msg.subject}
         with tracing.span("receive", kind="consumer", context=tracing.extract(msg.headers), **attributes):
             refusal = self._admit(slot)
+            task_id = refusal.task_id if refusal is not None else slot.envelope.id if slot.envelope else ""
+            tracing.annotate(
+                **{
+                    "agentbus.tenant": slot.tenant,
+                    "agentbus.kind": slot.kind,
+                    "agentbus.task_id": task_id,
+                    "agentbus.attempt": slot.attempt,
+                    "messaging.message.id": task_id,
+                }
+            )
             if refusal is not None:
                 return await self._refuse(slot, refusal)
             assert slot.envelope is not None
@@ -475,6 +485,8 @@ class KindRunner:
                 value, error = await self._handler(self._context(slot), slot.envelope.payload), None
             except (Exception, asyncio.CancelledError) as exc:
                 value, error = None, exc
+                if not isinstance(exc, Reject | Retry | asyncio.CancelledError):
+                    tracing.fail(f"{type(exc).__name__}: {exc}", exc)  # the fate below says what follows
             finally:
                 self._handler_ended(slot)
             await self._settle(slot, value, error)
@@ -511,6 +523,7 @@ class KindRunner:
                 reason = DlqReason.REJECTED
                 return await self._dead_letter(msg, tenant, task.id, reason, detail, attempt, task)
         if self._traced:
+            tracing.annotate(**{"agentbus.fate": "ok"})
             await self._ack(self._nc, msg, AckKind.ACK)
         else:
             slot.released = True  # ack_next frees the slot and may pull in the same message
@@ -562,6 +575,9 @@ class KindRunner:
             return await self._dead_letter(
                 msg, tenant, task.id, DlqReason.DEADLINE_EXCEEDED, detail, attempt, task
             )
+        if self._traced:
+            tracing.annotate(**{"agentbus.fate": "retry", "agentbus.retry.delay_s": delay})
+            tracing.fail(f"retry: {reason}")
         if log.isEnabledFor(logging.INFO):  # nothing built for a line that is not written
             extra = task_fields(tenant, self.kind, task.id, attempt, msg.headers)
             log.info(
@@ -601,6 +617,9 @@ class KindRunner:
             self._log.warning("dead-lettering %r failed (%s); retrying later", task_id, exc)
             await ack(self._nc, msg, AckKind.nak(self._retry.max_s))
             return
+        if self._traced:
+            tracing.annotate(**{"agentbus.fate": "dead_letter", "agentbus.dead_letter.reason": str(reason)})
+            tracing.fail(f"dead letter: {reason}: {detail}")
         extra = task_fields(tenant, kind or self.kind, task_id, attempt, msg.headers)
         log.warning("task %r dead-lettered: %s: %r", task_id, reason, detail, extra=extra)
         self.stats.tasks[(tenant, Outcome.DEAD_LETTERED)] += 1
@@ -621,6 +640,8 @@ class KindRunner:
 
     async def _hand_back(self, msg: Msg) -> None:
         """Nak without delay so another replica takes the task at once (drain)."""
+        if self._traced:
+            tracing.annotate(**{"agentbus.fate": "handed_back"})
         await ack(self._nc, msg, AckKind.nak(0))
         tenant, _ = split_task_subject(msg.subject)
         self.stats.tasks[(tenant, Outcome.HANDED_BACK)] += 1

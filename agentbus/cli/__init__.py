@@ -12,6 +12,7 @@ from agentbus.env import Env
 from agentbus.errors import AgentbusError, ConfigError, UsageError
 from agentbus.logs import FORMATS
 from agentbus.logs import configure as configure_logging
+from bus import tracing
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_USAGE", "build_parser", "main"]
 
@@ -45,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agentbus: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
+        tracing.configure_from_env()
         code: int = args.run(args)
     except AgentbusError as exc:
         print(f"agentbus: error: {exc}", file=sys.stderr)
