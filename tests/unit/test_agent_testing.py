@@ -117,3 +117,31 @@ async def test_on_start_and_on_stop_run_around_the_tasks() -> None:
     assert calls == ["start w7", "task x", "task no", "stop"]
     assert (later.fate, later.delay_s, later.detail) == ("retry", 1.5, "later")
     assert (no.fate, no.reason, no.detail) == ("dead_letter", DlqReason.REJECTED, "said no")
+
+
+async def test_an_llm_agent_runs_in_the_tester_with_its_plugin_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agentbus.errors import ConfigError
+    from agents.builtin.assistant import order_rules, order_tools
+    from agents.builtin.orders import Inventory
+    from agents.llm import OfflineBrain, task_agent
+    from agents.llm.shared_limits import SharedLimits
+
+    for var in ("AGENTBUS_LLM_BASE_URL", "AGENTBUS_LLM_MODEL"):
+        monkeypatch.delenv(var, raising=False)
+    spec = task_agent(kind="assistant", tools=order_tools(Inventory()), offline=OfflineBrain(order_rules))
+    async with AgentTester(spec) as tester:
+        outcome = await tester.run({"request": "customer U1 buys 1 of PROD-001"}, tenant="acme", stream=True)
+    assert outcome.fate == "ok"
+    assert outcome.output is not None
+    assert outcome.output.answer.startswith("Order acme-00000001 created: 1 x PROD-001")
+    assert outcome.events[-1] == {"type": "done", "seq": len(outcome.events), "ok": True}
+    assert isinstance(spec.handler.__self__.limits, SharedLimits)  # type: ignore[attr-defined]
+    assert spec.handler.__self__.tokens["acme"] > 0  # type: ignore[attr-defined]  # what on_start gave to count
+
+    monkeypatch.setenv("AGENTBUS_LLM_BASE_URL", "model-host:8000")
+    bad = task_agent(kind="assistant", tools=order_tools(Inventory()), offline=OfflineBrain(order_rules))
+    with pytest.raises(ConfigError, match="AGENTBUS_LLM_BASE_URL"):
+        async with AgentTester(bad):
+            pass
