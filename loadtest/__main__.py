@@ -1,16 +1,22 @@
-"""``python -m loadtest``: agentbus against the raw nats-py anchor (throughput, I/O, latency, memory).
+"""``python -m loadtest``: the one entry of every benchmark suite.
 
+By default agentbus against the raw nats-py anchor (throughput, I/O, latency, memory).
 Prints human-readable lines, then one JSON line with every figure (the last line
-of stdout; ``--json-only`` prints just that). ``--suite state`` (only when named)
-adds the shared-state figures of ``loadtest.bench_state`` under ``"state"``: our
-CRDTs' cost per operation against the ``crdts`` package, and gossip convergence
-rounds by cluster size, clean and under 10 % loss + 5 % duplication.
+of stdout; ``--json-only`` prints just that). Suites run only when named:
+
+* ``state``: our CRDTs' cost per operation against the ``crdts`` package, and gossip
+  convergence rounds by cluster size, clean and under 10 % loss + 5 % duplication;
+* ``llm``: LLM agents against a 200 ms model and a hand-written anchor
+  (``loadtest.bench_llm``, in a child process);
+* ``scaler``: the autoscaler's reaction to a backlog (``loadtest.bench_scaler``, in a
+  child process).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from dataclasses import replace
 from typing import Any
@@ -20,6 +26,8 @@ __all__ = ["build_parser", "main"]
 _ALIASES = {"a": "throughput", "b": "throughput", "c": "io", "d": "latency", "e": "memory"}
 STATE_SUITE = "state"
 """Shared-state CRDT costs and gossip convergence (no NATS needed); run only when named."""
+CHILD_SUITES = {"llm": "loadtest.bench_llm", "scaler": "loadtest.bench_scaler"}
+"""Suites with a command of their own, run as ``python -m <module>`` only when named."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--suite",
         action="append",
         metavar="SUITE",
-        help="throughput (a, b), io (c), latency (d), memory (e), state; comma-separated or repeated;"
-        " default all but state",
+        help="throughput (a, b), io (c), latency (d), memory (e), state, llm, scaler; comma-separated"
+        " or repeated; default the first four",
     )
     p.add_argument("--nats-url", help="use this nats-server instead of starting an embedded one")
     p.add_argument("--n", type=int, help="tasks per throughput repetition (default 200000, quick 20000)")
@@ -79,9 +87,9 @@ def _suites(values: list[str] | None) -> tuple[str, ...]:
     if not values:
         return SUITES
     chosen = _named(values)
-    for name in sorted(chosen - {STATE_SUITE}):
+    for name in sorted(chosen - {STATE_SUITE, *CHILD_SUITES}):
         if name not in SUITES:
-            known = ", ".join((*SUITES, STATE_SUITE))
+            known = ", ".join((*SUITES, STATE_SUITE, *CHILD_SUITES))
             raise ValueError(f"unknown suite {name!r}; choose from {known} or a-e")
     return tuple(s for s in SUITES if s in chosen)
 
@@ -122,8 +130,11 @@ def run(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"suites": [], "targets_met": {}}
     if options.suites:
         result = run_bench(options, say=say)
-    if STATE_SUITE in _named(args.suite):
+    named = _named(args.suite)
+    if STATE_SUITE in named:
         _state_suite(result, quick=args.quick, say=say)
+    for name in sorted(named & set(CHILD_SUITES)):
+        _child_suite(result, name, quick=args.quick, say=say)
     print(json.dumps(result, sort_keys=True), flush=True)
     missed = [k for k, ok in result["targets_met"].items() if not ok]
     if missed and not args.json_only:
@@ -131,6 +142,27 @@ def run(args: argparse.Namespace) -> int:
     if result.get("errors"):  # a suite could not run: its figures are missing
         return 1
     return 1 if (args.check and missed) else 0
+
+
+def child_command(name: str, *, quick: bool) -> list[str]:
+    """The command of a suite that runs as its own process (``--quick``: its smallest run)."""
+    command = [sys.executable, "-m", CHILD_SUITES[name]]
+    if quick:
+        command += ["--reps", "1", "--tasks", "2000"] if name == "llm" else ["--trials", "1"]
+    return command
+
+
+def _child_suite(result: dict[str, Any], name: str, *, quick: bool, say: Any) -> None:
+    """Run ``name`` in a child process; its last stdout line (JSON) goes under ``result[name]``."""
+    say(f"{name}: {' '.join(child_command(name, quick=quick)[1:])}")
+    result["suites"] = [*result.get("suites", []), name]
+    done = subprocess.run(child_command(name, quick=quick), capture_output=True, text=True, check=False)
+    lines = done.stdout.strip().splitlines()
+    try:
+        result[name] = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        detail = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+        result.setdefault("errors", {})[name] = detail[0]
 
 
 def _state_suite(result: dict[str, Any], *, quick: bool, say: Any) -> None:

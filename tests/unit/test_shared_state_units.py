@@ -229,6 +229,9 @@ def test_bench_state_suite_is_chosen_only_when_named(capsys: pytest.CaptureFixtu
 
     assert bench._suites(["state"]) == ()
     assert bench._suites(["a,state"]) == ("throughput",)
+    assert bench._suites(["llm,scaler,e"]) == ("memory",)  # one entry: the others run as children
+    assert bench.child_command("llm", quick=False)[1:] == ["-m", "loadtest.bench_llm"]
+    assert bench.child_command("scaler", quick=True)[1:] == ["-m", "loadtest.bench_scaler", "--trials", "1"]
     assert "memory" in bench._suites(None)  # the default run is unchanged, state not in it
     with pytest.raises(ValueError, match="unknown suite"):
         bench._suites(["state,nope"])
