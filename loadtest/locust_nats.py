@@ -176,10 +176,10 @@ class NatsBridge:
                         result = await self._pub.call(tenant, kind, payload, timeout_s=result_timeout_s)
                     if not result.ok:
                         failure = DLQ_PREFIX + (result.error or "unknown").split(":", 1)[0]
+                except ResultTimeoutError:  # first: it is a TimeoutError too
+                    failure = RESULT_TIMEOUT
                 except TimeoutError:
                     failure = ACK_TIMEOUT
-                except ResultTimeoutError:
-                    failure = RESULT_TIMEOUT
                 except Exception as exc:
                     failure = _refusal(exc)
             self._record(CALL, tenant, kind, started, failure)
