@@ -46,12 +46,7 @@ KERNEL = ("agentbus.errors", "agentbus.backoff", "agentbus.env", "agentbus.http"
 """What every process shares; never ``agentbus.cli``, which sits on top."""
 
 RULES = {
-    "bus": (
-        "bus",
-        "agentbus.errors",
-        "agentbus.backoff",
-        "state.delegate",
-    ),  # bus/gossip.py implements state's Transport
+    "bus": ("bus", *KERNEL, "state.delegate"),  # bus/gossip.py implements state's Transport
     "state": ("state", *KERNEL),
     "scaler": ("scaler", *KERNEL),
 }
