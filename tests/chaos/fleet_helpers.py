@@ -1,8 +1,8 @@
 """A real ``agentbus up --workers 3`` for the poison suite, and what a case reads back from it.
 
-:class:`UpFleet` runs the command as users run it (a subprocess in a temp directory,
-found through its ``.agentbus/up.json``), learns its workers' pids from the process
-tree and their HTTP ports from the state file. :class:`Observer` is one case's view of
+:class:`~loadtest.fuzz_fleet.UpFleet` (shared with the fleet fuzz) runs the command as
+users run it, a subprocess in a temp directory found through its ``.agentbus/up.json``,
+and learns its workers' pids from the process tree. :class:`Observer` is one case's view of
 the bus: results of the tenants it names (never a subject a poison is sent to), dead
 letters read back from stream ``DLQ`` as plain JSON (so a reason this tree does not
 know yet still reads), and canary tasks that must all complete.
@@ -12,19 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import psutil
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -34,8 +27,10 @@ from agents.builtin.basic import EchoIn
 from bus.connection import connect
 from bus.publisher import Publisher, TaskRef, TaskSpec
 from bus.topology import DLQ_STREAM
+from loadtest import fuzz_fleet
+from loadtest.fuzz_fleet import UpFleet, metric_sum
 
-__all__ = ["Letter", "Observer", "UpFleet", "http_get", "metric_sum"]
+__all__ = ["Letter", "Observer", "UpFleet", "http_get", "metric_sum", "start_fleet"]
 
 WORKERS = 3
 CANARIES = 300
@@ -43,112 +38,14 @@ CANARY_BOUND_S = 60.0
 """The contract's generous liveness bound for 300 canaries (a fixed fleet needs a second or two)."""
 
 
-async def http_get(port: int, path: str, timeout_s: float = 5.0) -> tuple[int, str]:
-    """``GET http://127.0.0.1:<port><path>``: ``(status, body)``, ``(0, "")`` if nothing answers."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            try:
-                writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-                await writer.drain()
-                raw = await reader.read()
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-        head, _, body = raw.partition(b"\r\n\r\n")
-        return int(head.split()[1]), body.decode(errors="replace")
-    except (OSError, TimeoutError, ValueError, IndexError):
-        return 0, ""
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    """``GET http://127.0.0.1:<port><path>`` off the event loop: ``(status, body)``, ``(0, "")`` if down."""
+    return await asyncio.to_thread(fuzz_fleet.http_get, port, path)
 
 
-_SAMPLE = re.compile(r"^([A-Za-z_:][\w:]*)(?:\{[^}]*\})?\s+(\S+)", re.M)
-
-
-def metric_sum(text: str, name: str) -> float | None:
-    """Sum of every sample of ``name`` in an exposition (any labels); None if there is none."""
-    values = [float(m[2]) for m in _SAMPLE.finditer(text) if m[1] == name]
-    return sum(values) if values else None
-
-
-class UpFleet:
-    """``agentbus up --workers 3`` with the given environment; restartable when a case broke it."""
-
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
-        self.workdir = workdir
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        self.ports: dict[str, int] = {}
-        self.starts = 0
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / f"up-{self.starts}.log"
-
-    def start(self, timeout_s: float = 60.0) -> UpFleet:
-        """Start the command and wait for every worker's ``/readyz``."""
-        self.starts += 1
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        state = self.workdir / ".agentbus" / "up.json"
-        state.unlink(missing_ok=True)
-        with open(self.log_path, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agentbus", "up", "--workers", str(WORKERS)],
-                cwd=self.workdir,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
-            )
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"agentbus up exited {self.proc.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(OSError, ValueError):
-                data = json.loads(state.read_text())
-                self.url, self.ports = data["nats_url"], dict(data["metrics_ports"])
-                if len(self.ports) == WORKERS and len(self.pids()) == WORKERS and self._all_ready():
-                    return self
-            if time.monotonic() > deadline:
-                raise AssertionError(f"agentbus up not ready after {timeout_s}s:\n{self.log_tail()}")
-            time.sleep(0.1)
-
-    def _all_ready(self) -> bool:
-        return all(asyncio.run(http_get(port, "/readyz"))[0] == 200 for port in self.ports.values())
-
-    def pids(self) -> dict[str, int]:
-        """Worker name (``--worker-id``) -> pid of every live worker process of this ``up``."""
-        assert self.proc is not None
-        out: dict[str, int] = {}
-        try:
-            children = psutil.Process(self.proc.pid).children()
-        except psutil.NoSuchProcess:
-            return out
-        for child in children:
-            with contextlib.suppress(psutil.Error):
-                argv = child.cmdline()
-                if "worker" in argv and "--worker-id" in argv and child.status() != psutil.STATUS_ZOMBIE:
-                    out[argv[argv.index("--worker-id") + 1]] = child.pid
-        return out
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        """Ctrl-C (drain), bounded; then kill the process group's leader and its workers."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        workers = list(self.pids().values())
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        for pid in workers:  # a worker the killed `up` left behind
-            with contextlib.suppress(psutil.Error):
-                psutil.Process(pid).kill()
+def start_fleet(workdir: Path, env: dict[str, str]) -> UpFleet:
+    """``agentbus up --workers 3`` with the workers' default settings, ready."""
+    return UpFleet(workdir, env, workers=WORKERS).start()
 
 
 class Letter(msgspec.Struct):

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fleet_helpers import Observer, UpFleet, http_get
+from fleet_helpers import Observer, UpFleet, http_get, start_fleet
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
@@ -47,8 +47,7 @@ BAD_FRAMES = "agentbus_nats_bad_frames_total"
 def up_fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpFleet]:
     """``agentbus up --workers 3`` with the fast path on or off, shared by the cases of the mode."""
     mode = str(request.param)
-    fleet = UpFleet(tmp_path_factory.mktemp(f"up-fast-path-{mode}"), {"AGENTBUS_NATS_FAST_PATH": mode})
-    fleet.start()
+    fleet = start_fleet(tmp_path_factory.mktemp(f"up-fast-path-{mode}"), {"AGENTBUS_NATS_FAST_PATH": mode})
     try:
         yield fleet
     finally:
