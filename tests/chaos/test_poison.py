@@ -245,7 +245,8 @@ async def test_h_same_task_id_of_two_tenants_is_not_a_duplicate(fleet: UpFleet) 
 @pytest.mark.parametrize("target", ["dlq", "tasks"])
 async def test_i_reply_into_another_tenants_subjects_is_refused(fleet: UpFleet, target: str) -> None:
     other = f"{target}.pi-other.echo"
-    async with Observer(fleet, ("pi", "ci")) as obs:
+    canary = f"ci-{target}"
+    async with Observer(fleet, ("pi", canary)) as obs:
         leaked: list[str] = []
 
         async def on_leak(msg: Msg) -> None:
@@ -257,7 +258,7 @@ async def test_i_reply_into_another_tenants_subjects_is_refused(fleet: UpFleet, 
         await obs.nc.jetstream().publish(
             "tasks.pi.echo", envelope(task_id), headers={"Nats-Msg-Id": task_id, "Agentbus-Reply": other}
         )
-        await obs.canaries("ci")
+        await obs.canaries(canary)
         await obs.expect_letter("dlq.pi.echo", f'"{task_id}"'.encode(), "invalid_envelope")
         await obs.nc.flush()
         await sub.unsubscribe()
