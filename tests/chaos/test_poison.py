@@ -120,12 +120,13 @@ async def test_b_invalid_utf8_subject_is_dead_lettered_as_invalid_subject(fleet:
     assert not obs.problems, report(obs, fleet)
 
 
-async def test_c_empty_header_block_on_gossip_is_dropped_and_counted(fleet: UpFleet) -> None:
+async def test_c_bare_header_line_on_gossip_is_dropped_and_counted(fleet: UpFleet) -> None:
     raw = await raw_client(fleet)
     async with Observer(fleet, ("cc",)) as obs:
         before = await obs.worker_metric(BAD_FRAMES)
         try:
-            await raw.publish(b"agentbus.gossip.all", b"", header_block=b"NATS/1.0\r\n\r\n")
+            # hdr_len 8: nats-py 2.16 reads past the status line and raises IndexError
+            await raw.publish(b"agentbus.gossip.all", b"", header_block=b"NATS/1.0")
             await raw.ping()  # the server has fanned the frame out to every worker
         finally:
             await raw.close()
