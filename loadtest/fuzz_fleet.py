@@ -368,8 +368,11 @@ async def _watch_health(fleet: UpFleet, run: _Run) -> None:
             status, body = await asyncio.to_thread(http_get, port, "/healthz")
             if status != 200:
                 run.violate("healthz", f"{name} answered {status}: {body[:200]}")
-        for name, pid in (await asyncio.to_thread(fleet.pids)).items():
+        pids = await asyncio.to_thread(fleet.pids)
+        for name, pid in pids.items():
             run.pids.setdefault(name, set()).add(pid)
+        for name in fleet.ports.keys() - pids.keys():
+            run.violate("worker", f"{name} is not running")
         await asyncio.sleep(1.0)
 
 
