@@ -3,11 +3,16 @@
 Loopback only, JetStream on, a free port unless one is given, a store directory
 that survives a restart (so a restart test can stop and start the same server).
 Readiness is read from the server's own ``/healthz?js-enabled-only=true``, never
-guessed with a sleep.
+guessed with a sleep. :func:`keep_alive` restarts a server that died (``agentbus up``
+runs it): same port and same store, so clients reconnect and acknowledged tasks
+are still there.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -22,7 +27,9 @@ from types import TracebackType
 
 from agentbus.errors import ConfigError
 
-__all__ = ["EmbeddedNats", "find_nats_server", "free_port"]
+__all__ = ["EmbeddedNats", "find_nats_server", "free_port", "keep_alive"]
+
+log = logging.getLogger("agentbus.nats")
 
 
 def find_nats_server() -> str:
@@ -74,6 +81,8 @@ class EmbeddedNats:
         self.sync_always = sync_always
         self.log_file = Path(log_file) if log_file else self.store_dir / "nats-server.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        """Times :func:`keep_alive` started the server again after it died."""
 
     @property
     def url(self) -> str:
@@ -112,16 +121,19 @@ class EmbeddedNats:
             f"jetstream {{\n  store_dir: {_quote(str(self.store_dir / 'js'))}\n  {sync}\n}}\n"
             f"{self.extra_config}\n"
         )
-        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child, closed below
+        out = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
             self.proc = subprocess.Popen(
                 [find_nats_server(), "-c", str(conf)],
-                stdout=log,
+                stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                # Its own session: a Ctrl-C at the terminal reaches the workers (they drain) but not
+                # the server they drain through; its owner stops it last.
+                start_new_session=True,
             )
         finally:
-            log.close()
+            out.close()
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -176,6 +188,55 @@ class EmbeddedNats:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+async def keep_alive(
+    server: EmbeddedNats,
+    *,
+    backoff_s: float = 0.5,
+    backoff_max_s: float = 10.0,
+    check_interval_s: float = 0.2,
+) -> None:
+    """Restart ``server`` whenever its process dies, until cancelled or :meth:`EmbeddedNats.stop`.
+
+    The dead process is reaped, and the server starts again on the same client port and
+    the same store directory (its JetStream files are recovered). Failed starts are
+    retried with a doubling backoff capped at ``backoff_max_s``; each restart is logged.
+    """
+    loop = asyncio.get_running_loop()
+    backoff = backoff_s
+    up_since = loop.time()
+    while True:
+        await asyncio.sleep(check_interval_s)  # a poll: Popen gives no awaitable exit
+        proc = server.proc
+        if proc is None:  # stopped on purpose
+            return
+        code = proc.poll()  # reaps a dead server: no <defunct> left behind
+        if code is None:
+            continue
+        if loop.time() - up_since > 60:
+            backoff = backoff_s
+        log.warning(
+            "nats-server (pid %d) exited with %d; restarting it on port %d in %.1fs (store %s)",
+            proc.pid, code, server.port, backoff, server.store_dir,
+        )  # fmt: skip
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, backoff_max_s)
+        if server.proc is not proc:  # stopped (or restarted) meanwhile
+            return
+        starting = asyncio.ensure_future(asyncio.to_thread(server.start))
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):  # let the start finish, so a close() after us stops it
+                await starting
+            raise
+        except Exception as exc:
+            log.warning("nats-server did not start again: %s", exc)
+            continue
+        server.restarts += 1
+        up_since = loop.time()
+        log.warning("nats-server restarted (pid %d) on %s", server.proc.pid, server.url)
 
 
 def _quote(path: str) -> str:

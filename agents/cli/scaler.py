@@ -28,7 +28,7 @@ from scaler.config import ScalerConfig, load_config
 from scaler.local import LocalSupervisor
 from scaler.loop import Evaluation, Scaler
 
-__all__ = ["add_autoscale_options", "autoscaling", "config_from_args", "register"]
+__all__ = ["add_autoscale_options", "autoscaling", "config_from_args", "describe_resize", "register"]
 
 
 def register(sub: Any) -> None:
@@ -198,10 +198,13 @@ async def autoscaling(
     ports: Mapping[str, int],
     *,
     on_resize: Callable[[], None] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> AsyncIterator[Scaler | None]:
     """Run the local autoscaler while the block runs (nothing without ``--autoscale``).
 
-    ``on_resize`` is called whenever the set of live worker processes changed.
+    ``announce`` is given one line per resize (:func:`describe_resize`: sizes, reason, each
+    metric's value against its target). ``on_resize`` is called whenever the set of live
+    worker processes changed.
     """
     if not getattr(args, "autoscale", False):
         yield None
@@ -219,6 +222,8 @@ async def autoscaling(
 
     def resized(ev: Evaluation) -> None:
         nonlocal live
+        if announce is not None and ev.action is not None and ev.action.before != ev.action.after:
+            announce(describe_resize(ev))
         now = set(supervisor.pids())  # replicas started, or retired ones that finished draining
         if now != live and on_resize is not None:
             live = now
@@ -234,3 +239,19 @@ async def autoscaling(
         stop.set()
         await asyncio.wait([task], timeout=10)
         await scaler.aclose()
+
+
+def describe_resize(ev: Evaluation) -> str:
+    """One line for a resize: ``from -> to``, the reason, and each metric's value against its target."""
+    d = ev.decision
+    before, after = (ev.action.before, ev.action.after) if ev.action is not None else (d.current, d.desired)
+    metrics = ", ".join(
+        f"{m.name} {m.value:g} vs target {m.target:g}" if m.value is not None else f"{m.name} {m.status}"
+        for m in d.metrics
+    )
+    line = f"agentbus up: resized {before} -> {after} workers ({d.reason}: {d.detail})"
+    if metrics:
+        line += f"; metrics: {metrics}"
+    if ev.action is not None and ev.action.retired:
+        line += f"; retired {', '.join(ev.action.retired)}"
+    return line

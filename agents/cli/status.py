@@ -4,12 +4,16 @@ Queues and consumers come from JetStream. Tenant usage (tasks completed and fail
 LLM tokens) and the live agents come from the shared state: one worker answers
 ``agentbus.state.query`` with its replica's view, which lags the cluster by at most a
 gossip round or two (docs/state.md). No worker running: that part is left out.
+
+Tenants, kinds and ids come from the wire: the table shows them through :func:`safe`,
+so rich markup in them is printed as text and control characters are not printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -19,6 +23,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from agents.config import nats_auth_from_env, resolve_nats_url
@@ -27,7 +32,15 @@ from bus.messages import StateQuery, StateReport, encode
 from bus.subjects import STATE_QUERY_SUBJECT
 from bus.topology import DLQ_STREAM, TASKS_STREAM
 
-__all__ = ["Snapshot", "query_state", "register", "snapshot"]
+__all__ = ["Snapshot", "print_snapshot", "query_state", "register", "safe", "snapshot"]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+"""C0/C1 controls, and the line separators and bidi overrides that reorder or break a terminal line."""
+
+
+def safe(text: str) -> str:
+    """``text`` from the wire, ready for rich: controls shown as ``?`` and markup escaped."""
+    return escape(_CONTROL.sub("?", text))
 
 
 class KindRow(msgspec.Struct):
@@ -78,7 +91,7 @@ async def _sample(js: JetStreamContext) -> tuple[Any, Any, list[Any]]:
 def _by_tenant_kind(subjects: dict[str, int] | None) -> dict[str, int]:
     out: dict[str, int] = defaultdict(int)
     for subject, n in (subjects or {}).items():
-        _, tenant, kind = subject.split(".", 2)
+        _, tenant, kind = [*subject.split(".", 2), "?", "?"][:3]  # any subject a client stored
         out[f"{tenant}/{kind}"] += n
     return dict(sorted(out.items()))
 
@@ -135,13 +148,18 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(msgspec.json.encode(snap).decode())
         return 0
-    console = Console()
+    print_snapshot(Console(), snap)
+    return 0
+
+
+def print_snapshot(console: Console, snap: Snapshot) -> None:
+    """The tables of ``agentbus status``; every name from the wire goes through :func:`safe`."""
     kinds = Table(title="Agent kinds (consumers)")
     for col in ("kind", "queued", "in flight", "redelivered", "waiting pulls", "delivered/s"):
         kinds.add_column(col, justify="left" if col == "kind" else "right")
     for r in snap.kinds:
         kinds.add_row(
-            r.kind,
+            safe(r.kind),
             str(r.queued),
             str(r.inflight),
             str(r.redelivered),
@@ -153,31 +171,32 @@ def run(args: argparse.Namespace) -> int:
     for col in ("tenant/kind", "queued", "dead letters"):
         queues.add_column(col, justify="left" if col == "tenant/kind" else "right")
     for key in sorted(set(snap.queued) | set(snap.dead_letters)):
-        queues.add_row(key, str(snap.queued.get(key, 0)), str(snap.dead_letters.get(key, 0)))
+        queues.add_row(safe(key), str(snap.queued.get(key, 0)), str(snap.dead_letters.get(key, 0)))
     console.print(queues)
     console.print(
         f"queued {snap.tasks_total}  dlq {snap.dlq_total}  "
         f"published {snap.published_per_s:,.0f}/s  completed {snap.completed_per_s:,.0f}/s"
     )
     _print_state(console, snap.state)
-    return 0
 
 
 def _print_state(console: Console, state: StateReport | None) -> None:
     if state is None:
         console.print("Tenant usage: no worker answered (none running?)")
         return
-    where = "cluster-wide, from gossip" if state.gossip else f"worker {state.worker} only: gossip is off"
+    worker = safe(state.worker)
+    where = "cluster-wide, from gossip" if state.gossip else f"worker {worker} only: gossip is off"
     usage = Table(title=f"Tenant usage ({where})")
     for col in ("tenant", "tasks completed", "tasks failed", "llm tokens"):
         usage.add_column(col, justify="left" if col == "tenant" else "right")
     for tenant, u in sorted(state.tenants.items()):
-        usage.add_row(tenant, f"{u.tasks_completed:,}", f"{u.tasks_failed:,}", f"{u.llm_tokens:,}")
+        usage.add_row(safe(tenant), f"{u.tasks_completed:,}", f"{u.tasks_failed:,}", f"{u.llm_tokens:,}")
     console.print(usage)
     if state.tenants_total > len(state.tenants):
         console.print(f"({state.tenants_total - len(state.tenants)} quieter tenants not shown)")
-    console.print(f"Live agents ({len(state.live_agents)}): {', '.join(state.live_agents) or '-'}")
-    console.print(f"answered by {state.worker} (replica {state.replica}, {state.peers} gossip peers)")
+    agents = ", ".join(safe(a) for a in state.live_agents) or "-"
+    console.print(f"Live agents ({len(state.live_agents)}): {agents}")
+    console.print(f"answered by {worker} (replica {safe(state.replica)}, {state.peers} gossip peers)")
 
 
 async def _status(args: argparse.Namespace) -> Snapshot:

@@ -3,6 +3,15 @@
 The NATS URL and the workers' metrics ports are written to ``.agentbus/up.json`` so
 ``agentbus publish`` and ``agentbus status`` in the same directory find the cluster.
 :func:`local_cluster` is the reusable part (``agentbus demo`` runs on it too).
+
+Both kinds of child are supervised: a worker that dies is restarted, and so is the
+embedded nats-server (same port, same store). A worker that exits with a usage or
+configuration error (exit 2 or 78) is not: ``up`` prints its error, drains the other
+workers, stops the server and exits with that code.
+
+``up.json`` is created with mode 0600, never holds a password or token (the URL is
+stored without them; other commands take them from ``AGENTBUS_NATS_URL``), and is
+removed on exit only while it still names this process.
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ import contextlib
 import json
 import os
 import signal
+import sys
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +31,12 @@ from typing import Any
 
 from agentbus.errors import AgentbusError
 from agents.cli.scaler import add_autoscale_options, autoscaling
-from agents.cli.worker import add_worker_options, worker_argv
+from agents.cli.worker import EXIT_CONFIG, EXIT_USAGE, add_worker_options, worker_argv
 from agents.config import UP_STATE_FILE, nats_auth_from_env
 from bus.connection import connect
-from bus.embedded import EmbeddedNats, free_port
+from bus.embedded import EmbeddedNats, free_port, keep_alive
 from bus.topology import ensure_streams
-from scaler.local import LocalSupervisor, python_command
+from scaler.local import LocalSupervisor, ReplicaFailure, python_command
 
 __all__ = ["LocalCluster", "local_cluster", "register", "wait_ready"]
 
@@ -57,6 +68,13 @@ class LocalCluster:
     supervisor: LocalSupervisor
     ports: dict[str, int]
     """HTTP port (``/readyz``, ``/metrics``) by worker name; a restarted worker keeps its port."""
+    server: EmbeddedNats | None = None
+    """The embedded nats-server (None with ``nats_url``); restarted on its port when it dies."""
+
+    @property
+    def public_url(self) -> str:
+        """:attr:`url` without a user, password or token: what may be printed or written down."""
+        return _without_credentials(self.url)
 
 
 @contextlib.asynccontextmanager
@@ -72,28 +90,35 @@ async def local_cluster(
 ) -> AsyncIterator[LocalCluster]:
     """Start nats-server (unless ``nats_url``), the streams and ``workers`` supervised workers.
 
+    The embedded server is restarted when it dies, on the same port and store. A
+    worker that exits 2 or 78 is not restarted: ``supervisor.failed()`` returns it.
     On exit the workers are drained (SIGTERM, ``stop_timeout_s``) and the server stopped.
     """
     server = None
+    keeper: asyncio.Task[None] | None = None
     if nats_url:
         url = nats_url
     else:
         server = EmbeddedNats(port=nats_port, store_dir=store_dir).start()
         url = server.url
+        keeper = asyncio.create_task(keep_alive(server), name="agentbus-nats-keeper")
     try:
         nc = await connect(url, name="agentbus-up", auth=nats_auth_from_env() if nats_url else None)
         await ensure_streams(nc.jetstream())
         await nc.close()
         ports: dict[str, int] = {}
         prefix = ["--log-level", worker_log_level] if worker_log_level else []
+        # A URL with credentials reaches the workers in their environment: a command line is public.
+        secret = _without_credentials(url) != url
+        url_args = [] if secret else ["--nats-url", url]
+        env = {**os.environ, _NATS_URL_VARIABLE: url} if secret else None
 
         def command(name: str) -> list[str]:
             ports[name] = ports.get(name) or free_port()
             return python_command(
                 *prefix,
                 "worker",
-                "--nats-url",
-                url,
+                *url_args,
                 "--worker-id",
                 name,
                 "--http-port",
@@ -101,15 +126,37 @@ async def local_cluster(
                 *worker_args,
             )
 
-        supervisor = LocalSupervisor(command, stop_timeout_s=stop_timeout_s)
+        supervisor = LocalSupervisor(
+            command, stop_timeout_s=stop_timeout_s, give_up_on=(EXIT_USAGE, EXIT_CONFIG), env=env
+        )
         try:
             await supervisor.scale_to(workers)
-            yield LocalCluster(url=url, supervisor=supervisor, ports=ports)
+            yield LocalCluster(url=url, supervisor=supervisor, ports=ports, server=server)
         finally:
             await supervisor.stop()
     finally:
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
         if server is not None:
             server.close()
+
+
+_NATS_URL_VARIABLE = "AGENTBUS_NATS_URL"
+"""Where workers started by ``up`` find a NATS URL that carries credentials (read by agents.config)."""
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` (or a comma-separated list of URLs) without user, password or token."""
+    return ",".join(_redact_one(u) for u in url.split(","))
+
+
+def _redact_one(url: str) -> str:
+    parts = urllib.parse.urlsplit(url.strip())
+    if "@" not in parts.netloc:
+        return url.strip()
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 async def wait_ready(ports: Mapping[str, int], *, timeout_s: float) -> None:
@@ -147,6 +194,7 @@ async def _http_status(port: int, path: str) -> int | None:
 
 
 async def _up(args: argparse.Namespace) -> int:
+    code = 0
     try:
         async with local_cluster(
             workers=args.workers,
@@ -156,9 +204,11 @@ async def _up(args: argparse.Namespace) -> int:
             store_dir=args.store_dir,
             stop_timeout_s=(args.drain_timeout_s or 25.0) + 5,
         ) as cluster:
-            _write_state(cluster.url, cluster.ports)
+            public_url = cluster.public_url
+            needs_credentials = public_url != cluster.url
+            _write_state(public_url, cluster.ports, needs_credentials=needs_credentials)
             print(
-                f"agentbus up: NATS {cluster.url}, {args.workers} workers; metrics on ports "
+                f"agentbus up: NATS {public_url}, {args.workers} workers; metrics on ports "
                 f"{', '.join(str(p) for p in cluster.ports.values())}; Ctrl-C to stop",
                 flush=True,
             )
@@ -168,24 +218,75 @@ async def _up(args: argparse.Namespace) -> int:
                 loop.add_signal_handler(sig, stop.set)
 
             def resized() -> None:  # `agentbus status` finds the workers the autoscaler added
-                _write_state(cluster.url, {n: cluster.ports[n] for n in cluster.supervisor.pids()})
+                live = {n: cluster.ports[n] for n in cluster.supervisor.pids()}
+                _write_state(public_url, live, needs_credentials=needs_credentials)
 
-            async with autoscaling(args, cluster.supervisor, cluster.ports, on_resize=resized):
-                await stop.wait()
-            print("agentbus up: draining workers", flush=True)
-        return 0
+            async with autoscaling(
+                args, cluster.supervisor, cluster.ports, on_resize=resized, announce=_announce
+            ):
+                failure = await _first(stop.wait(), cluster.supervisor.failed())
+            if isinstance(failure, ReplicaFailure):
+                _report(failure)
+                code = failure.code
+                print("agentbus up: stopping the other workers", flush=True)
+            else:
+                print("agentbus up: draining workers", flush=True)
     finally:
         _remove_state()
+    return code
+
+
+def _announce(line: str) -> None:
+    print(line, flush=True)
+
+
+async def _first(*aws: Any) -> Any:
+    """The result of whichever awaitable finishes first; the others are cancelled."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        return next(iter(done)).result()
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _report(failure: ReplicaFailure) -> None:
+    what = "a usage error" if failure.code == EXIT_USAGE else "a configuration error"
+    print(
+        f"agentbus up: worker {failure.name} exited with {failure.code} ({what}); "
+        "restarting it would fail the same way",
+        file=sys.stderr,
+    )
+    for line in failure.stderr_tail[-10:]:
+        print(f"  {line}", file=sys.stderr)
+    print("agentbus: error: a worker cannot start; see its error above", file=sys.stderr, flush=True)
 
 
 def _remove_state() -> None:
-    Path(UP_STATE_FILE).unlink(missing_ok=True)
+    """Remove ``up.json`` if it still names this process (another ``up`` may have taken over)."""
+    path = Path(UP_STATE_FILE)
+    try:
+        if json.loads(path.read_text()).get("pid") != os.getpid():
+            return
+    except (OSError, ValueError, AttributeError):
+        return
+    path.unlink(missing_ok=True)
 
 
-def _write_state(url: str, ports: dict[str, int]) -> None:
+def _write_state(url: str, ports: dict[str, int], *, needs_credentials: bool = False) -> None:
+    """Write ``up.json`` atomically, created with mode 0600; ``url`` must carry no credentials."""
     path = Path(UP_STATE_FILE)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"pid": os.getpid(), "nats_url": url, "metrics_ports": ports}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
+    state: dict[str, Any] = {"pid": os.getpid(), "nats_url": url, "metrics_ports": ports}
+    if needs_credentials:
+        state["nats_credentials"] = (
+            "required: --nats-url carried them and they are not stored here; "
+            f"give other commands the full URL in {_NATS_URL_VARIABLE}"
+        )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(state))
     tmp.replace(path)

@@ -1,15 +1,38 @@
-"""``agentbus worker``: one worker process (what the Helm chart runs)."""
+"""``agentbus worker``: one worker process (what the Helm chart runs).
+
+Exit codes, which ``agentbus up`` and Kubernetes read: 0 after a clean drain;
+2 (:data:`EXIT_USAGE`) for a bad command line; 78 (:data:`EXIT_CONFIG`, sysexits'
+``EX_CONFIG``) when the worker cannot start as configured: an agent module that does
+not import, an unknown kind, a bad setting. Restarting does not mend either, so ``up``
+stops on them; any other non-zero exit (a lost connection, a crash) asks for a restart.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import traceback
 from typing import Any
 
+from agentbus.errors import ConfigError
 from agents.config import GOSSIP_PRESETS, WorkerConfig, resolve_nats_url
 from agents.registry import Registry
 from agents.worker import run_worker
 
-__all__ = ["WORKER_OPTIONS", "add_worker_options", "config_from_args", "register", "worker_argv"]
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_USAGE",
+    "WORKER_OPTIONS",
+    "add_worker_options",
+    "config_from_args",
+    "register",
+    "worker_argv",
+]
+
+EXIT_USAGE = 2
+"""argparse's exit code for a bad command line."""
+EXIT_CONFIG = 78
+"""The worker cannot start as configured (sysexits.h ``EX_CONFIG``): a restart would fail the same way."""
 
 
 def register(sub: Any) -> None:
@@ -44,9 +67,20 @@ WORKER_OPTIONS = (
 def add_worker_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``worker`` and ``up`` (which hands them to its workers)."""
     p.add_argument(
-        "--agents", action="append", metavar="MODULE", help="module defining @agent specs (repeatable)"
+        "--agents",
+        action="extend",
+        type=_module_names,
+        metavar="MODULE[,MODULE]",
+        help="modules defining @agent specs (comma-separated or repeated)",
     )
-    p.add_argument("--kind", action="append", dest="kinds", metavar="KIND", help="serve only this kind")
+    p.add_argument(
+        "--kind",
+        action="extend",
+        type=_names,
+        dest="kinds",
+        metavar="KIND[,KIND]",
+        help="serve only these kinds (comma-separated or repeated)",
+    )
     p.add_argument("--max-inflight", type=int, help="override every agent's max_inflight")
     p.add_argument(
         "--prefetch", type=int, help="messages delivered ahead of free slots, per kind (default slots // 8)"
@@ -80,6 +114,22 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep shared state in this process only (not replicated to the other workers)",
     )
+
+
+def _names(value: str) -> list[str]:
+    """``a,b`` -> ``["a", "b"]``; an empty name is a usage error."""
+    names = [n.strip() for n in value.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"empty name in {value!r}")
+    return names
+
+
+def _module_names(value: str) -> list[str]:
+    names = _names(value)
+    for name in names:
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise argparse.ArgumentTypeError(f"not a module name: {name!r}")
+    return names
 
 
 def worker_argv(args: argparse.Namespace) -> list[str]:
@@ -126,6 +176,22 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run until SIGTERM; exit 0 after a clean drain."""
-    config = config_from_args(args)
-    return run_worker(config, Registry.from_modules(config.agent_modules))
+    """Run until SIGTERM; exit 0 after a clean drain, :data:`EXIT_CONFIG` if it cannot start."""
+    try:
+        config = config_from_args(args)
+        registry = _import_agents(config.agent_modules)
+        return run_worker(config, registry)
+    except ConfigError as exc:
+        print(f"agentbus: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG
+
+
+def _import_agents(modules: tuple[str, ...]) -> Registry:
+    """The registry of ``modules``; a module that raises while it is imported is a ConfigError too."""
+    try:
+        return Registry.from_modules(modules)
+    except ConfigError:
+        raise
+    except Exception as exc:  # a SyntaxError, NameError ... in the user's module
+        traceback.print_exc(file=sys.stderr)
+        raise ConfigError(f"cannot import agent modules {', '.join(modules)}: {exc!r}") from exc

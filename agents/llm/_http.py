@@ -52,6 +52,7 @@ from collections.abc import AsyncGenerator
 from urllib.parse import urlsplit
 
 from agentbus.errors import ModelConnectionError
+from agents.llm._failure import redact_url
 from agents.llm._http_conn import Conn, Response, Stale
 
 __all__ = ["HTTPPool", "Response"]
@@ -73,7 +74,7 @@ class HTTPPool:
     ) -> None:
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"not an http(s) URL: {base_url!r}")
+            raise ValueError(f"not an http(s) URL: {redact_url(base_url)!r}")
         self.host = url.hostname
         self.port = url.port or (443 if url.scheme == "https" else 80)
         self.prefix = url.path.rstrip("/")

@@ -22,21 +22,25 @@ breaker lets it through and which has not failed since the last backoff, so a fa
 attempt is retried on the next endpoint at once and the backoff is slept only when
 every endpoint has failed or refuses. Each endpoint has its own key and may ask for
 a model of its own; the :class:`~agents.llm.chat.Completion` says which model answered.
+
+What tenants see of a failure: the exceptions raised here name an endpoint by its place
+(``primary``, ``fallback 1``), never by URL, and never quote its body; the URL (redacted),
+status and first bytes of the body go to the ``agentbus.llm`` log (see
+:mod:`agents.llm._failure`). ``Retry-After`` is believed up to ``retry.retry_after_max_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import random
-import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
 from msgspec.structs import replace
 
 from agentbus.errors import CircuitOpenError, ModelConnectionError, ModelHTTPError, ModelUnavailableError
+from agents.llm._failure import endpoint_name, excerpt, log, redact_url, retry_after_s
 from agents.llm._http import HTTPPool, Response
 from agents.llm.breaker import CircuitBreaker
 from agents.llm.chat import ChatChunk, ChatRequest, ChatResponse, Completion, CompletionBuilder, Usage
@@ -54,12 +58,27 @@ _chunk_decoder = msgspec.json.Decoder(ChatChunk)
 
 
 class _Failed(Exception):
-    """A retryable attempt failure; ``retry_after_s`` is the server's hint."""
+    """A retryable attempt failure; ``retry_after_s`` is the server's hint (bounded),
+    ``detail`` what only the worker's log may show (a body excerpt)."""
 
-    def __init__(self, why: str, retry_after_s: float | None = None) -> None:
+    def __init__(self, why: str, retry_after_s: float | None = None, detail: str = "") -> None:
         super().__init__(why)
         self.why = why
         self.retry_after_s = retry_after_s
+        self.detail = detail
+
+
+def _summary(name: str, why: _Failed, attempt: int, attempts: int) -> str:
+    """A failed call as a tenant may read it: the endpoint's place and what failed, no URL, no body."""
+    of = f"attempt {attempt} of {attempts}"
+    if why.why == "timeout":
+        return f"model endpoint {name} unreachable (timeout; {of})"
+    if why.why == "connection":
+        return f"model endpoint {name} unreachable (connection failed; {of})"
+    what = "unreadable answer" if why.why == "bad_body" else f"HTTP {why.why.removeprefix('http_')}"
+    if why.retry_after_s is not None:
+        what += f", retry after {why.retry_after_s:g}s"
+    return f"model endpoint {name} failed: {what} ({of})"
 
 
 class Endpoint:
@@ -72,7 +91,10 @@ class Endpoint:
         "config",
         "headers_json",
         "headers_sse",
+        "key",
+        "label",
         "model",
+        "name",
         "outcomes",
         "url",
     )
@@ -85,12 +107,19 @@ class Endpoint:
         *,
         model: str | None = None,
         api_key: str = "",
+        name: str = "primary",
     ) -> None:
         self.url = url.rstrip("/")
+        self.name = name
+        """How errors (which tenants read) name it: its place in the configuration, not its URL."""
+        self.label = redact_url(self.url)
+        """The URL without user info or query: for the log and the metrics."""
         self.config = config
         self.model = model
         """The model asked here; None: the one the request names (the brain's)."""
-        self.breaker = breaker or CircuitBreaker(self.url, config.breaker)
+        self.breaker = breaker or CircuitBreaker(name, config.breaker)
+        self.key = api_key.encode("latin-1", "replace")
+        """Masked in what the log quotes of the endpoint's answers."""
         auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
         self.headers_json = f"Content-Type: application/json\r\nAccept: application/json\r\n{auth}"
         self.headers_sse = f"Content-Type: application/json\r\nAccept: text/event-stream\r\n{auth}"
@@ -136,9 +165,13 @@ class ChatClient:
         self.endpoints = [Endpoint(config.base_url, config, breaker, api_key=config.api_key)]
         self.endpoints += [
             Endpoint(
-                fb.url, config, model=fb.model, api_key=config.api_key if fb.api_key is None else fb.api_key
+                fb.url,
+                config,
+                model=fb.model,
+                api_key=config.api_key if fb.api_key is None else fb.api_key,
+                name=endpoint_name(n),
             )
-            for fb in config.fallbacks
+            for n, fb in enumerate(config.fallbacks, 1)
         ]
 
     def _first(self) -> tuple[Endpoint, bool]:
@@ -154,10 +187,9 @@ class ChatClient:
                 refused.append(exc)
         for ep in self.endpoints:
             ep.count("circuit_open")
-        soonest = min(refused, key=lambda exc: exc.retry_after_s)
-        if len(refused) == 1:
-            raise soonest
-        raise CircuitOpenError(", ".join(ep.url for ep in self.endpoints), soonest.retry_after_s)
+        soonest = min(exc.retry_after_s for exc in refused)
+        # named by place, whatever a breaker passed in was named
+        raise CircuitOpenError(", ".join(ep.name for ep in self.endpoints), soonest)
 
     def _next(self, failed: list[Endpoint]) -> tuple[Endpoint, bool] | None:
         """Like :meth:`_first` among the endpoints not in ``failed``; None if none lets one through."""
@@ -204,6 +236,8 @@ class ChatClient:
             except _Failed as why:
                 ep.breaker.failure(probe)
                 ep.count(why.why)
+                # the log's, never a tenant's: a body excerpt, or why the connection failed (host, port)
+                detail = why.detail or (repr(why.__cause__) if why.__cause__ else "")
                 delay = why.retry_after_s
                 if delay is None:
                     ceiling = min(cfg.retry.max_s, cfg.retry.base_s * 2.0 ** (attempt - 1))
@@ -216,12 +250,23 @@ class ChatClient:
                     late = deadline is not None and loop.time() + delay >= deadline
                     stop = other is None and (delay > cfg.retry.max_s or late)
                 if stop:
-                    cause = why.__cause__ or why
+                    log.warning(
+                        "model call failed on attempt %d of %d: %s %s: %s: %s",
+                        attempt,
+                        cfg.retry.attempts,
+                        ep.name,
+                        ep.label,
+                        why.why,
+                        detail,
+                    )
                     raise ModelUnavailableError(
-                        f"model endpoint {ep.url} failed {attempt} attempt(s); last: {why.why} ({cause})",
-                        endpoint=ep.url,
+                        _summary(ep.name, why, attempt, cfg.retry.attempts),
+                        endpoint=ep.name,
                         retry_after_s=why.retry_after_s,
                     ) from None
+                log.debug(
+                    "model call attempt %d failed: %s %s: %s: %s", attempt, ep.name, ep.label, why.why, detail
+                )
                 if other is None:  # every endpoint failed or refuses: back off, then start over
                     await asyncio.sleep(delay)
                     failed.clear()
@@ -243,11 +288,19 @@ class ChatClient:
         status = response.status
         if status < 300:
             return
-        detail = body[:500].decode("utf-8", "replace")
+        detail = f"body {excerpt(body, hide=ep.key)}"
         if status == 429 or status == 408 or status >= 500:
-            raise _Failed(f"http_{status}", _retry_after(response.headers))
+            wait = retry_after_s(response.headers, self.config.retry.retry_after_max_s)
+            raise _Failed(f"http_{status}", wait, detail)
         ep.count(f"http_{status}")
-        raise ModelHTTPError(status, detail, endpoint=ep.url)
+        log.warning(
+            "model endpoint refused the request: %s %s: HTTP %d: %s", ep.name, ep.label, status, detail
+        )
+        refused = ModelHTTPError(
+            status, "the request was refused (the endpoint's answer is in the worker's log)", endpoint=ep.name
+        )
+        refused.detail = detail  # for code that inspects it; str() (what tenants read) leaves it out
+        raise refused
 
     def _completion(self, ep: Endpoint, response: Response) -> Completion:
         self._check(ep, response, response.body)
@@ -296,19 +349,3 @@ class ChatClient:
         """Close every endpoint's connections."""
         for ep in self.endpoints:
             await ep.aclose()
-
-
-def _retry_after(headers: dict[str, str]) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
-    try:
-        if "retry-after-ms" in headers:
-            return max(0.0, float(headers["retry-after-ms"]) / 1000)
-        value = headers.get("retry-after")
-        if value is None:
-            return None
-        if value.replace(".", "", 1).isdigit():
-            return float(value)
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time())
-    except (ValueError, TypeError):
-        return None

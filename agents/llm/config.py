@@ -14,13 +14,16 @@ n-th of them (from 1): another provider, or a smaller model kept as a reserve.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from agentbus.errors import ConfigError
+from agents.llm._failure import redact_url
 
 __all__ = ["BreakerConfig", "LLMConfig", "LimitsConfig", "ModelEndpoint", "RetryConfig"]
 
@@ -36,6 +39,8 @@ class RetryConfig:
     max_s: float = 8.0  # cap of one backoff and of a Retry-After honoured in place
     # A longer Retry-After (or one past the deadline) ends the call: the task is
     # nakked with that delay instead of holding a worker slot while it waits.
+    retry_after_max_s: float = 60.0  # the longest Retry-After believed; a longer one is cut to it
+    # (the endpoint is not trusted with a task's fate: 10^12 s would park it for good)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -89,21 +94,28 @@ class LLMConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def __post_init__(self) -> None:
-        if self.base_url and not self.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"AGENTBUS_LLM_BASE_URL must be an http(s) URL, not {self.base_url!r}")
+        # URLs are named redacted in these errors: they may carry credentials or a key
+        if self.base_url and not _is_http_url(self.base_url):
+            raise ConfigError(
+                f"AGENTBUS_LLM_BASE_URL must be an http(s) URL with a host, not {redact_url(self.base_url)!r}"
+            )
         if self.fallbacks and not self.base_url:
             raise ConfigError("AGENTBUS_LLM_FALLBACK_URLS needs AGENTBUS_LLM_BASE_URL (the first endpoint)")
-        for fb in self.fallbacks:
-            if not fb.url.startswith(("http://", "https://")):
-                raise ConfigError(f"AGENTBUS_LLM_FALLBACK_URLS: {fb.url!r} is not an http(s) URL")
+        for n, fb in enumerate(self.fallbacks, 1):
+            if not _is_http_url(fb.url):
+                raise ConfigError(
+                    f"AGENTBUS_LLM_FALLBACK_URLS: {redact_url(fb.url)!r} is not an http(s) URL with a host"
+                )
             if fb.model == "":
                 raise ConfigError(
-                    f"fallback {fb.url}: an empty model name (leave AGENTBUS_LLM_FALLBACK_<n>_MODEL"
-                    " unset, or ModelEndpoint.model None, to ask for the primary's)"
+                    f"fallback {n} ({redact_url(fb.url)}): an empty model name (leave"
+                    " AGENTBUS_LLM_FALLBACK_<n>_MODEL unset, or ModelEndpoint.model None, to ask for the"
+                    " primary's)"
                 )
         urls = [u.rstrip("/") for u in (self.base_url, *(fb.url for fb in self.fallbacks))]
         if len(set(urls)) < len(urls):
-            raise ConfigError(f"AGENTBUS_LLM_FALLBACK_URLS repeats an endpoint: {', '.join(urls)}")
+            shown = ", ".join(redact_url(u) for u in urls)
+            raise ConfigError(f"AGENTBUS_LLM_FALLBACK_URLS repeats an endpoint: {shown}")
         if self.base_url and not self.model:
             raise ConfigError("a model endpoint needs a model name (AGENTBUS_LLM_MODEL)")
         if self.max_turns < 1 or self.max_steps < 1 or self.max_tool_errors < 0:
@@ -112,6 +124,8 @@ class LLMConfig:
             raise ConfigError("AGENTBUS_LLM_MAX_CONNECTIONS must be >= 0 (0: no cap)")
         if self.retry.attempts < 1 or self.breaker.failure_threshold < 1:
             raise ConfigError("need retry.attempts >= 1 and breaker.failure_threshold >= 1")
+        if not 0 <= self.retry.retry_after_max_s < math.inf:
+            raise ConfigError("AGENTBUS_LLM_RETRY_AFTER_MAX_S must be a number of seconds >= 0")
 
     @property
     def offline(self) -> bool:
@@ -136,6 +150,7 @@ class LLMConfig:
             stream = env.get("AGENTBUS_LLM_STREAM", "1").lower() not in ("0", "false", "no")
             timeout_s = float(env.get("AGENTBUS_LLM_TIMEOUT_S", "60"))
             max_connections = int(env.get("AGENTBUS_LLM_MAX_CONNECTIONS", "0"))
+            retry = RetryConfig(retry_after_max_s=float(env.get("AGENTBUS_LLM_RETRY_AFTER_MAX_S", "60")))
         except ValueError as exc:
             raise ConfigError(f"AGENTBUS_LLM_*: {exc}") from exc
         return cls(
@@ -146,8 +161,19 @@ class LLMConfig:
             stream=stream,
             request_timeout_s=timeout_s,
             max_connections=max_connections,
+            retry=retry,
             limits=LimitsConfig(**limits),
         )
+
+
+def _is_http_url(url: str) -> bool:
+    """An http(s) URL with a host and a valid port: checked here, so no task meets a bad one."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _api_key(env: Mapping[str, str], var: str) -> str | None:

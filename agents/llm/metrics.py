@@ -1,7 +1,8 @@
 """Prometheus metrics of the LLM task agents, read from plain counters at scrape time.
 
 The agent registers one :class:`LLMCollector` through ``AgentSpec.collector``; the
-worker adds it to its registry, so agents without a model cost nothing.
+worker adds it to its registry, so agents without a model cost nothing. ``endpoint``
+is the endpoint's URL without user info or query (:func:`~agents.llm._failure.redact_url`).
 
 ==============================================  =========================================
 ``agentbus_llm_breaker_state{endpoint}``         0 closed, 1 half-open, 2 open
@@ -50,10 +51,10 @@ class LLMCollector(Collector):
             "agentbus_llm_attempts", "Model call attempts by outcome", labels=["kind", "endpoint", "outcome"]
         )
         for ep in agent.client.endpoints if agent.client is not None else ():
-            state.add_metric([kind, ep.url], float(ep.breaker.state))
-            opened.add_metric([kind, ep.url], ep.breaker.opened)
+            state.add_metric([kind, ep.label], float(ep.breaker.state))
+            opened.add_metric([kind, ep.label], ep.breaker.opened)
             for outcome, n in sorted(ep.outcomes.items()):
-                attempts.add_metric([kind, ep.url, outcome], n)
+                attempts.add_metric([kind, ep.label, outcome], n)
         tokens = CounterMetricFamily(
             "agentbus_llm_tokens", "Model tokens spent, by tenant", labels=["kind", "tenant"]
         )

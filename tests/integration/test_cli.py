@@ -7,9 +7,12 @@ there. Readiness comes from that file and the workers' own ``/readyz``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 import urllib.error
@@ -22,7 +25,9 @@ import psutil
 import pytest
 from conftest import ROOT, wait_until
 
-from bus.embedded import free_port
+from bus.connection import connect
+from bus.embedded import EmbeddedNats, free_port
+from bus.topology import TASKS_STREAM, ensure_streams
 
 pytestmark = pytest.mark.integration
 
@@ -68,17 +73,18 @@ def json_lines(out: str) -> list[dict[str, Any]]:
 class Up:
     """A running ``agentbus up`` and what it wrote to its state file."""
 
-    def __init__(self, cwd: Path, workers: int) -> None:
+    def __init__(self, cwd: Path, workers: int, *args: str, new_session: bool = False) -> None:
         self.cwd = cwd
         self.log_path = cwd / "up.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agentbus", "up", "--workers", str(workers)],
+                [sys.executable, "-m", "agentbus", "up", "--workers", str(workers), *args],
                 cwd=cwd,
                 env=_env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                start_new_session=new_session,
             )
         self.state: dict[str, Any] = {}
 
@@ -126,8 +132,8 @@ class Up:
 def up_factory(tmp_path: Path) -> Iterator[Any]:
     started: list[tuple[Up, list[psutil.Process]]] = []
 
-    def start(workers: int) -> Up:
-        up = Up(tmp_path, workers)
+    def start(workers: int, *args: str) -> Up:
+        up = Up(tmp_path, workers, *args)
         up.wait_ready(workers)
         started.append((up, up.descendants()))
         return up
@@ -245,10 +251,160 @@ def test_up_exits_zero_on_sigterm(tmp_path: Path, up_factory: Any) -> None:
     up: Up = up_factory(1)
     children = up.descendants()
     assert len(children) >= 2  # a worker and nats-server
+    assert stat.S_IMODE((tmp_path / UP_STATE).stat().st_mode) == 0o600  # created so, not chmod-ed after
     up.proc.send_signal(signal.SIGTERM)
     assert up.proc.wait(60) == 0, up.log()
     wait_until(lambda: gone(children), 30, "every child of `up` to exit")
     assert not (tmp_path / UP_STATE).exists()
+
+
+def test_ctrl_c_at_a_terminal_drains_the_workers_through_a_live_server(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches the whole process group, nats-server included unless it has a
+    session of its own: then the in-flight task's drain (result, ack) has no server to go to."""
+    store = tmp_path / "store"
+    up = Up(tmp_path, 1, "--store-dir", str(store), new_session=True)  # a job's own process group
+    try:
+        up.wait_ready(1)
+        sent = agentbus(tmp_path, "publish", "echo", '{"text":"slow","sleep_s":2}', "--tenant", "acme")
+        assert sent.returncode == 0, sent.stderr
+        (port,) = up.ports
+        wait_until(lambda: _inflight(port) == 1, 30, "the task in flight")
+        os.killpg(up.proc.pid, signal.SIGINT)
+        assert up.proc.wait(60) == 0, up.log()
+    finally:
+        if up.proc.poll() is None:
+            os.killpg(up.proc.pid, signal.SIGKILL)
+            up.proc.wait()
+    log = up.log()
+    assert "draining workers" in log
+    assert "restarting it on port" not in log, log
+
+    async def queued() -> int:  # what the next `up` on this store would find
+        nc = await connect(server.url, name="test-after-ctrl-c")
+        try:
+            return int((await nc.jetstream().stream_info(TASKS_STREAM)).state.messages)
+        finally:
+            await nc.close()
+
+    with EmbeddedNats(store_dir=store) as server:
+        assert asyncio.run(queued()) == 0, log  # the drained task was acked, not left for redelivery
+
+
+def _inflight(port: int) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return 0.0
+    found = re.search(r'^agentbus_inflight\{kind="echo"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_up_leaves_a_state_file_that_names_another_process(tmp_path: Path, up_factory: Any) -> None:
+    """Another `up` took the directory over meanwhile: its up.json is not ours to remove."""
+    up: Up = up_factory(1)
+    theirs = {"pid": os.getpid(), "nats_url": "nats://127.0.0.1:1", "metrics_ports": {}}
+    (tmp_path / UP_STATE).write_text(json.dumps(theirs))
+    up.proc.send_signal(signal.SIGTERM)
+    assert up.proc.wait(60) == 0, up.log()
+    assert json.loads((tmp_path / UP_STATE).read_text()) == theirs
+
+
+def test_up_agents_takes_a_comma_separated_list(tmp_path: Path, up_factory: Any) -> None:
+    """``--agents a,b`` as the README shows it: both modules are served."""
+    up: Up = up_factory(1, "--agents", "agents.builtin.basic,agents.builtin.orders")
+    status = agentbus(tmp_path, "status", "--json", "--interval-s", "0.1")
+    assert status.returncode == 0, status.stderr
+    assert sorted(k["kind"] for k in json.loads(status.stdout)["kinds"]) == ["echo", "order", "summarize"]
+    done = agentbus(tmp_path, "publish", "echo", '{"text":"hi"}', "--tenant", "acme", "--wait")
+    assert done.returncode == 0, done.stderr
+    assert "died" not in up.log()
+
+
+def test_up_stops_with_the_error_of_a_worker_that_cannot_start(tmp_path: Path) -> None:
+    """A worker exiting 78 (its agent module does not import) stops `up`, not a restart loop."""
+    up = Up(tmp_path, 2, "--agents", "agents.builtin.basic,no_such_agents_module")
+    try:
+        code = up.proc.wait(60)  # without the fix: a restart loop, ended by the stop below
+    finally:
+        up.stop()
+    log = up.log()
+    assert code == 78, log
+    assert "cannot import agent module 'no_such_agents_module'" in log
+    assert re.search(r"worker w\d exited with 78 \(a configuration error\)", log), log
+    assert "died" not in log  # never restarted
+    assert not (tmp_path / UP_STATE).exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--agents", "no_such_agents_module"], "cannot import agent module 'no_such_agents_module'"),
+        (["--kind", "echo,no_such_kind"], "unknown agent kinds: no_such_kind"),
+    ],
+)
+def test_a_worker_that_cannot_start_exits_78(tmp_path: Path, args: list[str], message: str) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"  # never reached: the error comes first
+    done = agentbus(tmp_path, "worker", "--nats-url", url, "--http-port", "-1", *args, timeout_s=30)
+    assert done.returncode == 78, done.stderr
+    assert message in done.stderr
+
+
+def test_an_agent_module_that_raises_on_import_exits_78_with_its_traceback(tmp_path: Path) -> None:
+    (tmp_path / "broken_agents.py").write_text("raise RuntimeError('boom at import')\n")
+    url = f"nats://127.0.0.1:{free_port()}"
+    done = agentbus(tmp_path, "worker", "--nats-url", url, "--agents", "broken_agents", timeout_s=30)
+    assert done.returncode == 78, done.stderr
+    assert "Traceback" in done.stderr
+    assert "cannot import agent modules broken_agents: RuntimeError('boom at import')" in done.stderr
+
+
+def test_up_never_writes_or_shows_the_nats_password(tmp_path: Path, up_factory: Any) -> None:
+    """A password in --nats-url stays out of up.json, up's output and every command line."""
+    secret = "s3cr3t-pw"
+    server = EmbeddedNats(
+        store_dir=tmp_path / "nats", extra_config=f'authorization {{ user: agent, password: "{secret}" }}'
+    )
+    with server:
+        full_url = f"nats://agent:{secret}@127.0.0.1:{server.port}"
+        up: Up = up_factory(1, "--nats-url", full_url)
+        text = (tmp_path / UP_STATE).read_text()
+        assert secret not in text
+        state = json.loads(text)
+        assert state["nats_url"] == server.url
+        assert "AGENTBUS_NATS_URL" in state["nats_credentials"]
+        assert stat.S_IMODE((tmp_path / UP_STATE).stat().st_mode) == 0o600
+        for child in up.descendants():
+            assert secret not in " ".join(child.cmdline())
+        env = {**_env(), "AGENTBUS_NATS_URL": full_url}
+        done = subprocess.run(
+            [sys.executable, "-m", "agentbus", "publish", "echo", '{"text":"hi"}', "--wait"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        up.stop()
+        assert secret not in up.log()
+
+
+def test_status_escapes_tenants_and_kinds_from_the_wire(tmp_path: Path) -> None:
+    """Rich markup and terminal control sequences in a subject are printed as text, not obeyed."""
+    with EmbeddedNats(store_dir=tmp_path / "nats") as server:
+
+        async def publish() -> None:
+            nc = await connect(server.url, name="test-status-escape")
+            try:
+                js = nc.jetstream()
+                await ensure_streams(js)
+                await js.publish("tasks.[red]evil\x1b[2J.[blue]kind\x07", b"{}")
+            finally:
+                await nc.close()
+
+        asyncio.run(publish())
+        done = agentbus(tmp_path, "status", "--nats-url", server.url, "--interval-s", "0.1")
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout
+    assert "\x07" not in done.stdout
+    assert "[red]evil?[2J/[blue]kind?" in done.stdout, done.stdout
 
 
 def test_a_worker_waiting_for_nats_stops_on_sigterm(tmp_path: Path) -> None:

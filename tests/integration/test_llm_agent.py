@@ -37,6 +37,7 @@ from agents.llm import (
 )
 from agents.registry import Registry
 from agents.worker import Worker
+from bus.embedded import free_port
 from bus.messages import (
     DeadLetter,
     DecisionEvent,
@@ -299,7 +300,11 @@ async def test_bad_tool_calls_go_back_to_the_model_until_it_gets_them_right(
         ),
         (s.tool_calls([CHECK]), {"max_turns": 3}, "model output unusable: no answer within max_turns=3"),
         (s.text(""), {"max_tool_errors": 1}, "the model returned neither tool calls nor an answer"),
-        (s.status(401, body="invalid api key"), {}, "answered 401: invalid api key"),
+        (
+            s.status(401, body="invalid api key"),
+            {},
+            "model endpoint primary answered 401: the request was refused",
+        ),
     ],
 )
 async def test_a_model_that_never_gets_it_right_ends_in_the_dlq(
@@ -424,6 +429,80 @@ async def test_a_tenant_over_budget_is_rejected_while_others_continue(
     (letter,) = await dead_letters(nc)
     assert (letter.reason, letter.tenant, letter.task_id) == ("rejected", "acme", "over-budget")
     assert 'agentbus_llm_limited_total{kind="assistant",limit="budget",tenant="acme"} 1.0' in r.metrics()
+
+
+# -- 6. what tenants see of a failing endpoint -------------------------------------------------
+
+MARKER = "SECRET-BODY-123"
+PASSWORD = "s3cr3t-PASS"
+
+
+def secret_url(port: int, prefix: str = "/v1") -> str:
+    """An endpoint URL as an operator may configure it: internal, with credentials and a key."""
+    return f"http://opsuser:{PASSWORD}@127.0.0.1:{port}{prefix}?key=QKEY-777"
+
+
+def leaks(*texts: str) -> list[str]:
+    secrets = ("opsuser", PASSWORD, "QKEY-777", MARKER, "sk-LIVE-KEY", "127.0.0.1", "10.0.0.7")
+    return [secret for secret in secrets for text in texts if secret in text]
+
+
+async def test_a_refused_request_reaches_the_tenant_without_url_key_or_body(
+    llm: s.ScriptedLLM, run: Any, nc: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = LLMConfig(base_url=secret_url(llm.port), model="scripted", api_key="sk-LIVE-KEY", stream=True)
+    r = await run(assistant(config))
+    body = f'{{"error": "{MARKER}: key sk-LIVE-KEY for http://10.0.0.7:8000 rejected"}}'
+    llm.script(s.status(401, body=body))
+    events, done = await collect(nc, "acme", "refused-1")
+    failed = await r.call("stock of PROD-003?", task_id="refused-1", stream=True)
+    await asyncio.wait_for(done.wait(), 10)
+    (letter,) = await dead_letters(nc)
+    assert failed.error == (
+        "rejected: model endpoint primary answered 401: the request was refused (the endpoint's"
+        " answer is in the worker's log)"
+    )
+    assert letter.detail == failed.error.removeprefix("rejected: ")
+    assert isinstance(events[-1], DoneEvent)
+    assert events[-1].error == letter.detail
+    seen = [msgspec.json.encode(x).decode() for x in (failed, letter, *events)]
+    assert leaks(*seen) == []
+    logged = [rec.getMessage() for rec in caplog.records if rec.name == "agentbus.llm"]
+    assert any("HTTP 401" in line and MARKER in line for line in logged)  # the operator's view
+    assert PASSWORD not in caplog.text
+
+
+async def test_an_unavailable_endpoint_dead_letters_without_url_address_or_body(
+    llm: s.ScriptedLLM, run: Any, nc: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = free_port()  # the fallback: nothing listens, the connection is refused
+    config = LLMConfig(
+        base_url=secret_url(llm.port),
+        fallbacks=(ModelEndpoint(secret_url(dead)),),
+        model="scripted",
+        stream=True,
+        retry=RetryConfig(attempts=3, base_s=0.01, max_s=0.05),
+        breaker=BreakerConfig(failure_threshold=1000),
+    )
+    r = await run(assistant(config))
+    llm.default = lambda body: s.status(503, body=f"{MARKER}: upstream 10.0.0.7:8000 is down")
+    events, _ = await collect(nc, "acme", "down-1")
+    failed = await r.call("stock of PROD-003?", task_id="down-1", stream=True)
+    (letter,) = await dead_letters(nc)
+    assert (letter.reason, letter.attempts) == ("max_deliveries", 5)  # retried, as before
+    assert letter.detail == (
+        "failed on all 5 deliveries; last: model endpoint primary failed: HTTP 503 (attempt 3 of 3)"
+    )
+    assert failed.error == f"max_deliveries: {letter.detail}"
+    await nc.flush()
+    errors = [e.error for e in events if isinstance(e, DoneEvent)]
+    assert errors == ["model endpoint primary failed: HTTP 503 (attempt 3 of 3)"] * 5
+    seen = [msgspec.json.encode(x).decode() for x in (failed, letter, *events)]
+    assert leaks(*seen) == []
+    logged = "\n".join(rec.getMessage() for rec in caplog.records if rec.name == "agentbus.llm")
+    assert logged.count("http_503") == 5  # each delivery's last failure, with the body
+    assert MARKER in logged
+    assert PASSWORD not in caplog.text
 
 
 # -- the documented example ----------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """``agentbus up --autoscale --min 1 --max 2``, the real command: a backlog adds a worker, Ctrl-C drains.
 
+The resize is printed on ``up``'s output with its reason (no ``--log-level`` needed).
+
 The command runs as a subprocess in a temp directory; its ``.agentbus/up.json`` is
 rewritten as workers come and go, which is how the test (and ``agentbus status``)
 sees the pool grow.
@@ -51,8 +53,6 @@ def _start_up(tmp_path: Path, log: Path) -> subprocess.Popen[bytes]:
                 sys.executable,
                 "-m",
                 "agentbus",
-                "--log-level",
-                "INFO",
                 "up",
                 "--workers",
                 "1",
@@ -103,7 +103,11 @@ async def test_up_autoscale_adds_a_worker_for_a_backlog_and_drains_on_sigterm(tm
             proc.kill()
             proc.wait()
     text = _read_text(log)
-    assert '"reason":"scale_up"' in text, text[-3000:]
+    # each resize is printed by default, with its reason: sizes, the deciding metric, value vs target
+    assert "agentbus up: resized 1 -> 2 workers (scale_up: queue_depth=" in text, text[-3000:]
+    assert "target=1 -> " in text
+    assert "metrics: " in text
+    assert "vs target 1" in text
     assert "draining workers" in text
 
 

@@ -132,7 +132,7 @@ async def test_every_endpoint_failing_backs_off_between_rounds_then_gives_up(
     primary, fallback = pair
     client = make(primary.url, fallback.url, retry=RetryConfig(attempts=4, base_s=0.2, max_s=1.0))
     primary.default = fallback.default = lambda body: s.status(503)
-    with pytest.raises(ModelUnavailableError, match="4 attempt"):
+    with pytest.raises(ModelUnavailableError, match=r"fallback 1 failed: HTTP 503 \(attempt 4 of 4\)"):
         await client.chat(_request())
     times = sorted([(r.at, "p") for r in primary.requests] + [(r.at, "f") for r in fallback.requests])
     assert [who for _, who in times] == ["p", "f", "p", "f"]  # in order, round after round
@@ -154,8 +154,9 @@ async def test_all_breakers_open_refuses_with_the_soonest_probe(
         await client.chat(_request())  # opens both breakers
     with pytest.raises(CircuitOpenError) as refused:
         await client.chat(_request())
-    for server in pair:
-        assert server.url.rstrip("/") in str(refused.value)
+    assert str(refused.value).startswith("circuit open for primary, fallback 1: next probe in ")
+    for server in pair:  # named by place: a URL may be internal, or carry credentials
+        assert str(server.port) not in str(refused.value)
     assert 0 < refused.value.retry_after_s <= 30.0
     assert [ep.breaker.state for ep in client.endpoints] == [BreakerState.OPEN] * 2
     assert [ep.outcomes.get("circuit_open") for ep in client.endpoints] == [1, 1]
