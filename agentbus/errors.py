@@ -3,13 +3,14 @@
 Everything agentbus raises on purpose derives from :class:`AgentbusError`::
 
     AgentbusError
-    ├── ConfigError              bad configuration, found at start (exit code 2)
+    ├── ConfigError              bad configuration, found at start (a worker exits 78)
     ├── BusError                 talking to NATS failed
     │   ├── PublishError         a task could not be stored
     │   │   ├── StreamFullError  the stream refused it: limits reached (discard=new)
     │   │   ├── PayloadTooLargeError  bigger than the stream or server accepts
     │   │   └── NoStreamError    no stream listens on that subject
     │   ├── InvalidSubjectError  tenant or kind is not a valid subject token
+    │   ├── UnsafeSubjectError   a subject or reply the server would close the connection for (not sent)
     │   └── ResultTimeoutError   a waited-for result did not arrive in time
     ├── ScalerError              the autoscaler could not read a metric or resize the pool
     │   ├── MetricError          a metric source failed (unreachable, bad query, bad answer)
@@ -36,7 +37,8 @@ Everything agentbus raises on purpose derives from :class:`AgentbusError`::
         └── Reject(reason)       not retryable: term and dead-letter with the reason
 
 ``ConfigError`` is raised at start for bad configuration (the scaler's too: unknown
-metric, min > max, a query Prometheus refuses). ``ScalerError`` subclasses are raised
+metric, min > max, a query Prometheus refuses); ``agentbus worker`` then exits 78
+(``EX_CONFIG``), which makes ``agentbus up`` stop instead of restarting it. ``ScalerError`` subclasses are raised
 at run time; the control loop catches them, holds the pool's size and logs why.
 
 ``StateError`` subclasses come from ``state``: limits and type clashes are raised to
@@ -87,6 +89,7 @@ __all__ = [
     "StreamFullError",
     "TaskFate",
     "TenantLimitError",
+    "UnsafeSubjectError",
 ]
 
 
@@ -105,10 +108,23 @@ class BusError(AgentbusError):
 class InvalidSubjectError(BusError):
     """A tenant or kind cannot be used as a NATS subject token."""
 
-    def __init__(self, field: str, value: str) -> None:
-        super().__init__(f"invalid {field} {value!r}: use 1-64 of [A-Za-z0-9_-]")
+    def __init__(self, field: str, value: str, rule: str = "1-64 of [A-Za-z0-9_-]") -> None:
+        shown = repr(value[:100]) + ("..." if len(value) > 100 else "")
+        super().__init__(f"invalid {field} {shown}: use {rule}")
         self.field = field
         self.value = value
+
+
+class UnsafeSubjectError(BusError):
+    """A subject or reply nats-server would answer by closing the connection (whitespace,
+    control characters, over its control-line limit); nothing was sent."""
+
+    def __init__(self, field: str, value: str, reason: str) -> None:
+        shown = value if len(value) <= 80 else f"{value[:80]}... ({len(value)} characters)"
+        super().__init__(f"refusing to publish: {field} {shown!r} {reason}")
+        self.field = field
+        self.value = value
+        self.reason = reason
 
 
 class PublishError(BusError):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agentbus.errors import ConfigError
+from bus.admission import DEFAULT_REPLY_PREFIXES, check_reply_prefix
 from bus.connection import NatsAuth
 from bus.topology import StreamLimits
 
@@ -68,6 +69,13 @@ class WorkerConfig:
 
     nats_url: str = DEFAULT_NATS_URL
     nats_auth: NatsAuth = field(default_factory=NatsAuth)  # creds, NKEY seed, TLS files (not in the URL)
+    # the fast lane for deliveries and publishes (bus._client, nats-py 2.16 only); off: nats-py's
+    # own paths, same frame guard. A switch for a nats-py regression, not a tuning knob
+    nats_fast_path: bool = True
+    # how long /healthz may report NATS lost (connection closed, read loop ended) before the
+    # worker exits 70 to be restarted; checked every second. Short: a lost worker holds no slot
+    # anyone else can use, its tasks wait for ack_wait
+    nats_lost_exit_s: float = 10.0
     agent_modules: tuple[str, ...] = ("agents.builtin",)
     kinds: tuple[str, ...] = ()  # empty: every kind the modules define
     worker_id: str = ""  # empty: <hostname>-<pid>
@@ -82,6 +90,9 @@ class WorkerConfig:
     retry_max_s: float = 60.0
     provision: bool = True  # create/update streams and consumers at start
     tenants: frozenset[str] | None = None  # None: any tenant; else others are dead-lettered
+    reply_prefixes: tuple[str, ...] = DEFAULT_REPLY_PREFIXES
+    """Subjects a task's ``Agentbus-Reply`` may name (each a prefix ending with a dot); a task
+    asking for any other reply is dead-lettered (``invalid_envelope``) before it runs."""
     unrouted_grace_s: float = 60.0  # age before a task of an unserved kind is dead-lettered
     sweep_interval_s: float = 10.0
     consumer_info_interval_s: float = 5.0  # how often pending counts are read for /metrics (autoscale: 1)
@@ -96,6 +107,8 @@ class WorkerConfig:
             raise ConfigError("drain_timeout_s >= 0, ack_wait_s > 0 and max_deliver >= 1 are required")
         if self.retry_base_s < 0 or self.retry_max_s < self.retry_base_s:
             raise ConfigError("need 0 <= retry_base_s <= retry_max_s")
+        if self.nats_lost_exit_s < 0:
+            raise ConfigError("nats_lost_exit_s must be >= 0")
         if self.consumer_info_interval_s <= 0:
             raise ConfigError("consumer_info_interval_s must be > 0")
         if self.max_inflight is not None and self.max_inflight < 1:
@@ -104,6 +117,11 @@ class WorkerConfig:
             raise ConfigError("prefetch must be >= 0")
         if self.gc_gen0_threshold < 0:
             raise ConfigError("gc_gen0_threshold must be >= 0")
+        try:
+            prefixes = tuple(check_reply_prefix(p) for p in self.reply_prefixes)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        object.__setattr__(self, "reply_prefixes", prefixes)  # normalized: each ends with a dot
         if self.gossip_preset not in GOSSIP_PRESETS:
             raise ConfigError(f"gossip_preset must be one of {', '.join(GOSSIP_PRESETS)}")
 
@@ -147,6 +165,7 @@ class WorkerConfig:
             "AGENTBUS_CONSUMER_INFO_INTERVAL_S": ("consumer_info_interval_s", float),
             "AGENTBUS_GOSSIP_PRESET": ("gossip_preset", str),
             "AGENTBUS_GC_GEN0_THRESHOLD": ("gc_gen0_threshold", int),
+            "AGENTBUS_NATS_LOST_EXIT_S": ("nats_lost_exit_s", float),
         }
         for var, (name, typ) in conv.items():
             if var in env:
@@ -162,7 +181,11 @@ class WorkerConfig:
         if env.get("AGENTBUS_REDIS_URL"):
             out["redis_url"] = env["AGENTBUS_REDIS_URL"]
         if "AGENTBUS_GOSSIP" in env:
-            out["gossip"] = env["AGENTBUS_GOSSIP"].strip().lower() not in ("0", "false", "no", "off")
+            out["gossip"] = _flag(env["AGENTBUS_GOSSIP"])
+        if "AGENTBUS_NATS_FAST_PATH" in env:
+            out["nats_fast_path"] = _flag(env["AGENTBUS_NATS_FAST_PATH"])
+        if "AGENTBUS_REPLY_PREFIXES" in env:  # comma-separated; empty: no reply is allowed
+            out["reply_prefixes"] = tuple(p for p in env["AGENTBUS_REPLY_PREFIXES"].split(",") if p.strip())
         if env.get("AGENTBUS_TENANTS"):
             out["tenants"] = frozenset(env["AGENTBUS_TENANTS"].split(","))
         if env.get("AGENTBUS_STREAM_REPLICAS"):  # R3 on a NATS cluster (the Helm chart sets it)
@@ -173,6 +196,11 @@ class WorkerConfig:
                     f"AGENTBUS_STREAM_REPLICAS={env['AGENTBUS_STREAM_REPLICAS']!r}: {exc}"
                 ) from exc
         return cls(**out)
+
+
+def _flag(value: str) -> bool:
+    """A boolean variable: ``0``, ``false``, ``no``, ``off`` (any case) are off, anything else on."""
+    return value.strip().lower() not in ("0", "false", "no", "off")
 
 
 UP_STATE_FILE = ".agentbus/up.json"

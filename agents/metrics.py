@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -94,6 +94,8 @@ class WorkerStats:
         self.kinds: dict[str, KindStats] = {}
         self.state = "pending"
         self.connected = False
+        self.bad_frames: Callable[[], Mapping[str, int]] = dict
+        """The NATS client's counts of frames its guard dropped or repaired, by reason (bus._client)."""
 
     def kind(self, kind: str) -> KindStats:
         """The stats of ``kind``, created on first use."""
@@ -169,6 +171,13 @@ class StatsCollector(Collector):
             state.add_metric([name], 1.0 if s.state == name else 0.0)
         connected = GaugeMetricFamily("agentbus_nats_connected", "1 while connected to NATS")
         connected.add_metric([], 1.0 if s.connected else 0.0)
+        bad_frames = CounterMetricFamily(
+            "agentbus_nats_bad_frames",
+            "Frames from NATS that could not be processed as sent (dropped, or subject repaired), by reason",
+            labels=["reason"],
+        )
+        for reason, n in sorted(s.bad_frames().items()):
+            bad_frames.add_metric([reason], n)
         yield from (
             tasks,
             dlq,
@@ -181,4 +190,5 @@ class StatsCollector(Collector):
             latency,
             state,
             connected,
+            bad_frames,
         )

@@ -8,7 +8,16 @@ Fates (DESIGN.md, "The flow of one task"):
   ``-NAK`` with a jittered exponential delay, computed here because the server
   ignores the consumer's BackOff for naks;
 * invalid input, unknown tenant, expired deadline, :class:`~agentbus.errors.Reject`,
-  or the last allowed delivery failing: dead letter (stored first), then ``+TERM``.
+  or the last allowed delivery failing: dead letter (stored first), then ``+TERM``;
+* a delivery past ``max_deliver`` (the last one died with its worker): dead letter
+  ``max_deliveries`` without decoding or running anything. The worker is the only judge
+  of a task's deliveries (the consumer's server-side ``max_deliver`` is unlimited), so no
+  advisory anyone can publish moves a task, and a dead letter that cannot be stored
+  leaves the task to be tried again later.
+
+Admission (:meth:`KindRunner._admit`) checks every rule of :mod:`bus.admission` before
+the handler runs; after it, nothing can fail on the input (the result and reply subjects
+are valid). Ids, tenants and subjects from the wire are logged escaped (``%r``).
 
 A message's handler is started eagerly (see ``_eager``), so a handler that never
 suspends costs no Task; its fate is then decided by a coroutine started the same way.
@@ -35,29 +44,50 @@ from typing import Any, NamedTuple
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import MaxPayloadError
 
 from agentbus.errors import Reject, Retry
 from agents._eager import start_eager, step_eager
 from agents.api import AgentSpec, Context, Stores
 from agents.metrics import KindStats, Outcome
 from agents.tenancy import _tenant
-from bus import fastpub, tracing
+from bus import _client, tracing
+from bus.admission import (
+    DEFAULT_REPLY_PREFIXES,
+    EPOCH_MAX_S,
+    MAX_MSG_ID_CHARS,
+    MAX_NESTING,
+    msg_id_problem,
+    reply_problem,
+    task_id_of,
+    time_problem,
+    too_deep,
+)
 from bus.consumer import AckKind, PullConsumer, ack, delivery_count, stream_seq
 from bus.dlq import DeadLetterQueue
 from bus.messages import (
     DLQ_MAX_DATA_BYTES,
     HDR_MSG_ID,
     HDR_REPLY,
+    HDR_UNREADABLE,
     DeadLetter,
     DlqReason,
     Result,
     Task,
     decoder_for,
     encode,
+    msg_id,
     now,
 )
 from bus.publisher import Publisher
-from bus.subjects import result_subject, split_task_subject
+from bus.subjects import (
+    INVALID_TOKEN,
+    is_task_id,
+    result_subject,
+    shown,
+    split_task_subject,
+    subject_problem,
+)
 from bus.topology import TASKS_STREAM, consumer_name
 
 __all__ = ["KindRunner", "RetryPolicy"]
@@ -160,6 +190,7 @@ class KindRunner:
         tenants: frozenset[str] | None,
         slots: int,
         prefetch: int = 0,
+        reply_prefixes: tuple[str, ...] = DEFAULT_REPLY_PREFIXES,
     ) -> None:
         self.spec = spec
         self.kind = spec.kind
@@ -170,6 +201,7 @@ class KindRunner:
         self._max_deliver = max_deliver
         self._retry = retry
         self._tenants = tenants
+        self._reply_prefixes = reply_prefixes
         self._decoder = decoder_for(spec.input)
         self._handler = spec.handler
         self._timeout_s = spec.timeout_s
@@ -179,9 +211,10 @@ class KindRunner:
         self.draining = False
         self._expiry: asyncio.TimerHandle | None = None  # the shared timer, armed for the oldest slot
         self._submit = publisher.submit  # bound once, not per task
-        self._emit = functools.partial(fastpub.publish, nc)
+        self._emit = functools.partial(_client.publish, nc)
         self._done_cb = self._done
         self._scopes: dict[str, contextvars.Context] = {}
+        self._id_prefixes: dict[str, str] = {}
         # tracing is decided once, here: with no tracer provider the hot path is untouched
         self._traced = tracing.enabled()
         self._ack = _traced_ack if self._traced else ack
@@ -267,6 +300,15 @@ class KindRunner:
             scope.run(_tenant.set, tenant)
         return scope.copy()
 
+    def _msg_id_prefix(self, tenant: str) -> str:
+        """``<tenant>:<kind>:``, the start of this tenant's ``Nats-Msg-Id`` (kept per tenant)."""
+        prefix = self._id_prefixes.get(tenant)
+        if prefix is None:
+            if len(self._id_prefixes) >= _MAX_SCOPES:
+                self._id_prefixes.clear()
+            prefix = self._id_prefixes[tenant] = msg_id(tenant, self.kind, "")
+        return prefix
+
     def _arm(self, slot: _Slot) -> None:
         loop = asyncio.get_running_loop()
         if slot.timeout_s != self._timeout_s:  # cut short by the task's deadline: out of order
@@ -330,32 +372,76 @@ class KindRunner:
         return len(running)
 
     def _admit(self, slot: _Slot) -> _Refusal | None:
-        """Decode the task into ``slot``, or say why it is dead-lettered without running."""
+        """Check the task against :mod:`bus.admission` and decode it into ``slot``, or say why it is
+        dead-lettered without running. Cheapest checks first; nothing here runs the handler."""
         msg, tenant, kind = slot.msg, slot.tenant, slot.kind
         slot.attempt = attempt = delivery_count(msg)
         if attempt > 1:
             self.stats.redelivered += 1
+        if tenant == INVALID_TOKEN or kind == INVALID_TOKEN:
+            detail = subject_problem(msg.subject)
+            return _Refusal(DlqReason.INVALID_SUBJECT, _header_id(msg, tenant, kind), detail)
+        if attempt > self._max_deliver:  # the worker is the judge: the consumer delivers forever
+            slot.attempt = attempt - 1  # the deliveries that ran
+            detail = (
+                f"delivery {attempt} of at most {self._max_deliver}: the last one died with its "
+                "worker (or its fate could not be stored)"
+            )
+            return _Refusal(DlqReason.MAX_DELIVERIES, _header_id(msg, tenant, kind), detail)
         data = msg.data
         if len(data) > self.spec.max_payload_bytes:
             detail = f"{len(data)} bytes > max_payload_bytes {self.spec.max_payload_bytes}"
-            return _Refusal(DlqReason.OVERSIZED, _header_id(msg), detail)
+            return _Refusal(DlqReason.OVERSIZED, _header_id(msg, tenant, kind), detail)
         if self._tenants is not None and tenant not in self._tenants:
             detail = f"tenant {tenant!r} is not served here"
-            return _Refusal(DlqReason.UNKNOWN_TENANT, _header_id(msg), detail)
+            return _Refusal(DlqReason.UNKNOWN_TENANT, _header_id(msg, tenant, kind), detail)
+        if headers := msg.headers:
+            if HDR_UNREADABLE in headers:
+                detail = "the header block is not readable NATS headers"
+                return _Refusal(DlqReason.INVALID_ENVELOPE, "", detail)
+            value = headers.get(HDR_MSG_ID)
+            problem = ""
+            if value is not None and not (  # the publisher's scoped form is the common case
+                value.startswith(self._id_prefixes.get(tenant) or self._msg_id_prefix(tenant))
+                and len(value) <= MAX_MSG_ID_CHARS
+                and value.isprintable()
+            ):
+                problem = msg_id_problem(value, tenant, kind)
+            if not problem and (reply := headers.get(HDR_REPLY)):
+                problem = reply_problem(reply, self._reply_prefixes)
+            if problem:
+                return _Refusal(DlqReason.INVALID_ENVELOPE, _header_id(msg, tenant, kind), problem)
+        if (  # inline: a normal task pays two byte counts, no call
+            len(data) > 2 * MAX_NESTING + 1
+            and data.count(b"[") + data.count(b"{") > MAX_NESTING
+            and too_deep(data)
+        ):
+            detail = f"JSON nests deeper than {MAX_NESTING} levels"
+            return _Refusal(DlqReason.MALFORMED, _header_id(msg, tenant, kind), detail)
         try:
             task: Task[Any] = self._decoder.decode(data)
         except msgspec.ValidationError as exc:
             reason = DlqReason.INVALID_PAYLOAD if "$.payload" in str(exc) else DlqReason.INVALID_ENVELOPE
-            return _Refusal(reason, _header_id(msg), str(exc))
-        except msgspec.DecodeError as exc:
-            return _Refusal(DlqReason.MALFORMED, _header_id(msg), str(exc))
+            return _Refusal(reason, _header_id(msg, tenant, kind), str(exc))
+        except Exception as exc:  # DecodeError, RecursionError, anything: never a retry
+            detail = str(exc) if isinstance(exc, msgspec.DecodeError) else f"{type(exc).__name__}: {exc}"
+            return _Refusal(DlqReason.MALFORMED, _header_id(msg, tenant, kind), detail)
+        tid = task.id
+        if not (len(tid) <= 128 and tid.isalnum() and tid.isascii()) and not is_task_id(tid):
+            detail = f"id {shown(task.id)} is not 1-128 of [A-Za-z0-9_-]"
+            return _Refusal(DlqReason.INVALID_ENVELOPE, _header_id(msg, tenant, kind), detail)
         if (task.tenant is not None and task.tenant != tenant) or (
             task.kind is not None and task.kind != kind
         ):
-            detail = f"envelope says {task.tenant}/{task.kind}, subject says {tenant}/{kind}"
+            said = f"{shown(task.tenant or '')}/{shown(task.kind or '')}"
+            detail = f"envelope says {said}, subject says {tenant}/{kind}"
             return _Refusal(DlqReason.INVALID_ENVELOPE, task.id, detail)
+        if not 0.0 <= task.created_at <= EPOCH_MAX_S:  # False for NaN too
+            return _Refusal(DlqReason.INVALID_ENVELOPE, task.id, time_problem("created_at", task.created_at))
         slot.timeout_s = self._timeout_s
         if task.deadline is not None:
+            if not 0.0 <= task.deadline <= EPOCH_MAX_S:
+                return _Refusal(DlqReason.INVALID_ENVELOPE, task.id, time_problem("deadline", task.deadline))
             left = task.deadline - now()
             if left <= 0:
                 detail = f"deadline passed {-left:.3f}s before attempt {attempt}"
@@ -408,9 +494,8 @@ class KindRunner:
     # -- fates ------------------------------------------------------------------------------
 
     async def _refuse(self, slot: _Slot, refusal: _Refusal) -> None:
-        await self._dead_letter(
-            slot.msg, slot.tenant, refusal.task_id, refusal.reason, refusal.detail, slot.attempt
-        )
+        reason, task_id, detail = refusal
+        await self._dead_letter(slot.msg, slot.tenant, task_id, reason, detail, slot.attempt, kind=slot.kind)
 
     async def _settle(self, slot: _Slot, output: Any, error: BaseException | None) -> None:
         """The fate of an admitted task whose handler returned ``output`` or raised ``error``."""
@@ -432,8 +517,9 @@ class KindRunner:
         if self._publish_results or (msg.headers and msg.headers.get(HDR_REPLY)):  # else nobody reads it
             try:
                 await self._send_output(slot, output)
-            except (TypeError, msgspec.EncodeError) as exc:  # a handler bug: retrying cannot help
-                detail = f"output of type {type(output).__name__} cannot be encoded: {exc}"
+            except (TypeError, ValueError, RecursionError, msgspec.EncodeError, MaxPayloadError) as exc:
+                # a handler bug (or an output over the server's max_payload): retrying cannot help
+                detail = f"output of type {type(output).__name__} cannot be sent: {exc!r}"
                 reason = DlqReason.REJECTED
                 return await self._dead_letter(msg, tenant, task.id, reason, detail, attempt, task)
         if self._traced:
@@ -461,14 +547,18 @@ class KindRunner:
         await self._send_result(slot.msg, slot.tenant, task.id, result)
 
     async def _send_result(self, msg: Msg, tenant: str, task_id: str, result: Result[Any]) -> None:
+        """To ``results.<tenant>.<task_id>`` (both valid: see :meth:`_dead_letter`) and to the
+        task's reply subject, when it is one the worker may publish to."""
         reply = msg.headers.get(HDR_REPLY) if msg.headers else None
+        if reply and reply_problem(reply, self._reply_prefixes):
+            reply = None  # refused at admission: the task is being dead-lettered for it
         if not (self._publish_results or reply):
             return
         data = encode(result)
         if self._publish_results:
-            await fastpub.publish(self._nc, result_subject(tenant, task_id), data)
+            await _client.publish(self._nc, result_subject(tenant, task_id), data)
         if reply:
-            await fastpub.publish(self._nc, reply, data)
+            await _client.publish(self._nc, reply, data)
 
     async def _retry_later(
         self, msg: Msg, tenant: str, task: Task[Any], attempt: int, reason: str, delay_s: float | None
@@ -484,7 +574,7 @@ class KindRunner:
             return await self._dead_letter(
                 msg, tenant, task.id, DlqReason.DEADLINE_EXCEEDED, detail, attempt, task
             )
-        self._log.info("task %s attempt %d failed, retry in %.2fs: %s", task.id, attempt, delay, reason)
+        self._log.info("task %s attempt %d failed, retry in %.2fs: %r", task.id, attempt, delay, reason)
         await self._ack(self._nc, msg, AckKind.nak(delay))
         self.stats.tasks[(tenant, Outcome.RETRIED)] += 1
         return None
@@ -498,13 +588,15 @@ class KindRunner:
         detail: str,
         attempt: int,
         task: Task[Any] | None = None,
+        *,
+        kind: str = "",
     ) -> None:
         data = msg.data
         letter = DeadLetter(
             reason=reason,
             detail=detail,
             tenant=tenant,
-            kind=self.kind,
+            kind=kind or self.kind,
             task_id=task_id,
             attempts=attempt,
             stream_seq=stream_seq(msg),
@@ -514,10 +606,10 @@ class KindRunner:
         try:
             await self._dlq.dead_letter(msg, letter)
         except Exception as exc:  # not stored: keep the task and try again later
-            self._log.warning("dead-lettering %s failed (%s); retrying later", task_id, exc)
+            self._log.warning("dead-lettering %r failed (%s); retrying later", task_id, exc)
             await ack(self._nc, msg, AckKind.nak(self._retry.max_s))
             return
-        self._log.warning("task %s dead-lettered: %s: %s", task_id, reason, detail)
+        self._log.warning("task %r dead-lettered: %s: %r", task_id, reason, detail)
         self.stats.tasks[(tenant, Outcome.DEAD_LETTERED)] += 1
         self.stats.dead_letters[(tenant, reason)] += 1
         failed: Result[None] = Result(
@@ -531,7 +623,7 @@ class KindRunner:
             created_at=task.created_at if task else 0.0,
             finished_at=now(),
         )
-        if task_id:
+        if task_id and is_task_id(task_id) and tenant != INVALID_TOKEN:  # else no valid subject for it
             await self._send_result(msg, tenant, task_id, failed)
 
     async def _hand_back(self, msg: Msg) -> None:
@@ -568,5 +660,6 @@ async def _raises(exc: Exception) -> Any:
     raise exc
 
 
-def _header_id(msg: Msg) -> str:
-    return (msg.headers or {}).get(HDR_MSG_ID, "")
+def _header_id(msg: Msg, tenant: str, kind: str) -> str:
+    """The task id the ``Nats-Msg-Id`` names ("" if none or refused): for a task not decoded."""
+    return task_id_of(msg.headers.get(HDR_MSG_ID) if msg.headers else None, tenant, kind)

@@ -11,6 +11,12 @@ and before the first fetch, so the first handler already finds its tenant's stor
 it stops after the last handler and before the connection drains: the last counts
 are folded in, the worker leaves the live-agents set, hands its state to peers and
 flushes it to Redis.
+
+Liveness: ``/healthz`` fails once the NATS connection is closed for good or its read
+loop has ended while nats-py is not reconnecting (nothing will be read again); after
+``nats_lost_exit_s`` of that the worker stops without waiting for handlers and exits
+with :data:`EXIT_LOST_NATS` (70), so ``agentbus up``'s supervisor or Kubernetes
+restarts it. (Exit codes 2 and 78 are start-up usage and configuration errors.)
 """
 
 from __future__ import annotations
@@ -36,14 +42,17 @@ from agents.registry import Registry
 from agents.runner import KindRunner, RetryPolicy
 from agents.shared_state import SharedState
 from agents.state_metrics import StateCollector
-from bus.connection import connect
+from bus.connection import connect, redact_url
 from bus.dlq import DeadLetterQueue
 from bus.publisher import Publisher
 from bus.topology import TASKS_STREAM, ConsumerSpec, consumer_name, ensure_consumer, ensure_streams
 
-__all__ = ["Worker", "run_worker", "tune_gc"]
+__all__ = ["EXIT_LOST_NATS", "Worker", "run_worker", "tune_gc"]
 
 log = logging.getLogger("agentbus.worker")
+
+EXIT_LOST_NATS = 70
+"""The worker's exit code after it lost NATS for good: restart me (EX_SOFTWARE)."""
 
 
 class Worker:
@@ -77,8 +86,10 @@ class Worker:
         self.http: HealthServer | None = None
         self._nc: Client | None = None
         self._background: list[asyncio.Task[Any]] = []
-        self._dlq: DeadLetterQueue | None = None
         self._stop = asyncio.Event()
+        self.exit_code = 0
+        """What the process exits with: 0, or :data:`EXIT_LOST_NATS` once NATS was lost for good."""
+        self._bounded: set[str] = set()  # kinds whose consumer has a server-side max_deliver (warned)
 
     # -- probes -----------------------------------------------------------------------------
 
@@ -89,7 +100,23 @@ class Worker:
         return ok, f"state={state} nats={'connected' if connected else 'disconnected'}"
 
     def _alive(self) -> tuple[bool, str]:
-        return self.lifecycle.state is not State.STOPPED, f"state={self.lifecycle.state}"
+        state = self.lifecycle.state
+        if state is State.STOPPED:
+            return False, f"state={state}"
+        lost = self._nats_lost() if state is not State.STOPPING else ""
+        return not lost, f"state={state}" + (f" nats={lost}" if lost else "")
+
+    def _nats_lost(self) -> str:
+        """Why nothing will be read from NATS again ("" while it may): closed, or the read loop ended."""
+        nc = self._nc
+        if nc is None:
+            return ""  # still connecting: a broker that comes up later is normal
+        if nc.is_closed:
+            return "closed"
+        reading = nc._reading_task
+        if (reading is None or reading.done()) and not (nc.is_reconnecting or nc.is_connecting):
+            return "read-loop-ended"
+        return ""
 
     def _move(self, state: State) -> None:
         if self.lifecycle.move(state):
@@ -116,7 +143,11 @@ class Worker:
             name=f"agentbus-worker-{self.name}",
             on_disconnect=self._on_disconnect,
             on_reconnect=self._on_reconnect,
+            on_closed=self._on_disconnect,
+            fast_path=cfg.nats_fast_path,
         )
+        self.stats.bad_frames = lambda: getattr(nc, "bad_frames", {})
+        log.info("connected to NATS at %s (client %s)", redact_url(cfg.nats_url), type(nc).__name__)
         self.stats.connected = True
         js = nc.jetstream()
         if cfg.provision:
@@ -139,18 +170,18 @@ class Worker:
                 tenants=cfg.tenants,
                 slots=(slots := cfg.max_inflight or spec.max_inflight),
                 prefetch=cfg.prefetch_for(slots),
+                reply_prefixes=cfg.reply_prefixes,
             )
             runner.stats.inflight = lambda r=runner: r.consumer.held  # type: ignore[misc]
             runner.stats.prefetched = lambda r=runner: r.consumer.prefetched  # type: ignore[misc]
             self.runners.append(runner)
-        await dlq.watch_max_deliveries()
-        self._dlq = dlq
         self.state.install(self.runners)
         await self.state.start(nc)
         for runner in self.runners:
             await runner.consumer.start()
         served = {r.kind for r in self.runners}
         self._background = [
+            asyncio.create_task(self._watch_nats(), name="agentbus-nats-watchdog"),
             asyncio.create_task(self._heartbeats(), name="agentbus-heartbeats"),
             asyncio.create_task(self._consumer_info(), name="agentbus-consumer-info"),
             asyncio.create_task(
@@ -188,7 +219,9 @@ class Worker:
         starting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await starting
-        log.warning("worker %s stopped while starting (NATS at %s)", self.name, self.config.nats_url)
+        log.warning(
+            "worker %s stopped while starting (NATS at %s)", self.name, redact_url(self.config.nats_url)
+        )
         await self.stop()
         return False
 
@@ -207,7 +240,9 @@ class Worker:
         for runner in self.runners:
             await runner.consumer.stop_fetching()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.drain_timeout_s
+        # with NATS lost nothing can be acked: hand the slots back at once (they return after ack_wait)
+        drain_s = 0.0 if self.exit_code == EXIT_LOST_NATS else self.config.drain_timeout_s
+        deadline = loop.time() + drain_s
         while any(r.slots for r in self.runners) and loop.time() < deadline:
             pending = [t for r in self.runners for t in r.slots]
             await asyncio.wait(pending, timeout=min(0.5, max(0.0, deadline - loop.time())))
@@ -219,8 +254,6 @@ class Worker:
             await asyncio.wait(leftovers, timeout=max(0.0, settle_by - loop.time()))
         for task in self._background:
             task.cancel()
-        if self._dlq is not None:
-            await self._dlq.close()
         for runner in self.runners:
             await runner.consumer.close()
         try:
@@ -246,6 +279,27 @@ class Worker:
         self.stats.connected = True
         for runner in self.runners:
             runner.consumer.reset_credit()
+
+    async def _watch_nats(self) -> None:
+        """Stop the worker with :data:`EXIT_LOST_NATS` once NATS stayed lost ``nats_lost_exit_s``."""
+        grace_s = self.config.nats_lost_exit_s
+        every_s = min(1.0, grace_s / 2) or 0.05
+        loop = asyncio.get_running_loop()
+        since: float | None = None
+        while True:
+            await asyncio.sleep(every_s)
+            lost = self._nats_lost()
+            if not lost:
+                since = None
+                continue
+            if since is None:
+                since = loop.time()
+                log.error("lost NATS (%s): exiting in %gs unless it recovers", lost, grace_s)
+            if loop.time() - since >= grace_s:
+                log.error("lost NATS (%s) for %gs: exiting %d to be restarted", lost, grace_s, EXIT_LOST_NATS)
+                self.exit_code = EXIT_LOST_NATS
+                self._stop.set()
+                return
 
     async def _heartbeats(self) -> None:
         every_s = self.config.ack_wait_s / 4  # two heartbeats fit in half an ack wait
@@ -276,6 +330,15 @@ class Worker:
                     continue
                 runner.stats.pending = info.num_pending or 0
                 runner.stats.ack_pending = info.num_ack_pending or 0
+                bounded = info.config.max_deliver or -1
+                if bounded > 0 and runner.kind not in self._bounded:  # provisioned by someone else
+                    self._bounded.add(runner.kind)
+                    log.warning(
+                        "consumer %s has max_deliver %d on the server: a task whose last delivery "
+                        "dies stays in the work queue; set it to -1 (docs/wire.md, 'Deliveries')",
+                        consumer_name(runner.kind),
+                        bounded,
+                    )
             await asyncio.sleep(self.config.consumer_info_interval_s)
 
 
@@ -323,7 +386,7 @@ def run_worker(config: WorkerConfig, registry: Registry) -> int:
         if worker.http is not None:
             log.info("worker %s serving /metrics on port %d", worker.name, worker.http.port)
         await worker.run_until_stopped()
-        return 0
+        return worker.exit_code
 
     with runner:
         return runner.run(main())

@@ -8,7 +8,14 @@ Credentials: a user and password or a token go in the URL
 (``nats://user:pass@host:4222``); :class:`NatsAuth` carries the rest: a ``.creds``
 file (a user JWT and its NKEY seed, decentralized auth as ``nsc`` issues it), an
 NKEY seed file, and TLS (a CA to verify the server, and a client certificate for
-mutual TLS).
+mutual TLS). Log lines and errors show a URL only through :func:`redact_url`.
+
+The client is the one :func:`bus._client.client_class` picks: nats-py's ``Client`` with a
+frame guard (no single message can end its read loop), and with ``fast_path`` the
+worker's fast lane for deliveries and publishes (``AGENTBUS_NATS_FAST_PATH=0`` turns it
+off). When nats-py gives up on a connection for good (``closed_cb``: the server sent an
+error such as ``-ERR 'Unknown Protocol Operation'``, or the client was closed),
+``on_closed`` is told: a worker then fails its liveness probe and exits.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -25,14 +33,22 @@ from typing import Any
 from nats.aio.client import Client
 
 from agentbus.errors import BusError, ConfigError
+from bus._client import client_class
 
-__all__ = ["NatsAuth", "connect"]
+__all__ = ["NatsAuth", "connect", "redact_url"]
 
 log = logging.getLogger("agentbus.bus")
 
 Callback = Callable[[], Awaitable[None]]
 
 _REPEAT_WINDOW_S = 30.0
+
+_USERINFO = re.compile(r"(^|://|,)[^/@,\s]*@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` (or a comma-separated list of them) with any ``user:password@`` or ``token@`` as ``***@``."""
+    return _USERINFO.sub(r"\1***@", url)
 
 
 class _ErrorLog:
@@ -45,7 +61,7 @@ class _ErrorLog:
         self._repeats = 0
 
     def __call__(self, exc: Exception) -> None:
-        text, now = str(exc), time.monotonic()
+        text, now = redact_url(str(exc)), time.monotonic()
         if text == self._last and now - self._since < _REPEAT_WINDOW_S:
             self._repeats += 1
             return
@@ -113,8 +129,13 @@ async def connect(
     reconnect_wait_s: float = 0.5,
     first_connect_timeout_s: float | None = None,
     auth: NatsAuth | None = None,
+    on_closed: Callback | None = None,
+    fast_path: bool = True,
 ) -> Client:
     """Connect with unlimited reconnects; callbacks observe connection changes.
+
+    ``fast_path`` chooses the worker's fast lane (:mod:`bus._client`); every client gets
+    the frame guard. ``on_closed`` runs once nats-py has closed the connection for good.
 
     With unlimited reconnects nats-py also retries the *first* connection forever;
     ``first_connect_timeout_s`` bounds that (commands a person waits for set it) and
@@ -138,7 +159,12 @@ async def connect(
     async def error(exc: Exception) -> None:
         errors(exc)
 
-    nc = Client()
+    async def closed() -> None:
+        log.info("nats connection closed (last error: %s)", nc.last_error)
+        if on_closed is not None:
+            await on_closed()
+
+    nc = client_class(fast_path=fast_path)()
     first = nc.connect(
         url,
         name=name,
@@ -149,6 +175,7 @@ async def connect(
         disconnected_cb=disconnected,
         reconnected_cb=reconnected,
         error_cb=error,
+        closed_cb=closed,
         # keep acks published while reconnecting; 8 MiB is ~200k acks
         pending_size=8 * 1024 * 1024,
         **(auth.options() if auth is not None else {}),
@@ -158,5 +185,7 @@ async def connect(
     except TimeoutError:
         with contextlib.suppress(Exception):
             await nc.close()
-        raise BusError(f"cannot connect to NATS at {url} within {first_connect_timeout_s:g}s") from None
+        raise BusError(
+            f"cannot connect to NATS at {redact_url(url)} within {first_connect_timeout_s:g}s"
+        ) from None
     return nc

@@ -7,39 +7,51 @@ retried later, so nothing acknowledged is ever lost. The copy's ``Nats-Msg-Id``
 is derived from the original's stream sequence, so two replicas (or a retry)
 dead-lettering the same message store it once.
 
-Two paths catch what no handler sees:
+A task whose last delivery died with its worker (kill -9, OOM) needs no path of its own:
+the consumers deliver without limit and the worker dead-letters a delivery past its
+``max_deliver`` without running it (``agents.runner``). No ``MAX_DELIVERIES`` advisory is
+followed any more: any client could publish one and move another tenant's queued task.
 
-* :meth:`DeadLetterQueue.watch_max_deliveries` follows JetStream's
-  ``MAX_DELIVERIES`` advisory: a task whose last delivery died with its worker
-  (kill -9, OOM) would otherwise sit in the work queue forever (nats-server #5564).
-* :meth:`DeadLetterQueue.sweep_unrouted` moves tasks whose kind has no consumer at
-  all (``unknown_kind``) once they are older than a grace period, so a typo in a
-  kind is reported instead of silently filling the stream.
+:meth:`DeadLetterQueue.sweep_unrouted` moves tasks whose kind has no consumer at all
+(``unknown_kind``) once they are older than a grace period, so a typo in a kind is reported
+instead of silently filling the stream (a subject whose tokens are not valid is moved as
+``invalid_subject`` to ``dlq._invalid.<kind>``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from bus.admission import task_id_of
 from bus.consumer import AckKind, ack
 from bus.messages import HDR_MSG_ID, DeadLetter, DlqReason, encode, now
-from bus.subjects import TASKS_PREFIX, dlq_subject
+from bus.subjects import (
+    INVALID_TOKEN,
+    TASKS_PREFIX,
+    dlq_subject,
+    shown,
+    split_task_subject,
+    subject_problem,
+)
 from bus.topology import DLQ_STREAM, TASKS_STREAM
 
 __all__ = ["DeadLetterQueue"]
 
 log = logging.getLogger("agentbus.dlq")
 
-_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + TASKS_STREAM + ".*"
+_SWEEP_SKIPS = 1000
+
+
+def _or_any(token: str) -> str:
+    """A subject filter token: itself, or ``*`` for one that is not valid (it cannot be matched)."""
+    return "*" if token == INVALID_TOKEN else token
 
 
 class DeadLetterQueue:
@@ -50,7 +62,6 @@ class DeadLetterQueue:
         self._js: JetStreamContext = nc.jetstream()
         self._worker = worker
         self._timeout_s = publish_timeout_s
-        self._advisory_sub: Subscription | None = None
 
     async def store(self, letter: DeadLetter) -> None:
         """Store ``letter`` in the DLQ stream (idempotent per original stream sequence)."""
@@ -71,29 +82,6 @@ class DeadLetterQueue:
         await self.store(letter)
         await ack(self._nc, msg, AckKind.TERM)
 
-    async def watch_max_deliveries(self) -> None:
-        """Dead-letter tasks whose final delivery was never answered (one replica per advisory)."""
-        self._advisory_sub = await self._nc.subscribe(
-            _ADVISORY, queue="agentbus-dlq", cb=self._on_max_deliveries
-        )
-
-    async def close(self) -> None:
-        """Stop following advisories."""
-        if self._advisory_sub is not None:
-            await self._advisory_sub.unsubscribe()
-            self._advisory_sub = None
-
-    async def _on_max_deliveries(self, msg: Msg) -> None:
-        try:
-            advisory = json.loads(msg.data)
-            seq = int(advisory["stream_seq"])
-            deliveries = int(advisory.get("deliveries", 0))
-        except (ValueError, KeyError, TypeError):
-            log.warning("unreadable max-deliveries advisory: %r", msg.data[:200])
-            return
-        detail = f"no answer to delivery {deliveries} (worker lost?)"
-        await self._move(seq, DlqReason.MAX_DELIVERIES, detail, deliveries)
-
     async def _move(self, seq: int, reason: DlqReason, detail: str, attempts: int) -> bool:
         """Copy stream message ``seq`` of TASKS to the DLQ and delete it; False if it is gone."""
         try:
@@ -101,9 +89,10 @@ class DeadLetterQueue:
         except NotFoundError:
             return False
         subject = raw.subject or ""
-        parts = subject.split(".")
-        tenant, kind = (parts[1], parts[2]) if len(parts) == 3 else ("_", "_")
-        task_id = (raw.headers or {}).get(HDR_MSG_ID, "")
+        tenant, kind = split_task_subject(subject)  # invalid tokens read as _invalid
+        if problem := subject_problem(subject):
+            reason, detail = DlqReason.INVALID_SUBJECT, problem
+        task_id = task_id_of((raw.headers or {}).get(HDR_MSG_ID), tenant, kind)
         letter = DeadLetter(
             reason=reason,
             detail=detail,
@@ -119,14 +108,19 @@ class DeadLetterQueue:
             await self._js.delete_msg(TASKS_STREAM, seq)
         except NotFoundError:
             return False
-        except Exception as exc:  # keep the task; the next advisory or sweep tries again
+        except Exception as exc:  # keep the task; the next sweep tries again
             log.warning("could not dead-letter seq %d: %s", seq, exc)
             return False
         log.info("dead-lettered seq %d (%s): %s", seq, reason, detail)
         return True
 
     async def sweep_unrouted(self, served_kinds: set[str], *, grace_s: float = 60.0) -> int:
-        """Move tasks of kinds no consumer serves, older than ``grace_s``; returns how many moved."""
+        """Move tasks of kinds no consumer serves, older than ``grace_s``; returns how many moved.
+
+        A subject with an invalid token (invalid UTF-8 reads as U+FFFD, which no filter matches)
+        is swept through a filter with ``*`` in that place, skipping what a consumer serves (at
+        most ``_SWEEP_SKIPS`` per filter and sweep: a deep backlog is walked as it drains).
+        """
         info = await self._js.stream_info(TASKS_STREAM, subjects_filter=f"{TASKS_PREFIX}.>")
         subjects = info.state.subjects or {}
         consumers = {
@@ -134,24 +128,30 @@ class DeadLetterQueue:
             for c in await self._js.consumers_info(TASKS_STREAM)
         }
         known = consumers | served_kinds
+        filters = set()
+        for subject in subjects:
+            tenant, kind = split_task_subject(subject)
+            if kind not in known:
+                filters.add(f"{TASKS_PREFIX}.{_or_any(tenant)}.{_or_any(kind)}")
         moved = 0
         cutoff = time.time() - grace_s
-        for subject in subjects:
-            kind = subject.rsplit(".", 1)[-1]
-            if kind in known:
-                continue
-            seq = 1
-            while True:
+        for subject in sorted(filters):
+            seq, skips = 1, 0
+            while skips <= _SWEEP_SKIPS:
                 try:
                     raw = await self._js.get_msg(TASKS_STREAM, seq=seq, subject=subject, next=True)
                 except NotFoundError:
                     break
                 if raw.time is None or raw.time.timestamp() > cutoff or raw.seq is None:
                     break
-                detail = f"no agent serves kind {kind!r}"
+                seq = raw.seq + 1
+                _, kind = split_task_subject(raw.subject or "")
+                if kind in known:  # only through a filter with a `*` for the kind
+                    skips += 1
+                    continue
+                detail = f"no agent serves kind {shown(kind)}"
                 if await self._move(raw.seq, DlqReason.UNKNOWN_KIND, detail, 0):
                     moved += 1
-                seq = raw.seq + 1
         return moved
 
     async def sweep_forever(self, served_kinds: set[str], *, interval_s: float, grace_s: float) -> None:

@@ -3,11 +3,11 @@
 Wire format is JSON so any NATS client can publish a task. Schemas evolve only by
 appending fields with defaults (msgspec decodes old and new messages alike).
 
-* :class:`Task` travels on ``tasks.<tenant>.<kind>`` (stream ``TASKS``). Its id is
-  also the ``Nats-Msg-Id`` header, so JetStream drops a duplicate publish inside
-  the stream's duplicate window. ``tenant``/``kind`` in the body are optional and
-  informational: the worker takes both from the subject and dead-letters a task
-  whose body claims another tenant.
+* :class:`Task` travels on ``tasks.<tenant>.<kind>`` (stream ``TASKS``). Its
+  ``Nats-Msg-Id`` header is ``<tenant>:<kind>:<id>`` (:func:`msg_id`), so JetStream drops
+  a duplicate publish inside the stream's duplicate window, per tenant and kind.
+  ``tenant``/``kind`` in the body are optional and informational: the worker takes both
+  from the subject and dead-letters a task whose body claims another tenant.
 * :class:`Result` travels on ``results.<tenant>.<task_id>`` and to the publisher's
   reply inbox (header ``Agentbus-Reply``) when the publisher waits.
 * :class:`DeadLetter` travels on ``dlq.<tenant>.<kind>`` (stream ``DLQ``) and keeps
@@ -32,6 +32,7 @@ __all__ = [
     "DLQ_MAX_DATA_BYTES",
     "HDR_MSG_ID",
     "HDR_REPLY",
+    "HDR_UNREADABLE",
     "AuditEvent",
     "DeadLetter",
     "DecisionEvent",
@@ -47,6 +48,7 @@ __all__ = [
     "TokenEvent",
     "decoder_for",
     "encode",
+    "msg_id",
     "now",
     "stream_event_decoder",
 ]
@@ -54,9 +56,18 @@ __all__ = [
 T = TypeVar("T")
 
 HDR_MSG_ID = "Nats-Msg-Id"
-"""JetStream's de-duplication header; agentbus sets it to the task id."""
+"""JetStream's de-duplication header; agentbus sets it to :func:`msg_id` of the task."""
 HDR_REPLY = "Agentbus-Reply"
 """Inbox the worker also sends the :class:`Result` to (JetStream uses the real reply for its ack)."""
+HDR_UNREADABLE = "Agentbus-Unreadable-Headers"
+"""Set by the worker's NATS client on a delivered task whose header block it could not parse
+(in place of that block): the task is dead-lettered ``invalid_envelope``, not run."""
+
+
+def msg_id(tenant: str, kind: str, task_id: str) -> str:
+    """A task's ``Nats-Msg-Id``: ``<tenant>:<kind>:<id>``, so one tenant's ids never drop
+    another tenant's tasks as duplicates (JetStream de-duplicates per stream)."""
+    return f"{tenant}:{kind}:{task_id}"
 
 
 class Task(msgspec.Struct, Generic[T], omit_defaults=True, gc=False):
@@ -95,11 +106,15 @@ class DlqReason(enum.StrEnum):
     """Why a task was dead-lettered (the ``reason`` of a :class:`DeadLetter`)."""
 
     MALFORMED = "malformed"
-    """The bytes are not a JSON task envelope."""
+    """The bytes are not a JSON task envelope (or nest deeper than 64 levels)."""
     INVALID_PAYLOAD = "invalid_payload"
     """The envelope decoded but the payload does not match the agent's input schema."""
     INVALID_ENVELOPE = "invalid_envelope"
-    """The envelope contradicts its subject (another tenant or kind) or misses fields."""
+    """The envelope or its headers break a rule (``bus.admission``): an id that is no task id,
+    a reply subject not allowed, a time that is no epoch seconds, another tenant or kind than
+    the subject, a missing field."""
+    INVALID_SUBJECT = "invalid_subject"
+    """The subject's tenant or kind token is not valid (stored on ``dlq._invalid.<kind>``)."""
     OVERSIZED = "oversized"
     """Larger than the agent's ``max_payload_bytes``."""
     UNKNOWN_KIND = "unknown_kind"
@@ -111,7 +126,7 @@ class DlqReason(enum.StrEnum):
     REJECTED = "rejected"
     """The handler raised ``Reject``."""
     MAX_DELIVERIES = "max_deliveries"
-    """Retryable failures on every allowed delivery."""
+    """Retryable failures on every allowed delivery, or the last one died with its worker."""
 
 
 class DeadLetter(msgspec.Struct, omit_defaults=True):

@@ -3,6 +3,8 @@
 ``submit`` returns once JetStream has stored the task. ``submit_nowait`` returns as
 soon as the task is on the wire and a slot in the ack window was free: the window
 (``max_pending_acks``) bounds memory and applies backpressure to a fast producer.
+Each task's ``Nats-Msg-Id`` is ``<tenant>:<kind>:<id>``, so JetStream drops a duplicate of
+one tenant's task without touching another tenant's task of the same id.
 A full stream, an oversized task or a missing stream surface as typed
 :mod:`agentbus.errors`, never as a silent drop; an ack that never comes (the server
 went away mid-publish) fails the publish after ``ack_timeout_s`` instead of hanging.
@@ -35,7 +37,7 @@ from agentbus.errors import (
 )
 from bus import tracing
 from bus.connection import NatsAuth
-from bus.messages import HDR_MSG_ID, HDR_REPLY, Result, Task, encode, now
+from bus.messages import HDR_MSG_ID, HDR_REPLY, Result, Task, encode, msg_id, now
 from bus.subjects import check_task_id, task_subject
 
 __all__ = ["Publisher", "TaskRef", "TaskSpec", "map_publish_error", "new_task_id", "publish_sync"]
@@ -133,7 +135,7 @@ class Publisher:
         limit = min(self._max_msg_bytes, self._nc.max_payload or self._max_msg_bytes)
         if len(data) > limit:
             raise PayloadTooLargeError(len(data), limit, task_id=task_id, subject=subject)
-        headers = {HDR_MSG_ID: task_id}
+        headers = {HDR_MSG_ID: msg_id(tenant, kind, task_id)}  # dedupe per tenant and kind
         if wait:
             assert self._inbox is not None
             headers[HDR_REPLY] = self._inbox + task_id

@@ -9,8 +9,16 @@ Stream ``DLQ`` (``dlq.>``): limits retention, file storage, kept for a week.
 
 One durable pull consumer per agent kind, ``agents-<kind>``, filtered on
 ``tasks.*.<kind>`` (work-queue streams forbid overlapping filters, and kinds never
-overlap). Every delivery knob is set explicitly: server defaults (unlimited
-``max_deliver``, silent stop at ``max_ack_pending``) are wrong for a task queue.
+overlap). Every delivery knob is set explicitly: the server's default silent stop at
+``max_ack_pending`` is wrong for a task queue.
+
+The consumer's server-side ``max_deliver`` is unlimited on purpose: the worker is the
+only judge of a task's deliveries (``ConsumerSpec.max_deliver``). It dead-letters a
+delivery past that number without running it, so a task whose last delivery died with its
+worker still reaches the DLQ, and if the DLQ cannot store it the task is simply delivered
+again later. A bounded server-side limit would leave such a task in the work queue for good
+(nats-server #5564), reachable only through its ``MAX_DELIVERIES`` advisory, which any client
+can forge. :func:`ensure_consumer` updates a consumer created with a bounded limit.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from bus.subjects import DLQ_PREFIX, TASKS_PREFIX, check_token
 
 __all__ = [
     "DLQ_STREAM",
+    "SERVER_MAX_DELIVER",
     "TASKS_STREAM",
     "ConsumerSpec",
     "StreamLimits",
@@ -44,6 +53,8 @@ __all__ = [
 
 TASKS_STREAM = "TASKS"
 DLQ_STREAM = "DLQ"
+SERVER_MAX_DELIVER = -1
+"""The consumers' ``max_deliver`` on the server: unlimited (see the module docstring)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -73,7 +84,7 @@ class ConsumerSpec:
 
     kind: str
     ack_wait_s: float = 30.0  # redelivery after a worker dies; heartbeats keep long tasks alive
-    max_deliver: int = 5  # then the task is dead-lettered with reason max_deliveries
+    max_deliver: int = 5  # the worker's limit (server: unlimited); then dead letter max_deliveries
     backoff_s: tuple[float, ...] = field(default=())
     """Redelivery delays after ack timeouts; empty (the default) means ack_wait before each one.
 
@@ -147,7 +158,7 @@ async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=spec.ack_wait_s,
-        max_deliver=spec.max_deliver,
+        max_deliver=SERVER_MAX_DELIVER,  # the worker judges deliveries (module docstring)
         backoff=spec.redelivery_backoff_s() or None,  # None: no BackOff at all (see backoff_s)
         max_ack_pending=spec.max_ack_pending,
         max_waiting=spec.max_waiting,

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from conftest import WorkerProcess, async_wait_until
+from conftest import async_wait_until
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -30,11 +29,10 @@ from agents.lifecycle import State
 from agents.registry import Registry
 from agents.worker import Worker
 from bus.connection import connect
-from bus.dlq import DeadLetterQueue
 from bus.embedded import EmbeddedNats
 from bus.messages import DLQ_MAX_DATA_BYTES, HDR_MSG_ID, DeadLetter, DlqReason, Result, Task, encode, now
 from bus.publisher import Publisher, TaskSpec
-from bus.topology import DLQ_STREAM, TASKS_STREAM, ConsumerSpec, StreamLimits, ensure_consumer, ensure_streams
+from bus.topology import DLQ_STREAM, TASKS_STREAM, StreamLimits, ensure_streams
 
 pytestmark = pytest.mark.integration
 
@@ -114,11 +112,13 @@ def metric(text: str, name: str, **labels: str) -> float | None:
 # -- one worker, every kind of bad input ----------------------------------------------------
 
 
-@pytest.fixture
-async def worker(nats_url: str, nc: Client) -> AsyncIterator[Worker]:
-    """An in-process worker serving tenants acme and globex, fast retries, a fast unrouted sweep."""
+@pytest.fixture(params=[True, False], ids=["fast", "plain"])
+async def worker(nats_url: str, nc: Client, request: pytest.FixtureRequest) -> AsyncIterator[Worker]:
+    """An in-process worker serving tenants acme and globex, fast retries, a fast unrouted sweep;
+    nats-py's fast path on and off (``AGENTBUS_NATS_FAST_PATH``)."""
     config = WorkerConfig(
         nats_url=nats_url,
+        nats_fast_path=request.param,
         worker_id="bad-input",
         http_port=0,
         max_deliver=3,
@@ -452,69 +452,3 @@ async def test_invalid_subject_tokens_are_refused_before_publishing(
     with pytest.raises(InvalidSubjectError):
         await pub.submit("acme", "echo", {"text": "x"}, task_id="has.dot")
     assert await tasks_in_stream(nc.jetstream()) == 0
-
-
-# -- MAX_DELIVERIES advisories: a task whose worker dies on every delivery ------------------
-
-
-async def test_max_deliveries_advisory_moves_an_unanswered_task(nats_url: str, nc: Client) -> None:
-    """The advisory handler on its own: a consumer with max_deliver=1, a fetch that is never acked."""
-    js = nc.jetstream()
-    await ensure_consumer(js, ConsumerSpec(kind="manual", ack_wait_s=1.0, max_deliver=1))
-    watcher_nc = await connect(nats_url, name="dlq-watcher")
-    dlq = DeadLetterQueue(watcher_nc, worker="watcher")
-    await dlq.watch_max_deliveries()
-    await watcher_nc.flush()
-    try:
-        data = _task("never-acked", {"text": "x"})
-        await js.publish("tasks.acme.manual", data, headers={HDR_MSG_ID: "never-acked"})
-        sub = await js.pull_subscribe_bind("agents-manual", TASKS_STREAM)
-        msgs = await sub.fetch(1, timeout=10)
-        assert [m.data for m in msgs] == [data]  # delivered once, never answered
-        ((subject, letter),) = await wait_dlq(js, 1)
-        assert subject == "dlq.acme.manual"
-        assert letter.reason is DlqReason.MAX_DELIVERIES
-        assert letter.attempts == 1
-        assert letter.task_id == "never-acked"
-        assert letter.data == data
-        assert letter.worker == "watcher"
-        await wait_tasks_empty(js)  # the original is gone from the work queue
-        await sub.unsubscribe()
-    finally:
-        await dlq.close()
-        await watcher_nc.close()
-
-
-@pytest.mark.slow
-async def test_task_whose_worker_is_killed_on_every_delivery_is_dead_lettered(
-    nc: Client, start_worker: Callable[..., WorkerProcess]
-) -> None:
-    js = nc.jetstream()
-    flags = ("--kind", "echo", "--max-deliver", "2", "--ack-wait-s", "1")
-
-    def holds_the_task(w: WorkerProcess) -> Callable[[], bool]:
-        return lambda: metric(w.get("/metrics")[1], "agentbus_inflight", kind="echo") == 1
-
-    w1 = start_worker("kill-1", *flags)
-    data = _task("doomed", {"text": "x", "sleep_s": 30})
-    await js.publish("tasks.acme.echo", data, headers={HDR_MSG_ID: "doomed"})
-    await async_wait_until(holds_the_task(w1), 30, "kill-1 running the task")
-    w2 = start_worker("kill-2", *flags)
-    w1.signal(signal.SIGKILL)
-    assert w1.wait() == -signal.SIGKILL
-    await async_wait_until(holds_the_task(w2), 30, "kill-2 running the redelivered task")
-    assert metric(w2.get("/metrics")[1], "agentbus_redeliveries_total", kind="echo") == 1
-    w3 = start_worker("kill-3", *flags)  # up before the last delivery times out: it gets the advisory
-    w2.signal(signal.SIGKILL)
-    assert w2.wait() == -signal.SIGKILL
-
-    ((subject, letter),) = await wait_dlq(js, 1)
-    assert subject == "dlq.acme.echo"
-    assert letter.reason is DlqReason.MAX_DELIVERIES
-    assert letter.attempts == 2
-    assert letter.task_id == "doomed"
-    assert letter.data == data
-    assert letter.worker == "kill-3"
-    await wait_tasks_empty(js)
-    assert metric(w3.get("/metrics")[1], "agentbus_fetched_total", kind="echo") == 0  # never delivered again
-    assert w3.get("/readyz")[0] == 200

@@ -15,7 +15,7 @@ from agents.runner import RetryPolicy
 from bus.messages import DeadLetter, DlqReason, Result, Task, decoder_for, encode
 from bus.subjects import check_token, split_task_subject, task_subject
 
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 tokens = st.from_regex(_TOKEN, fullmatch=True)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),

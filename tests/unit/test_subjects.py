@@ -14,8 +14,9 @@ from bus.subjects import (
     task_subject,
 )
 
-VALID = ["acme", "a", "A-Z_09", "tenant-1", "x" * 64, "_", "-"]
+VALID = ["acme", "a", "A-Z_09", "tenant-1", "x" * 64, "0_", "a-"]
 INVALID = ["", "a.b", "*", ">", "a*", "a b", "tab\t", "new\nline", "x" * 65, "ünïcode", "a/b", "$SYS"]
+INVALID += ["_", "-", "_invalid", "-a"]  # a leading _ is the system's (dlq._invalid.<kind>)
 
 
 @pytest.mark.parametrize("token", VALID)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from nats.aio.client import Client
-from nats.js.api import AckPolicy, DiscardPolicy, RetentionPolicy, StorageType
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType
 
 from agentbus.errors import ConfigError, InvalidSubjectError
 from bus.topology import (
@@ -123,7 +123,7 @@ async def test_ensure_consumer_stores_every_knob_in_seconds(nc: Client, spec: Co
     assert config.filter_subject == f"tasks.*.{spec.kind}"
     assert config.ack_policy == AckPolicy.EXPLICIT
     assert config.ack_wait == pytest.approx(spec.ack_wait_s)  # seconds, not ns or ms
-    assert config.max_deliver == spec.max_deliver
+    assert config.max_deliver == -1  # unlimited: the worker judges deliveries (spec.max_deliver)
     assert config.max_ack_pending == spec.max_ack_pending
     assert config.max_waiting == spec.max_waiting
     assert list(config.backoff or []) == pytest.approx(spec.redelivery_backoff_s())
@@ -146,7 +146,27 @@ async def test_ensure_consumer_updates_an_existing_consumer(nc: Client) -> None:
     await ensure_consumer(js, ConsumerSpec(kind="echo", ack_wait_s=4, max_deliver=2))
     config = (await js.consumer_info(TASKS_STREAM, "agents-echo")).config
     assert config.ack_wait == pytest.approx(4)
-    assert config.max_deliver == 2
+    assert config.max_deliver == -1
+
+
+@pytest.mark.integration
+async def test_ensure_consumer_lifts_the_server_limit_of_a_consumer_made_by_older_code(nc: Client) -> None:
+    """Older agentbus set max_deliver on the server (and followed its forgeable advisory)."""
+    js = nc.jetstream()
+    old = ConsumerConfig(
+        durable_name="agents-echo",
+        name="agents-echo",
+        filter_subject="tasks.*.echo",
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=30,
+        max_deliver=5,
+        max_ack_pending=20_000,
+        max_waiting=512,
+    )
+    await js.add_consumer(TASKS_STREAM, old)
+    assert (await js.consumer_info(TASKS_STREAM, "agents-echo")).config.max_deliver == 5
+    await ensure_consumer(js, ConsumerSpec(kind="echo", max_deliver=5))
+    assert (await js.consumer_info(TASKS_STREAM, "agents-echo")).config.max_deliver == -1
 
 
 @pytest.mark.integration

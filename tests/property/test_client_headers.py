@@ -1,4 +1,4 @@
-"""``bus.fastsub.parse_headers`` reads a delivery's header block as nats-py does (Hypothesis)."""
+"""``bus._client.parse_headers`` reads a delivery's header block as nats-py does (Hypothesis)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
-from bus.fastsub import parse_headers
+from bus._client import parse_headers
 
 printable_ascii = st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=":")
 names = st.text(printable_ascii, min_size=1, max_size=20)

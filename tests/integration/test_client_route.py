@@ -1,4 +1,4 @@
-"""``bus.fastsub`` against a real nats-server: routed messages equal what the callback gets, in order."""
+"""``bus._client.route`` on a real nats-server: routed messages equal what the callback gets, in order."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from conftest import async_wait_until
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from bus import fastsub
+from bus import _client
 from bus.connection import connect
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ async def _both(nc: Client, subject: str) -> tuple[list[Msg], list[Msg]]:
         usual.append(msg)
 
     sub = await nc.subscribe(subject, cb=never)
-    assert fastsub.route(nc, sub, routed.append)
+    assert _client.route(nc, sub, routed.append)
     await nc.subscribe(subject, cb=on_usual)
     await nc.flush()
     return routed, usual
@@ -75,26 +75,24 @@ async def test_a_failing_handler_is_logged_and_the_next_message_still_arrives(
         raise AssertionError("routed")
 
     sub = await nc.subscribe("fs.b", cb=never)
-    assert fastsub.route(nc, sub, handler)
-    with caplog.at_level(logging.ERROR, logger="agentbus.bus"):
+    assert _client.route(nc, sub, handler)
+    with caplog.at_level(logging.WARNING, logger="agentbus.bus"):
         for data in (b"one", b"boom", b"two"):
             await nc.publish("fs.b", data, reply="r")
         await nc.flush()
         await async_wait_until(lambda: got == [b"one", b"two"], what="both good messages")
-    assert "handler of fs.b failed" in caplog.text
+    assert "bad nats frame #1 (handler) on b'fs.b': RuntimeError: handler bug" in caplog.text
+    assert "Traceback" in caplog.text
     assert nc.is_connected
+    assert nc.bad_frames["handler"] == 1  # type: ignore[attr-defined]
 
 
-async def test_unrouted_subscriptions_get_their_callbacks_again_and_one_dispatcher_serves_all(
-    nc: Client,
-) -> None:
+async def test_unrouted_subscriptions_get_their_callbacks_again(nc: Client) -> None:
     first, _ = await _both(nc, "fs.c")
     second: list[Msg] = []
     sub = await nc.subscribe("fs.d", cb=_append_to(second))
-    dispatcher = nc._process_msg
-    assert fastsub.route(nc, sub, second.append)
-    assert nc._process_msg is dispatcher  # installed once per client, not once per subscription
-    fastsub.unroute(nc, sub)
+    assert _client.route(nc, sub, second.append)
+    _client.unroute(nc, sub)
     await nc.publish("fs.d", b"after unroute", reply="r")
     await nc.publish("fs.c", b"still routed", reply="r")
     await nc.flush()
@@ -113,12 +111,28 @@ def _append_to(box: list[Msg]) -> Callable[[Msg], Awaitable[None]]:
 async def test_a_subscription_that_unsubscribes_itself_is_left_to_nats_py(nc: Client) -> None:
     got: list[Msg] = []
     sub = await nc.subscribe("fs.e", cb=_append_to(got), max_msgs=2)
-    assert not fastsub.route(nc, sub, lambda msg: None)  # nats-py counts it down itself
+    assert not _client.route(nc, sub, lambda msg: None)  # nats-py counts it down itself
     for data in (b"1", b"2", b"3"):
         await nc.publish("fs.e", data, reply="r")
     await nc.flush()
     await async_wait_until(lambda: len(got) == 2, what="two messages")
     assert [m.data for m in got] == [b"1", b"2"]
+
+
+async def test_without_the_fast_path_nothing_is_routed_and_callbacks_get_everything(nats_url: str) -> None:
+    nc = await connect(nats_url, name="plain", fast_path=False)
+    try:
+        got: list[Msg] = []
+        sub = await nc.subscribe("fs.h", cb=_append_to(got))
+        assert not _client.route(nc, sub, lambda msg: None)
+        _client.unroute(nc, sub)  # harmless
+        for data in (b"1", b"2"):
+            await nc.publish("fs.h", data, reply="r", headers={"k": "v"})
+        await nc.flush()
+        await async_wait_until(lambda: len(got) == 2, what="two messages")
+        assert [(m.data, m.headers) for m in got] == [(b"1", {"k": "v"}), (b"2", {"k": "v"})]
+    finally:
+        await nc.close()
 
 
 def _frame(subject: str, sid: int, reply: str, payload: bytes, headers: bytes = b"") -> bytes:
@@ -141,7 +155,7 @@ async def test_frames_cut_anywhere_reach_their_subscriptions_whole_and_in_order(
         raise AssertionError("routed")
 
     sub = await nc.subscribe("fs.f", cb=never)
-    assert fastsub.route(nc, sub, routed.append)
+    assert _client.route(nc, sub, routed.append)
     other = await nc.subscribe("fs.g", cb=_append_to(usual))
     wire, want_routed, want_usual = b"", [], []
     for i in range(40):
