@@ -147,9 +147,11 @@ class FrameGen:
                 b"results.spoof." + self._token(8).encode(),
             )
         )
-        payload = self._envelope(small=True)[1] if r.random() < 0.5 else self._garbage(200)
-        stored = subject.startswith(b"tasks.")
-        return Frame("headers", subject, payload, block, stored=stored)
+        task_id, payload = self._envelope(small=True) if r.random() < 0.5 else ("", self._garbage(200))
+        if not subject.startswith(b"tasks."):
+            return Frame("headers", subject, payload, block)
+        tenant = subject.split(b".")[1].decode()
+        return Frame("headers", subject, payload, block, stored=True, tenant=tenant, task_id=task_id)
 
     def _advisory(self) -> Frame:
         r = self.rng
