@@ -1,21 +1,39 @@
 # syntax=docker/dockerfile:1
-# The agentbus image: `agentbus worker` and `agentbus scaler` for the Helm chart (helm/agentbus).
+# The agentbus images for the Helm chart (helm/agentbus). The default target, the last stage,
+# is the runtime image; the Locust image is the named target `loadtest`:
 #
 #   docker build -t agentbus:0.1.0 .                               # workers, scaler, helm test
-#   docker build --target loadtest -t agentbus:0.1.0-loadtest .    # + Locust (locust.enabled)
+#   docker build --target loadtest -t agentbus:0.1.0-loadtest .    # Locust (locust.enabled)
 #
-# Runs as UID 10001 with nothing to write outside /tmp, so it works under
-# readOnlyRootFilesystem with an emptyDir at /tmp (the chart mounts one).
+# `make image` builds both with docker, podman or buildah, whichever works on the machine
+# (docs/kubernetes.md). Both run as UID 10001 with nothing to write outside /tmp, so they work
+# under readOnlyRootFilesystem with an emptyDir at /tmp (the chart mounts one).
 
+# Any Debian-like image with python3 (3.11 or later) and its venv module; `make image` makes one
+# from Debian packages where the registry cannot be reached.
 ARG PYTHON_IMAGE=python:3.11-slim
 
+# -- base: what both images share: the user, the environment, no writable paths -------------
+FROM ${PYTHON_IMAGE} AS base
+# Bytecode is compiled at build time (a read-only root cannot take .pyc files); logs unbuffered.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+# /tmp is the only place the user may write (the chart mounts an emptyDir there): /var/tmp
+# becomes /tmp, the world-writable /run/lock is closed (nothing here locks a device), and
+# /app is made by root before WORKDIR could make it the user's.
+RUN groupadd --system --gid 10001 agentbus \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp agentbus \
+ && rm -rf /var/tmp && ln -s /tmp /var/tmp \
+ && chmod 0755 /run/lock \
+ && install -d -m 0755 /app
+
 # -- build: a virtualenv with agentbus and its wheels (uvloop, msgspec, nats-py, ...) ----------
-FROM ${PYTHON_IMAGE} AS build
+FROM base AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+RUN python3 -m venv /opt/venv
 WORKDIR /src
-# Dependencies first, so a code change does not re-download them.
 COPY pyproject.toml README.md ./
 COPY agentbus/ agentbus/
 COPY bus/ bus/
@@ -24,20 +42,35 @@ COPY state/ state/
 COPY scaler/ scaler/
 COPY loadtest/ loadtest/
 # Binary wheels only: uvloop and msgspec are compiled extensions, and a source build would
-# need a compiler this image does not have.
-RUN pip install --only-binary=:all: --upgrade pip \
- && pip install --prefer-binary . \
- && python -m compileall -q /opt/venv
+# need a compiler these images do not have. /run/build-ca.crt: the CA bundle of a
+# TLS-intercepting proxy, which `make image` mounts for the build steps only where it has one.
+RUN [ ! -f /run/build-ca.crt ] || export PIP_CERT=/run/build-ca.crt; \
+    pip install -q --only-binary=:all: --upgrade pip \
+ && pip install -q --prefer-binary . \
+ && python3 -m compileall -q /opt/venv
 
-# -- runtime -----------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS runtime
-# Bytecode is compiled at build time (a read-only root cannot take .pyc files); logs unbuffered.
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    HOME=/tmp
-RUN groupadd --system --gid 10001 agentbus \
- && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp agentbus
+# -- build-loadtest: the same virtualenv plus Locust ----------------------------------------
+FROM build AS build-loadtest
+RUN [ ! -f /run/build-ca.crt ] || export PIP_CERT=/run/build-ca.crt; \
+    pip install -q --prefer-binary "locust>=2.40" \
+ && python3 -m compileall -q /opt/venv
+
+# -- loadtest: Locust and the scenarios (helm value locust.enabled) ---------------------------
+FROM base AS loadtest
+COPY --from=build-loadtest /opt/venv /opt/venv
+COPY loadtest/ /app/loadtest/
+RUN python3 -m compileall -q /app/loadtest
+# The chart points Locust at /app/loadtest/locustfile.py; importing the package from /app keeps
+# its slo.toml next to its modules.
+ENV PYTHONPATH=/app
+WORKDIR /app
+USER 10001:10001
+EXPOSE 8089 5557
+ENTRYPOINT ["locust"]
+CMD ["--help"]
+
+# -- runtime (the default target): `agentbus worker`, `agentbus scaler`, `agentbus publish` -----
+FROM base AS runtime
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 USER 10001:10001
@@ -45,15 +78,3 @@ EXPOSE 8080
 # Exec form: agentbus is PID 1 and receives SIGTERM itself, which starts the drain.
 ENTRYPOINT ["agentbus"]
 CMD ["worker", "--http-host", "0.0.0.0", "--http-port", "8080"]
-
-# -- loadtest: the runtime plus Locust and the scenarios (helm value locust.enabled) ------------
-FROM runtime AS loadtest
-USER root
-RUN pip install --no-cache-dir --prefer-binary "locust>=2.40" && python -m compileall -q /opt/venv
-COPY loadtest/ /app/loadtest/
-# The scenarios read loadtest/slo.toml next to their modules: import the package from /app,
-# which has it, rather than from site-packages, which has only the .py files.
-ENV PYTHONPATH=/app
-USER 10001:10001
-ENTRYPOINT ["locust"]
-CMD ["--help"]

@@ -10,7 +10,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test lint bench bench-llm loadtest fuzz clean
+.PHONY: setup system-deps image demo test lint bench bench-llm loadtest fuzz clean
 
 setup: $(STAMP) system-deps
 
@@ -20,13 +20,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# redis-server and prometheus/promtool come from Debian; install them only when missing.
+# Debian packages, installed only when missing.
+APT_INSTALL = SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends
+
+# redis-server and prometheus (promtool) for the tests; buildah and mmdebstrap to build and run
+# the images in tests/image without a container daemon.
 system-deps:
-	@if ! command -v promtool >/dev/null || ! command -v redis-server >/dev/null; then \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && \
-		$$SUDO apt-get install -y -qq --no-install-recommends prometheus redis-server >/dev/null; \
+	@if ! command -v promtool >/dev/null || ! command -v redis-server >/dev/null \
+		|| ! command -v buildah >/dev/null || ! command -v mmdebstrap >/dev/null; then \
+		$(APT_INSTALL) prometheus redis-server buildah mmdebstrap >/dev/null; \
 	fi
+
+# agentbus:dev (the runtime, the Dockerfile's default target) and agentbus:dev-loadtest, with
+# docker, podman or buildah, whichever works here (scripts/image.sh, docs/kubernetes.md);
+# buildah and mmdebstrap are installed only where neither docker nor podman answers.
+image:
+	@if ! docker info >/dev/null 2>&1 && ! podman info >/dev/null 2>&1 \
+		&& { ! command -v buildah >/dev/null || ! command -v mmdebstrap >/dev/null; }; then \
+		$(APT_INSTALL) buildah mmdebstrap >/dev/null; \
+	fi
+	scripts/image.sh
 
 demo: setup
 	$(BIN)/agentbus demo
@@ -60,4 +74,4 @@ fuzz: setup
 	timeout $$(( $(FUZZ_SECONDS) + 900 )) $(BIN)/python -m loadtest.fuzz_fleet --seconds $(FUZZ_SECONDS) $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .agentbus reports
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .agentbus .cache reports

@@ -38,8 +38,9 @@ Everything agentbus raises on purpose derives from :class:`AgentbusError`::
 
 ``ConfigError`` is raised at start for bad configuration (the scaler's too: unknown
 metric, min > max, a query Prometheus refuses); ``agentbus worker`` then exits 78
-(``EX_CONFIG``), which makes ``agentbus up`` stop instead of restarting it. ``ScalerError`` subclasses are raised
-at run time; the control loop catches them, holds the pool's size and logs why.
+(``EX_CONFIG``), which makes ``agentbus up`` stop instead of restarting it.
+``ScalerError`` subclasses are raised at run time; the control loop catches them, holds
+the pool's size and logs why.
 
 ``StateError`` subclasses come from ``state``: limits and type clashes are raised to
 the handler that wrote; ``CorruptStateError`` is raised to gossip or the snapshot

@@ -26,6 +26,20 @@ from loadtest import llm_server as s
 pytestmark = pytest.mark.integration
 
 
+async def _publish_and_follow(request: str, nats_url: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """``agentbus publish assistant REQUEST --tenant acme --wait --stream``, output piped."""
+    argv = ["-m", "agentbus", "publish", "assistant", request, "--tenant", "acme", "--wait", "--stream"]
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        *argv,
+        "--nats-url",
+        nats_url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+
+
 async def test_publish_wait_stream_prints_events_then_the_result(nats_url: str) -> None:
     spec = task_agent(
         kind="assistant",
@@ -38,23 +52,7 @@ async def test_publish_wait_stream_prints_events_then_the_result(nats_url: str) 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTBUS_")}
     env["PYTHONPATH"] = str(ROOT)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "agentbus",
-            "publish",
-            "assistant",
-            '{"request": "customer U9 buys 3 of PROD-002"}',
-            "--tenant",
-            "acme",
-            "--wait",
-            "--stream",
-            "--nats-url",
-            nats_url,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
+        proc = await _publish_and_follow('{"request": "customer U9 buys 3 of PROD-002"}', nats_url, env)
         out, err = await asyncio.wait_for(proc.communicate(), 60)
     finally:
         await worker.stop()
@@ -126,23 +124,7 @@ async def test_a_tenant_sees_no_url_key_or_body_of_a_failing_model_the_worker_lo
                 break
             assert worker.returncode is None, "the worker exited"
             await asyncio.sleep(0.05)
-        publish = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "agentbus",
-            "publish",
-            "assistant",
-            '{"request": "stock of PROD-003?"}',
-            "--tenant",
-            "acme",
-            "--wait",
-            "--stream",
-            "--nats-url",
-            nats_url,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
+        publish = await _publish_and_follow('{"request": "stock of PROD-003?"}', nats_url, env)
         out, err = await asyncio.wait_for(publish.communicate(), 60)
     finally:
         if worker.returncode is None:
