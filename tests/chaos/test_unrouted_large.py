@@ -38,7 +38,7 @@ async def test_a_900_kib_task_of_an_unknown_kind_is_dead_lettered(sweeping_fleet
     data = json.dumps({"id": "big-unrouted", "payload": {"text": "p" * 900 * 1024}}).encode()
     async with Observer(sweeping_fleet, ("cu",)) as obs:
         await obs.nc.jetstream().publish("tasks.pu.nosuchkind", data, headers={"Nats-Msg-Id": "big"})
-        await obs.expect_letter("dlq.pu.nosuchkind", b'"big-unrouted"', "unknown_kind", timeout_s=30)
+        await obs.expect_letter("dlq.pu.nosuchkind", b'"big-unrouted"', "unknown_kind", timeout_s=15)
         await obs.canaries("cu")
         await obs.check_liveness()
     assert not obs.problems, "\n".join(obs.problems)
