@@ -10,7 +10,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps image demo test lint bench bench-llm loadtest clean
+.PHONY: setup system-deps image demo test lint bench bench-llm loadtest fuzz clean
 
 setup: $(STAMP) system-deps
 
@@ -66,6 +66,12 @@ bench-llm: setup
 # make loadtest ARGS="--scenario spike"; ARGS="--scenario all"; ARGS="--nats-url nats://host:4222 --metrics ..."
 loadtest: setup
 	$(BIN)/python -m loadtest.run $(ARGS)
+
+# Hostile frames against a real 3-worker fleet, fast path on then off (docs/fuzzing.md);
+# the last line is one JSON summary, exit 1 on any violation. make fuzz ARGS="--seed 123"
+FUZZ_SECONDS ?= 180
+fuzz: setup
+	timeout $$(( $(FUZZ_SECONDS) + 900 )) $(BIN)/python -m loadtest.fuzz_fleet --seconds $(FUZZ_SECONDS) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .agentbus .cache reports
