@@ -30,10 +30,6 @@ def sweeping_fleet(tmp_path: Path) -> Iterator[UpFleet]:
         fleet.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bus/dlq.py DeadLetterQueue._move stores raw.data whole (no DLQ_MAX_DATA_BYTES cut)",
-)
 async def test_a_900_kib_task_of_an_unknown_kind_is_dead_lettered(sweeping_fleet: UpFleet) -> None:
     data = json.dumps({"id": "big-unrouted", "payload": {"text": "p" * 900 * 1024}}).encode()
     async with Observer(sweeping_fleet, ("cu",)) as obs:
