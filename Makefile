@@ -50,8 +50,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The data path's worker-process tests run a second time with nats-py's fast path off
+# (the poison, wire-rule and bad-input suites run both ways inside the first pass).
+DATA_PATH_TESTS := tests/integration/test_roundtrip.py tests/integration/test_prefetch.py \
+	tests/integration/test_backpressure.py tests/integration/test_drain.py
+
 test: setup lint
 	$(BIN)/pytest
+	AGENTBUS_NATS_FAST_PATH=0 $(BIN)/pytest -q $(DATA_PATH_TESTS)
 
 # The data path against a raw nats-py loop, then LLM agents against a hand-written anchor;
 # both print the anchor and the ratio. Exit 1 when the data path misses a target.
