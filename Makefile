@@ -10,7 +10,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps image demo test lint bench bench-llm loadtest clean
+.PHONY: setup system-deps image demo test lint bench bench-llm loadtest fuzz clean
 
 setup: $(STAMP) system-deps
 
@@ -50,8 +50,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The data path's worker-process tests run a second time with nats-py's fast path off
+# (the poison, wire-rule and bad-input suites run both ways inside the first pass).
+DATA_PATH_TESTS := tests/integration/test_roundtrip.py tests/integration/test_prefetch.py \
+	tests/integration/test_backpressure.py tests/integration/test_drain.py
+
 test: setup lint
 	$(BIN)/pytest
+	AGENTBUS_NATS_FAST_PATH=0 $(BIN)/pytest -q $(DATA_PATH_TESTS)
 
 # The data path against a raw nats-py loop, then LLM agents against a hand-written anchor;
 # both print the anchor and the ratio. Exit 1 when the data path misses a target.
@@ -66,6 +72,12 @@ bench-llm: setup
 # make loadtest ARGS="--scenario spike"; ARGS="--scenario all"; ARGS="--nats-url nats://host:4222 --metrics ..."
 loadtest: setup
 	$(BIN)/python -m loadtest.run $(ARGS)
+
+# Hostile frames against a real 3-worker fleet, fast path on then off (docs/fuzzing.md);
+# the last line is one JSON summary, exit 1 on any violation. make fuzz ARGS="--seed 123"
+FUZZ_SECONDS ?= 180
+fuzz: setup
+	timeout $$(( $(FUZZ_SECONDS) + 900 )) $(BIN)/python -m loadtest.fuzz_fleet --seconds $(FUZZ_SECONDS) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .agentbus .cache reports

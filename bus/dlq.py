@@ -31,7 +31,7 @@ from nats.js.errors import NotFoundError
 
 from bus.admission import task_id_of
 from bus.consumer import AckKind, ack
-from bus.messages import HDR_MSG_ID, DeadLetter, DlqReason, encode, now
+from bus.messages import DLQ_MAX_DATA_BYTES, HDR_MSG_ID, DeadLetter, DlqReason, encode, now
 from bus.subjects import (
     INVALID_TOKEN,
     TASKS_PREFIX,
@@ -93,6 +93,7 @@ class DeadLetterQueue:
         if problem := subject_problem(subject):
             reason, detail = DlqReason.INVALID_SUBJECT, problem
         task_id = task_id_of((raw.headers or {}).get(HDR_MSG_ID), tenant, kind)
+        data = raw.data or b""
         letter = DeadLetter(
             reason=reason,
             detail=detail,
@@ -101,7 +102,8 @@ class DeadLetterQueue:
             task_id=task_id,
             attempts=attempts,
             stream_seq=seq,
-            data=raw.data or b"",
+            data=data[:DLQ_MAX_DATA_BYTES],  # a whole 1 MiB task would not fit in a dead letter
+            data_truncated=len(data) > DLQ_MAX_DATA_BYTES,
         )
         try:
             await self.store(letter)
