@@ -97,6 +97,7 @@ log = logging.getLogger("agentbus.worker")
 
 _CALLBACKS = contextvars.Context()  # where done callbacks run: no copy of a context per task
 _MAX_SCOPES = 4096  # tenants whose context is kept (all of them are forgotten beyond)
+_BRACE, _BRACKET = ord("{"), ord("[")  # int needles: ``in`` is a memchr (a 1-byte bytes one is not)
 _TIMER_SLACK_S = 0.001  # uvloop timers tick in milliseconds and may fire just short of the deadline
 
 
@@ -398,9 +399,9 @@ class KindRunner:
                 problem = reply_problem(reply, self._reply_prefixes)
             if problem:
                 return _Refusal(DlqReason.INVALID_ENVELOPE, _header_id(msg, tenant, kind), problem)
-        if (  # inline: a normal task pays two byte counts, no call
+        if (  # inline, no call: a normal task pays one byte count, and a memchr if it has no "["
             len(data) > 2 * MAX_NESTING + 1
-            and data.count(b"[") + data.count(b"{") > MAX_NESTING
+            and data.count(_BRACE) + (data.count(_BRACKET) if _BRACKET in data else 0) > MAX_NESTING
             and too_deep(data)
         ):
             detail = f"JSON nests deeper than {MAX_NESTING} levels"
