@@ -260,7 +260,22 @@ class KindRunner:
         if isinstance(handled, asyncio.Task):
             return handled
         self._handler_ended(slot)
+        if handled.error is None and self._acked_now(slot):
+            return None
         return start_eager(self._settle(slot, handled.value, handled.error), slot.context)
+
+    def _acked_now(self, slot: _Slot) -> bool:
+        """The fate of a handler that returned, when nothing is to be sent but the ack: what
+        :meth:`_settle` does then, without its coroutines, if the ack can be queued at once
+        (``PullConsumer.ack_next_now``); False, and nothing done, otherwise."""
+        msg = slot.msg
+        if self._traced or self._publish_results or (msg.headers and msg.headers.get(HDR_REPLY)):
+            return False
+        if not slot.context.run(self.consumer.ack_next_now, msg):
+            return False
+        slot.released = True
+        self.stats.tasks[(slot.tenant, Outcome.OK)] += 1
+        return True
 
     def _track(self, slot: _Slot, task: asyncio.Task[Any] | None) -> None:
         """Keep ``slot`` while ``task`` runs; free it if there is nothing left to run."""
@@ -336,7 +351,10 @@ class KindRunner:
             else:
                 value, error = task.result(), None
             try:
-                after = start_eager(self._settle(slot, value, error), slot.context)
+                if error is None and self._acked_now(slot):
+                    after = None
+                else:
+                    after = start_eager(self._settle(slot, value, error), slot.context)
             except Exception:
                 self._log.exception("unexpected error processing a message")
                 after = None
