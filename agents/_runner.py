@@ -38,6 +38,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Coroutine
+from types import CoroutineType
 from typing import Any, NamedTuple
 
 import msgspec
@@ -252,7 +253,7 @@ class KindRunner:
         slot.in_handler = True
         try:
             running = self._handler(self._context(slot), slot.envelope.payload)
-            if not isinstance(running, Coroutine):  # an awaitable of another kind: awaited in one
+            if type(running) is not CoroutineType and not isinstance(running, Coroutine):  # another awaitable
                 running = _awaited(running)
         except Exception as exc:  # a plain function that failed before returning an awaitable
             running = _raises(exc)
