@@ -38,6 +38,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Coroutine
+from types import CoroutineType
 from typing import Any, NamedTuple
 
 import msgspec
@@ -97,6 +98,7 @@ log = logging.getLogger("agentbus.worker")
 
 _CALLBACKS = contextvars.Context()  # where done callbacks run: no copy of a context per task
 _MAX_SCOPES = 4096  # tenants whose context is kept (all of them are forgotten beyond)
+_BRACE, _BRACKET = ord("{"), ord("[")  # int needles: ``in`` is a memchr (a 1-byte bytes one is not)
 _TIMER_SLACK_S = 0.001  # uvloop timers tick in milliseconds and may fire just short of the deadline
 
 
@@ -251,7 +253,7 @@ class KindRunner:
         slot.in_handler = True
         try:
             running = self._handler(self._context(slot), slot.envelope.payload)
-            if not isinstance(running, Coroutine):  # an awaitable of another kind: awaited in one
+            if type(running) is not CoroutineType and not isinstance(running, Coroutine):  # another awaitable
                 running = _awaited(running)
         except Exception as exc:  # a plain function that failed before returning an awaitable
             running = _raises(exc)
@@ -259,7 +261,22 @@ class KindRunner:
         if isinstance(handled, asyncio.Task):
             return handled
         self._handler_ended(slot)
+        if handled.error is None and self._acked_now(slot):
+            return None
         return start_eager(self._settle(slot, handled.value, handled.error), slot.context)
+
+    def _acked_now(self, slot: _Slot) -> bool:
+        """The fate of a handler that returned, when nothing is to be sent but the ack: what
+        :meth:`_settle` does then, without its coroutines, if the ack can be queued at once
+        (``PullConsumer.ack_next_now``); False, and nothing done, otherwise."""
+        msg = slot.msg
+        if self._traced or self._publish_results or (msg.headers and msg.headers.get(HDR_REPLY)):
+            return False
+        if not slot.context.run(self.consumer.ack_next_now, msg):
+            return False
+        slot.released = True
+        self.stats.tasks[(slot.tenant, Outcome.OK)] += 1
+        return True
 
     def _track(self, slot: _Slot, task: asyncio.Task[Any] | None) -> None:
         """Keep ``slot`` while ``task`` runs; free it if there is nothing left to run."""
@@ -335,7 +352,10 @@ class KindRunner:
             else:
                 value, error = task.result(), None
             try:
-                after = start_eager(self._settle(slot, value, error), slot.context)
+                if error is None and self._acked_now(slot):
+                    after = None
+                else:
+                    after = start_eager(self._settle(slot, value, error), slot.context)
             except Exception:
                 self._log.exception("unexpected error processing a message")
                 after = None
@@ -398,9 +418,9 @@ class KindRunner:
                 problem = reply_problem(reply, self._reply_prefixes)
             if problem:
                 return _Refusal(DlqReason.INVALID_ENVELOPE, _header_id(msg, tenant, kind), problem)
-        if (  # inline: a normal task pays two byte counts, no call
+        if (  # inline, no call: a normal task pays one byte count, and a memchr if it has no "["
             len(data) > 2 * MAX_NESTING + 1
-            and data.count(b"[") + data.count(b"{") > MAX_NESTING
+            and data.count(_BRACE) + (data.count(_BRACKET) if _BRACKET in data else 0) > MAX_NESTING
             and too_deep(data)
         ):
             detail = f"JSON nests deeper than {MAX_NESTING} levels"

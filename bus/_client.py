@@ -290,7 +290,7 @@ class _FastParser(Parser):
                         break
                     hsize, size = 0, int(args[3])
                 start = eol + 2
-                if start + size + 2 > end or hsize > size or not args[1].isdigit() or not all(args[:2]):
+                if start + size + 2 > end or hsize > size or not args[1].isdigit() or not args[0]:
                     break  # partial (or odd): nats-py's parser buffers it
                 sid = int(args[1])
             except ValueError:  # digits past int()'s limit: nats-py's parser reports the protocol error

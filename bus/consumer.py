@@ -211,6 +211,22 @@ class PullConsumer:
             return
         await ack(self._nc, msg, AckKind.ACK)
 
+    def ack_next_now(self, msg: Msg) -> bool:
+        """:meth:`ack_next` done synchronously when the fast path can queue its message
+        (:func:`~bus._client.publish_now`); False, and nothing done, when it cannot."""
+        free = self._free() + 1  # with msg's slot freed, as ack_next counts it
+        if self.fetching and self._sub is not None and self._wants(free):
+            batch = min(free, self._max_batch)
+            if not publish_now(self._nc, msg.reply, b"+NXT " + self._request(batch), self._inbox):
+                return False
+            self.credit += batch
+        elif not publish_now(self._nc, msg.reply, AckKind.ACK):
+            return False
+        self.held -= 1
+        if self._ahead:
+            self._hand_over_soon()
+        return True
+
     def _request(self, batch: int) -> bytes:
         return b'{"batch":%d,"expires":%d,"idle_heartbeat":%d}' % (
             batch,
