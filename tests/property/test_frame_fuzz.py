@@ -13,8 +13,10 @@ that are never connected:
 Both of ours must deliver exactly the reference's (subject, reply, data, headers) for
 every frame the reference takes, per subscription and in order, and no input may raise
 out of their parsers. Frames nats-py cannot process are never fatal: one whose header block
-it cannot parse is dropped, one whose subject or reply is not UTF-8 is delivered with
-replacement characters (checked for every frame, against that contract).
+it cannot parse is dropped (a JetStream delivery, reply ``$JS.ACK.``, is delivered with the
+header ``Agentbus-Unreadable-Headers`` instead, so the worker dead-letters it), one whose
+subject or reply is not UTF-8 is delivered with replacement characters (checked for every
+frame, against that contract).
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from bus._client import FastClient, GuardedClient
+from bus.messages import HDR_UNREADABLE
 
 ROUTED, QUEUED, OTHER, NOBODY = 1, 2, 3, 9  # sids: a routed subscription, two queued ones, none
 
 Seen = tuple[int, str, str, bytes, dict[str, str] | None]
+JS_ACK = b"$JS.ACK.TASKS.agents-echo.1.7.7.1700000000000000000.0"  # a JetStream delivery's reply
 
 _SPACE = b" \t\r\n\x0b\x0c"  # what nats-server and nats-py's regular expressions split on
 token_bytes = st.binary(min_size=1, max_size=12).map(lambda b: bytes(c for c in b if c not in _SPACE) or b"x")
@@ -95,7 +99,7 @@ class Frame:
 
 @st.composite
 def frames(draw: st.DrawFn, index: int) -> Frame:
-    reply = draw(st.one_of(st.just(b""), names))
+    reply = draw(st.one_of(st.just(b""), names, st.just(JS_ACK)))
     payload = b"%d|" % index + draw(st.binary(max_size=60))  # the index tells frames apart
     return Frame(
         sid=draw(st.sampled_from([ROUTED, ROUTED, QUEUED, OTHER, NOBODY])),
@@ -145,7 +149,8 @@ async def _reference(fs: list[Frame]) -> tuple[list[Seen], set[int]]:
 
 
 async def _expected(fs: list[Frame]) -> list[Seen]:
-    """The guard's contract: a frame whose header block nats-py cannot parse is dropped; one
+    """The guard's contract: a frame whose header block nats-py cannot parse is dropped (a
+    JetStream delivery is delivered marked :data:`~bus.messages.HDR_UNREADABLE`); one
     whose subject or reply is not UTF-8 is delivered with replacement characters; every other
     frame exactly as nats-py delivers it."""
     nc = Client()
@@ -156,7 +161,9 @@ async def _expected(fs: list[Frame]) -> list[Seen]:
         try:
             hdr = await nc._process_headers(f.headers)
         except Exception:
-            continue
+            if not f.reply.startswith(b"$JS.ACK."):
+                continue
+            hdr = {HDR_UNREADABLE: "1"}
         subject, reply = f.subject.decode("utf-8", "replace"), f.reply.decode("utf-8", "replace")
         out.append((f.sid, subject, reply, f.payload, hdr))
     return out
