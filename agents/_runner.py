@@ -15,7 +15,7 @@ Fates (docs/architecture.md, "The flow of one task"):
   advisory anyone can publish moves a task, and a dead letter that cannot be stored
   leaves the task to be tried again later.
 
-Admission (:meth:`KindRunner._admit`) checks every rule of :mod:`bus.admission` before
+Admission (:class:`agents._admission.Admission`) checks every rule of :mod:`bus.admission` before
 the handler runs; after it, nothing can fail on the input (the result and reply subjects
 are valid). Ids, tenants and subjects from the wire are logged escaped (``%r``).
 
@@ -39,7 +39,7 @@ import logging
 import time
 from collections.abc import Awaitable, Coroutine
 from types import CoroutineType
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client
@@ -49,47 +49,27 @@ from nats.errors import MaxPayloadError
 from agentbus.backoff import Backoff
 from agentbus.errors import Reject, Retry
 from agentbus.logs import task_fields
+from agents._admission import Admission, Refusal, Slot
 from agents._eager import start_eager, step_eager
 from agents.api import AgentSpec, Context, Stores
 from agents.metrics import KindStats, Outcome
 from agents.tenancy import _tenant
 from bus import _client, tracing
-from bus.admission import (
-    DEFAULT_REPLY_PREFIXES,
-    EPOCH_MAX_S,
-    MAX_MSG_ID_CHARS,
-    MAX_NESTING,
-    msg_id_problem,
-    reply_problem,
-    task_id_of,
-    time_problem,
-    too_deep,
-)
-from bus.consumer import AckKind, PullConsumer, ack, delivery_count, stream_seq
+from bus.admission import DEFAULT_REPLY_PREFIXES, reply_problem
+from bus.consumer import AckKind, PullConsumer, ack, stream_seq
 from bus.dlq import DeadLetterQueue
 from bus.messages import (
     DLQ_MAX_DATA_BYTES,
-    HDR_MSG_ID,
     HDR_REPLY,
-    HDR_UNREADABLE,
     DeadLetter,
     DlqReason,
     Result,
     Task,
-    decoder_for,
     encode,
-    msg_id,
     now,
 )
 from bus.publisher import Publisher
-from bus.subjects import (
-    INVALID_TOKEN,
-    is_task_id,
-    result_subject,
-    shown,
-    split_task_subject,
-    subject_problem,
-)
+from bus.subjects import INVALID_TOKEN, is_task_id, result_subject, split_task_subject
 from bus.topology import TASKS_STREAM, consumer_name
 
 __all__ = ["KindRunner"]
@@ -98,65 +78,7 @@ log = logging.getLogger("agentbus.worker")
 
 _CALLBACKS = contextvars.Context()  # where done callbacks run: no copy of a context per task
 _MAX_SCOPES = 4096  # tenants whose context is kept (all of them are forgotten beyond)
-_BRACE, _BRACKET = ord("{"), ord("[")  # int needles: ``in`` is a memchr (a 1-byte bytes one is not)
 _TIMER_SLACK_S = 0.001  # uvloop timers tick in milliseconds and may fire just short of the deadline
-
-
-class _Slot:
-    """A message being processed: what its fate needs once the handler is done, and (while a
-    Task runs it) what heartbeats, timeouts and the drain need."""
-
-    __slots__ = (
-        "attempt",
-        "context",
-        "deadline",
-        "envelope",
-        "in_handler",
-        "kind",
-        "msg",
-        "released",
-        "started",
-        "task",
-        "tenant",
-        "timed_out",
-        "timeout_s",
-        "timer",
-    )
-
-    def __init__(self, msg: Msg, tenant: str, kind: str, context: contextvars.Context) -> None:
-        self.msg = msg
-        self.tenant = tenant
-        self.kind = kind
-        self.context = context
-        self.started = time.monotonic()
-        self.attempt = 1
-        self.envelope: Task[Any] | None = None
-        """The decoded task, once admitted."""
-        self.task: asyncio.Task[Any] | None = None
-        """The Task running the handler (or, after it, the fate; or, traced, both)."""
-        self.timer: asyncio.TimerHandle | None = None
-        """Own timeout timer, only for an attempt cut short by the task's deadline."""
-        self.deadline = 0.0
-        """Loop time the attempt expires at, when the runner's shared timer watches it (else 0)."""
-        self.timeout_s = 0.0
-        self.in_handler = False
-        self.timed_out = False
-        self.released = False
-        """The slot was already freed by ``PullConsumer.ack_next`` (success path)."""
-
-    def expire(self) -> None:
-        """The attempt ran out of time: cancel it and remember why."""
-        self.timed_out = True
-        if self.task is not None:
-            self.task.cancel()
-
-
-class _Refusal(NamedTuple):
-    """Why a task is dead-lettered without running."""
-
-    reason: DlqReason
-    task_id: str
-    detail: str
 
 
 class KindRunner:
@@ -188,22 +110,22 @@ class KindRunner:
         self._worker = worker
         self._max_deliver = max_deliver
         self._retry = retry
-        self._tenants = tenants
         self._reply_prefixes = reply_prefixes
-        self._decoder = decoder_for(spec.input)
+        self._admit = Admission(
+            spec, stats=stats, max_deliver=max_deliver, tenants=tenants, reply_prefixes=reply_prefixes
+        ).admit
         self._handler = spec.handler
         self._timeout_s = spec.timeout_s
         self._publish_results = spec.output is not None
         self._log = logging.LoggerAdapter(log, {"kind": spec.kind})
         self._agent_log = logging.getLogger(f"agentbus.agents.{spec.kind}")  # ctx.log's
-        self.slots: dict[asyncio.Task[None], _Slot] = {}
+        self.slots: dict[asyncio.Task[None], Slot] = {}
         self.draining = False
         self._expiry: asyncio.TimerHandle | None = None  # the shared timer, armed for the oldest slot
         self._submit = publisher.submit  # bound once, not per task
         self._emit = functools.partial(_client.publish, nc)
         self._done_cb = self._done
         self._scopes: dict[str, contextvars.Context] = {}
-        self._id_prefixes: dict[str, str] = {}
         # tracing is decided once, here: with no tracer provider the hot path is untouched
         self._traced = tracing.enabled()
         self._ack = _traced_ack if self._traced else ack
@@ -222,7 +144,7 @@ class KindRunner:
         self.stats.fetched += 1
         try:
             tenant, kind = split_task_subject(msg.subject)
-            slot = _Slot(msg, tenant, kind, self._scope(tenant))
+            slot = Slot(msg, tenant, kind, self._scope(tenant))
         except Exception:  # a bug here must not kill the loop; the message returns after ack_wait
             self._log.exception("unexpected error processing a message")
             self.consumer.release()
@@ -239,7 +161,7 @@ class KindRunner:
             task = None
         self._track(slot, task)
 
-    def _start(self, slot: _Slot) -> asyncio.Task[Any] | None:
+    def _start(self, slot: Slot) -> asyncio.Task[Any] | None:
         """Admit the task and run its handler's first step; the Task running the rest, if any.
 
         No coroutine of ours waits through the handler: when it suspends, its Task is tracked
@@ -265,7 +187,7 @@ class KindRunner:
             return None
         return start_eager(self._settle(slot, handled.value, handled.error), slot.context)
 
-    def _acked_now(self, slot: _Slot) -> bool:
+    def _acked_now(self, slot: Slot) -> bool:
         """The fate of a handler that returned, when nothing is to be sent but the ack: what
         :meth:`_settle` does then, without its coroutines, if the ack can be queued at once
         (``PullConsumer.ack_next_now``); False, and nothing done, otherwise."""
@@ -278,7 +200,7 @@ class KindRunner:
         self.stats.tasks[(slot.tenant, Outcome.OK)] += 1
         return True
 
-    def _track(self, slot: _Slot, task: asyncio.Task[Any] | None) -> None:
+    def _track(self, slot: Slot, task: asyncio.Task[Any] | None) -> None:
         """Keep ``slot`` while ``task`` runs; free it if there is nothing left to run."""
         if task is None:  # done without suspending: no Task, no slot to track
             if not slot.released:
@@ -304,16 +226,7 @@ class KindRunner:
             scope.run(_tenant.set, tenant)
         return scope.copy()
 
-    def _msg_id_prefix(self, tenant: str) -> str:
-        """``<tenant>:<kind>:``, the start of this tenant's ``Nats-Msg-Id`` (kept per tenant)."""
-        prefix = self._id_prefixes.get(tenant)
-        if prefix is None:
-            if len(self._id_prefixes) >= _MAX_SCOPES:
-                self._id_prefixes.clear()
-            prefix = self._id_prefixes[tenant] = msg_id(tenant, self.kind, "")
-        return prefix
-
-    def _arm(self, slot: _Slot) -> None:
+    def _arm(self, slot: Slot) -> None:
         loop = asyncio.get_running_loop()
         if slot.timeout_s != self._timeout_s:  # cut short by the task's deadline: out of order
             slot.timer = loop.call_later(slot.timeout_s, slot.expire)
@@ -378,86 +291,7 @@ class KindRunner:
             slot.task.cancel()
         return len(running)
 
-    def _admit(self, slot: _Slot) -> _Refusal | None:
-        """Check the task against :mod:`bus.admission` and decode it into ``slot``, or say why it is
-        dead-lettered without running. Cheapest checks first; nothing here runs the handler."""
-        msg, tenant, kind = slot.msg, slot.tenant, slot.kind
-        slot.attempt = attempt = delivery_count(msg)
-        if attempt > 1:
-            self.stats.redelivered += 1
-        if tenant == INVALID_TOKEN or kind == INVALID_TOKEN:
-            detail = subject_problem(msg.subject)
-            return _Refusal(DlqReason.INVALID_SUBJECT, _header_id(msg, tenant, kind), detail)
-        if attempt > self._max_deliver:  # the worker is the judge: the consumer delivers forever
-            slot.attempt = attempt - 1  # the deliveries that ran
-            detail = (
-                f"delivery {attempt} of at most {self._max_deliver}: the last one died with its "
-                "worker (or its fate could not be stored)"
-            )
-            return _Refusal(DlqReason.MAX_DELIVERIES, _header_id(msg, tenant, kind), detail)
-        data = msg.data
-        if len(data) > self.spec.max_payload_bytes:
-            detail = f"{len(data)} bytes > max_payload_bytes {self.spec.max_payload_bytes}"
-            return _Refusal(DlqReason.OVERSIZED, _header_id(msg, tenant, kind), detail)
-        if self._tenants is not None and tenant not in self._tenants:
-            detail = f"tenant {tenant!r} is not served here"
-            return _Refusal(DlqReason.UNKNOWN_TENANT, _header_id(msg, tenant, kind), detail)
-        if headers := msg.headers:
-            if HDR_UNREADABLE in headers:
-                detail = "the header block is not readable NATS headers"
-                return _Refusal(DlqReason.INVALID_ENVELOPE, "", detail)
-            value = headers.get(HDR_MSG_ID)
-            problem = ""
-            if value is not None and not (  # the publisher's scoped form is the common case
-                value.startswith(self._id_prefixes.get(tenant) or self._msg_id_prefix(tenant))
-                and len(value) <= MAX_MSG_ID_CHARS
-                and value.isprintable()
-            ):
-                problem = msg_id_problem(value, tenant, kind)
-            if not problem and (reply := headers.get(HDR_REPLY)):
-                problem = reply_problem(reply, self._reply_prefixes)
-            if problem:
-                return _Refusal(DlqReason.INVALID_ENVELOPE, _header_id(msg, tenant, kind), problem)
-        if (  # inline, no call: a normal task pays one byte count, and a memchr if it has no "["
-            len(data) > 2 * MAX_NESTING + 1
-            and data.count(_BRACE) + (data.count(_BRACKET) if _BRACKET in data else 0) > MAX_NESTING
-            and too_deep(data)
-        ):
-            detail = f"JSON nests deeper than {MAX_NESTING} levels"
-            return _Refusal(DlqReason.MALFORMED, _header_id(msg, tenant, kind), detail)
-        try:
-            task: Task[Any] = self._decoder.decode(data)
-        except msgspec.ValidationError as exc:
-            reason = DlqReason.INVALID_PAYLOAD if "$.payload" in str(exc) else DlqReason.INVALID_ENVELOPE
-            return _Refusal(reason, _header_id(msg, tenant, kind), str(exc))
-        except Exception as exc:  # DecodeError, RecursionError, anything: never a retry
-            detail = str(exc) if isinstance(exc, msgspec.DecodeError) else f"{type(exc).__name__}: {exc}"
-            return _Refusal(DlqReason.MALFORMED, _header_id(msg, tenant, kind), detail)
-        tid = task.id
-        if not (len(tid) <= 128 and tid.isalnum() and tid.isascii()) and not is_task_id(tid):
-            detail = f"id {shown(task.id)} is not 1-128 of [A-Za-z0-9_-]"
-            return _Refusal(DlqReason.INVALID_ENVELOPE, _header_id(msg, tenant, kind), detail)
-        if (task.tenant is not None and task.tenant != tenant) or (
-            task.kind is not None and task.kind != kind
-        ):
-            said = f"{shown(task.tenant or '')}/{shown(task.kind or '')}"
-            detail = f"envelope says {said}, subject says {tenant}/{kind}"
-            return _Refusal(DlqReason.INVALID_ENVELOPE, task.id, detail)
-        if not 0.0 <= task.created_at <= EPOCH_MAX_S:  # False for NaN too
-            return _Refusal(DlqReason.INVALID_ENVELOPE, task.id, time_problem("created_at", task.created_at))
-        slot.timeout_s = self._timeout_s
-        if task.deadline is not None:
-            if not 0.0 <= task.deadline <= EPOCH_MAX_S:
-                return _Refusal(DlqReason.INVALID_ENVELOPE, task.id, time_problem("deadline", task.deadline))
-            left = task.deadline - now()
-            if left <= 0:
-                detail = f"deadline passed {-left:.3f}s before attempt {attempt}"
-                return _Refusal(DlqReason.DEADLINE_EXCEEDED, task.id, detail)
-            slot.timeout_s = min(slot.timeout_s, left)
-        slot.envelope = task
-        return None
-
-    def _context(self, slot: _Slot) -> Context:
+    def _context(self, slot: Slot) -> Context:
         task = slot.envelope
         assert task is not None
         return Context(
@@ -474,13 +308,13 @@ class KindRunner:
             headers=slot.msg.headers,
         )
 
-    def _handler_ended(self, slot: _Slot) -> None:
+    def _handler_ended(self, slot: Slot) -> None:
         self.stats.observe(time.monotonic() - slot.started)
         slot.in_handler = False
         if slot.timer is not None:
             slot.timer.cancel()
 
-    async def _run_traced(self, slot: _Slot) -> None:
+    async def _run_traced(self, slot: Slot) -> None:
         """Admission, handler and fate in one coroutine, in a ``receive`` span parented on the
         publisher's, so the handler's spans are its children (only when tracing is on)."""
         msg = slot.msg
@@ -513,11 +347,11 @@ class KindRunner:
 
     # -- fates ------------------------------------------------------------------------------
 
-    async def _refuse(self, slot: _Slot, refusal: _Refusal) -> None:
+    async def _refuse(self, slot: Slot, refusal: Refusal) -> None:
         reason, task_id, detail = refusal
         await self._dead_letter(slot.msg, slot.tenant, task_id, reason, detail, slot.attempt, kind=slot.kind)
 
-    async def _settle(self, slot: _Slot, output: Any, error: BaseException | None) -> None:
+    async def _settle(self, slot: Slot, output: Any, error: BaseException | None) -> None:
         """The fate of an admitted task whose handler returned ``output`` or raised ``error``."""
         msg, tenant, task, attempt = slot.msg, slot.tenant, slot.envelope, slot.attempt
         assert task is not None
@@ -551,7 +385,7 @@ class KindRunner:
         self.stats.tasks[(tenant, Outcome.OK)] += 1
         return None
 
-    async def _send_output(self, slot: _Slot, output: Any) -> None:
+    async def _send_output(self, slot: Slot, output: Any) -> None:
         task = slot.envelope
         assert task is not None
         result = Result(
@@ -692,8 +526,3 @@ async def _awaited(awaitable: Awaitable[Any]) -> Any:
 
 async def _raises(exc: Exception) -> Any:
     raise exc
-
-
-def _header_id(msg: Msg, tenant: str, kind: str) -> str:
-    """The task id the ``Nats-Msg-Id`` names ("" if none or refused): for a task not decoded."""
-    return task_id_of(msg.headers.get(HDR_MSG_ID) if msg.headers else None, tenant, kind)
