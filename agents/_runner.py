@@ -399,14 +399,12 @@ class KindRunner:
             created_at=task.created_at,
             finished_at=now(),
         )
-        await self._send_result(slot.msg, slot.tenant, task.id, result)
+        reply = slot.msg.headers.get(HDR_REPLY) if slot.msg.headers else None  # admitted: valid
+        await self._send_result(slot.tenant, task.id, result, reply)
 
-    async def _send_result(self, msg: Msg, tenant: str, task_id: str, result: Result[Any]) -> None:
-        """To ``results.<tenant>.<task_id>`` (both valid: see :meth:`_dead_letter`) and to the
-        task's reply subject, when it is one the worker may publish to."""
-        reply = msg.headers.get(HDR_REPLY) if msg.headers else None
-        if reply and reply_problem(reply, self._reply_prefixes):
-            reply = None  # refused at admission: the task is being dead-lettered for it
+    async def _send_result(self, tenant: str, task_id: str, result: Result[Any], reply: str | None) -> None:
+        """To ``results.<tenant>.<task_id>`` (both valid: see :meth:`_dead_letter`) and to
+        ``reply``, a subject the worker may publish to (checked by admission, or by the caller)."""
         if not (self._publish_results or reply):
             return
         data = encode(result)
@@ -490,7 +488,10 @@ class KindRunner:
             finished_at=now(),
         )
         if task_id and is_task_id(task_id) and tenant != INVALID_TOKEN:  # else no valid subject for it
-            await self._send_result(msg, tenant, task_id, failed)
+            reply = msg.headers.get(HDR_REPLY) if msg.headers else None
+            if reply and reply_problem(reply, self._reply_prefixes):
+                reply = None  # a task refused before (or for) its reply was checked
+            await self._send_result(tenant, task_id, failed, reply)
 
     async def _hand_back(self, msg: Msg) -> None:
         """Nak without delay so another replica takes the task at once (drain)."""
