@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from prometheus_client.registry import CollectorRegistry
 
 from agentbus.errors import ConfigError
+from scaler.actuators import Actuator
 from scaler.actuators.kubernetes import (
     InflightReader,
     KubernetesActuator,
@@ -25,7 +26,7 @@ from scaler.local import LocalSupervisor
 from scaler.loop import Evaluation, Scaler
 from scaler.sources import MetricSource, PrometheusSource, ScrapeSource
 
-__all__ = ["kubernetes_actuator", "local_scaler", "metric_source"]
+__all__ = ["kubernetes_actuator", "local_scaler", "metric_source", "scaler_for"]
 
 
 def metric_source(
@@ -79,6 +80,18 @@ def local_scaler(
     """A scaler resizing local worker processes (the embedded default of ``agentbus up``)."""
     actuator = LocalActuator(supervisor, ports, file_sd_path=file_sd_path)
     source = metric_source(config, targets=actuator.metrics_urls)
+    return scaler_for(config, source, actuator, registry=registry, on_evaluation=on_evaluation)
+
+
+def scaler_for(
+    config: ScalerConfig,
+    source: MetricSource,
+    actuator: Actuator,
+    *,
+    registry: CollectorRegistry | None = None,
+    on_evaluation: Callable[[Evaluation], None] | None = None,
+) -> Scaler:
+    """The control loop of ``config`` over ``source`` and ``actuator`` (any pool)."""
     return Scaler(
         config.policy,
         source,

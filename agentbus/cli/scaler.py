@@ -22,7 +22,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from agentbus.errors import UsageError
 from agentbus.http import HealthServer
-from scaler._assemble import kubernetes_actuator, local_scaler, metric_source
+from scaler._assemble import kubernetes_actuator, local_scaler, metric_source, scaler_for
 from scaler.actuators import Actuator, MemoryActuator
 from scaler.config import ScalerConfig, load_config
 from scaler.local import LocalSupervisor
@@ -112,15 +112,7 @@ async def _run(args: argparse.Namespace) -> int:
         )
     registry = CollectorRegistry()
     printer = _print_evaluation if config.dry_run else None
-    scaler = Scaler(
-        config.policy,
-        source,
-        actuator,
-        interval_s=config.interval_s,
-        dry_run=config.dry_run,
-        registry=registry,
-        on_evaluation=printer,
-    )
+    scaler = scaler_for(config, source, actuator, registry=registry, on_evaluation=printer)
     http = None
     try:
         await scaler.start()
