@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from bus.connection import connect
 from bus.embedded import EmbeddedNats, free_port
-from bus.topology import ensure_streams
+from bus.topology import DLQ_STREAM, ensure_streams
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,6 +65,19 @@ def wait_until(check: Callable[[], bool], timeout_s: float = 30.0, what: str = "
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+async def dlq_messages(js: JetStreamContext) -> list[tuple[str, bytes]]:
+    """``(subject, bytes)`` of every message stored in the DLQ stream, in stream order."""
+    state = (await js.stream_info(DLQ_STREAM)).state
+    out: list[tuple[str, bytes]] = []
+    for seq in range(state.first_seq, state.last_seq + 1) if state.messages else ():
+        try:
+            raw = await js.get_msg(DLQ_STREAM, seq)
+        except NotFoundError:  # deleted (max age, purge) between the two calls
+            continue
+        out.append((raw.subject or "", raw.data or b""))
+    return out
 
 
 async def async_wait_until(

@@ -18,15 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from conftest import dlq_messages
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.errors import NotFoundError
 
 from agents.builtin.basic import EchoIn
 from bus.connection import connect
 from bus.publisher import Publisher, TaskRef, TaskSpec
-from bus.topology import DLQ_STREAM
 from loadtest import fuzz_fleet
 from loadtest.fuzz_fleet import UpFleet, metric_sum
 
@@ -127,23 +126,14 @@ class Observer:
 
     async def letters(self, subject_prefix: str = "dlq.") -> list[Letter]:
         """Dead letters stored under ``subject_prefix`` (stream ``DLQ``, in order)."""
-        js = self.nc.jetstream()
-        state = (await js.stream_info(DLQ_STREAM)).state
         out: list[Letter] = []
-        if not state.messages:
-            return out
-        for seq in range(state.first_seq, state.last_seq + 1):
-            try:
-                raw = await js.get_msg(DLQ_STREAM, seq)
-            except NotFoundError:
-                continue
-            subject = raw.subject or ""
+        for subject, data in await dlq_messages(self.nc.jetstream()):
             if not subject.startswith(subject_prefix):
                 continue
             try:
-                body = _letter.decode(raw.data or b"")
+                body = _letter.decode(data)
             except msgspec.DecodeError:
-                out.append(Letter(subject, "<not a DeadLetter>", "", raw.data or b"", 0))
+                out.append(Letter(subject, "<not a DeadLetter>", "", data, 0))
                 continue
             out.append(Letter(subject, body.reason, body.task_id, body.data, body.stream_seq, body.detail))
         return out

@@ -14,14 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from conftest import WorkerProcess
+from conftest import WorkerProcess, dlq_messages
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from agents.builtin.basic import EchoOut
 from bus.messages import DeadLetter, Result
-from bus.topology import DLQ_STREAM, TASKS_STREAM, consumer_name
+from bus.topology import TASKS_STREAM, consumer_name
 
 __all__ = [
     "ResultLog",
@@ -105,15 +105,7 @@ async def consumer_state(nc: Client, kind: str) -> tuple[int, int]:
 
 async def dead_letters(nc: Client) -> list[DeadLetter]:
     """Every dead letter stored in the DLQ stream, in stream order."""
-    js = nc.jetstream()
-    info = await js.stream_info(DLQ_STREAM)
-    out: list[DeadLetter] = []
-    if not info.state.messages:
-        return out
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        raw = await js.get_msg(DLQ_STREAM, seq)
-        out.append(msgspec.json.decode(raw.data or b"", type=DeadLetter))
-    return out
+    return [msgspec.json.decode(data, type=DeadLetter) for _, data in await dlq_messages(nc.jetstream())]
 
 
 async def queue_empty(nc: Client, kind: str) -> bool:

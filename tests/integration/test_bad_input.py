@@ -17,11 +17,10 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import async_wait_until
+from conftest import async_wait_until, dlq_messages
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from agentbus.errors import InvalidSubjectError, PayloadTooLargeError, StreamFullError
 from agents.config import WorkerConfig
@@ -32,7 +31,7 @@ from bus.connection import connect
 from bus.embedded import EmbeddedNats
 from bus.messages import DLQ_MAX_DATA_BYTES, HDR_MSG_ID, DeadLetter, DlqReason, Result, Task, encode, now
 from bus.publisher import Publisher, TaskSpec
-from bus.topology import DLQ_STREAM, TASKS_STREAM, StreamLimits, ensure_streams
+from bus.topology import TASKS_STREAM, StreamLimits, ensure_streams
 
 pytestmark = pytest.mark.integration
 
@@ -45,17 +44,7 @@ _result = msgspec.json.Decoder(Result[Any])
 
 async def read_dlq(js: JetStreamContext) -> list[tuple[str, DeadLetter]]:
     """Every message of the DLQ stream: ``(subject, DeadLetter)``, in stream order."""
-    state = (await js.stream_info(DLQ_STREAM)).state
-    out: list[tuple[str, DeadLetter]] = []
-    if not state.messages:
-        return out
-    for seq in range(state.first_seq, state.last_seq + 1):
-        try:
-            raw = await js.get_msg(DLQ_STREAM, seq)
-        except NotFoundError:
-            continue
-        out.append((raw.subject or "", _dead_letter.decode(raw.data or b"")))
-    return out
+    return [(subject, _dead_letter.decode(data)) for subject, data in await dlq_messages(js)]
 
 
 async def wait_dlq(js: JetStreamContext, count: int, timeout_s: float = 30.0) -> list[tuple[str, DeadLetter]]:

@@ -18,11 +18,11 @@ from typing import Any
 
 import msgspec
 import pytest
+from conftest import dlq_messages
 from helpers_a import poll
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from agents import Context, Registry, Retry, agent
 from agents.config import WorkerConfig
@@ -96,15 +96,7 @@ async def worker(
 
 async def letters(js: JetStreamContext) -> list[tuple[str, DeadLetter]]:
     """``(subject, letter)`` of every dead letter, in stream order."""
-    state = (await js.stream_info(DLQ_STREAM)).state
-    out: list[tuple[str, DeadLetter]] = []
-    for seq in range(state.first_seq, state.last_seq + 1) if state.messages else ():
-        try:
-            raw = await js.get_msg(DLQ_STREAM, seq)
-        except NotFoundError:
-            continue
-        out.append((raw.subject or "", _letter.decode(raw.data or b"")))
-    return out
+    return [(subject, _letter.decode(data)) for subject, data in await dlq_messages(js)]
 
 
 async def wait_letters(
