@@ -33,7 +33,7 @@ from bus.consumer import delivery_count
 from bus.messages import HDR_MSG_ID, HDR_REPLY, HDR_UNREADABLE, DlqReason, Task, decoder_for, msg_id, now
 from bus.subjects import INVALID_TOKEN, is_task_id, shown, subject_problem
 
-__all__ = ["Admission", "Refusal", "Slot", "header_id"]
+__all__ = ["Admission", "Refusal", "Slot"]
 
 _MAX_TENANTS = 4096  # tenants whose Nats-Msg-Id prefix is kept (all of them are forgotten beyond)
 _BRACE, _BRACKET = ord("{"), ord("[")  # int needles: ``in`` is a memchr (a 1-byte bytes one is not)
@@ -127,21 +127,21 @@ class Admission:
             self._stats.redelivered += 1
         if tenant == INVALID_TOKEN or kind == INVALID_TOKEN:
             detail = subject_problem(msg.subject)
-            return Refusal(DlqReason.INVALID_SUBJECT, header_id(msg, tenant, kind), detail)
+            return Refusal(DlqReason.INVALID_SUBJECT, _header_id(msg, tenant, kind), detail)
         if attempt > self._max_deliver:  # the worker is the judge: the consumer delivers forever
             slot.attempt = attempt - 1  # the deliveries that ran
             detail = (
                 f"delivery {attempt} of at most {self._max_deliver}: the last one died with its "
                 "worker (or its fate could not be stored)"
             )
-            return Refusal(DlqReason.MAX_DELIVERIES, header_id(msg, tenant, kind), detail)
+            return Refusal(DlqReason.MAX_DELIVERIES, _header_id(msg, tenant, kind), detail)
         data = msg.data
         if len(data) > self._max_payload_bytes:
             detail = f"{len(data)} bytes > max_payload_bytes {self._max_payload_bytes}"
-            return Refusal(DlqReason.OVERSIZED, header_id(msg, tenant, kind), detail)
+            return Refusal(DlqReason.OVERSIZED, _header_id(msg, tenant, kind), detail)
         if self._tenants is not None and tenant not in self._tenants:
             detail = f"tenant {tenant!r} is not served here"
-            return Refusal(DlqReason.UNKNOWN_TENANT, header_id(msg, tenant, kind), detail)
+            return Refusal(DlqReason.UNKNOWN_TENANT, _header_id(msg, tenant, kind), detail)
         if headers := msg.headers:
             if HDR_UNREADABLE in headers:
                 detail = "the header block is not readable NATS headers"
@@ -157,26 +157,26 @@ class Admission:
             if not problem and (reply := headers.get(HDR_REPLY)):
                 problem = reply_problem(reply, self._reply_prefixes)
             if problem:
-                return Refusal(DlqReason.INVALID_ENVELOPE, header_id(msg, tenant, kind), problem)
+                return Refusal(DlqReason.INVALID_ENVELOPE, _header_id(msg, tenant, kind), problem)
         if (  # inline, no call: a normal task pays one byte count, and a memchr if it has no "["
             len(data) > 2 * MAX_NESTING + 1
             and data.count(_BRACE) + (data.count(_BRACKET) if _BRACKET in data else 0) > MAX_NESTING
             and too_deep(data)
         ):
             detail = f"JSON nests deeper than {MAX_NESTING} levels"
-            return Refusal(DlqReason.MALFORMED, header_id(msg, tenant, kind), detail)
+            return Refusal(DlqReason.MALFORMED, _header_id(msg, tenant, kind), detail)
         try:
             task: Task[Any] = self._decoder.decode(data)
         except msgspec.ValidationError as exc:
             reason = DlqReason.INVALID_PAYLOAD if "$.payload" in str(exc) else DlqReason.INVALID_ENVELOPE
-            return Refusal(reason, header_id(msg, tenant, kind), str(exc))
+            return Refusal(reason, _header_id(msg, tenant, kind), str(exc))
         except Exception as exc:  # DecodeError, RecursionError, anything: never a retry
             detail = str(exc) if isinstance(exc, msgspec.DecodeError) else f"{type(exc).__name__}: {exc}"
-            return Refusal(DlqReason.MALFORMED, header_id(msg, tenant, kind), detail)
+            return Refusal(DlqReason.MALFORMED, _header_id(msg, tenant, kind), detail)
         tid = task.id
         if not (len(tid) <= 128 and tid.isalnum() and tid.isascii()) and not is_task_id(tid):
             detail = f"id {shown(task.id)} is not 1-128 of [A-Za-z0-9_-]"
-            return Refusal(DlqReason.INVALID_ENVELOPE, header_id(msg, tenant, kind), detail)
+            return Refusal(DlqReason.INVALID_ENVELOPE, _header_id(msg, tenant, kind), detail)
         if (task.tenant is not None and task.tenant != tenant) or (
             task.kind is not None and task.kind != kind
         ):
@@ -207,6 +207,6 @@ class Admission:
         return prefix
 
 
-def header_id(msg: Msg, tenant: str, kind: str) -> str:
+def _header_id(msg: Msg, tenant: str, kind: str) -> str:
     """The task id the ``Nats-Msg-Id`` names ("" if none or refused): for a task not decoded."""
     return task_id_of(msg.headers.get(HDR_MSG_ID) if msg.headers else None, tenant, kind)
