@@ -23,6 +23,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from agents.llm.testing import ScriptedLLM
 from bus.connection import connect
 from bus.embedded import EmbeddedNats, free_port
 from bus.topology import DLQ_STREAM, ensure_streams
@@ -55,6 +56,16 @@ async def nc(nats_url: str) -> AsyncIterator[Client]:
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[ScriptedLLM]:
+    """The local OpenAI-compatible test server (scripted replies), on a free loopback port."""
+    server = await ScriptedLLM().start()
+    try:
+        yield server
+    finally:
+        await server.aclose()
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:

@@ -56,15 +56,6 @@ pytestmark = pytest.mark.integration
 CHECK = ("check_inventory", {"sku": "PROD-003", "quantity": 2})
 
 
-@pytest.fixture
-async def llm() -> AsyncIterator[s.ScriptedLLM]:
-    server = await s.ScriptedLLM().start()
-    try:
-        yield server
-    finally:
-        await server.aclose()
-
-
 def assistant(config: LLMConfig) -> AgentSpec[Any, Any]:
     return task_agent(
         kind="assistant", tools=order_tools(Inventory()), offline=OfflineBrain(order_rules), config=config

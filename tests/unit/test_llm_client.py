@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from agentbus.errors import CircuitOpenError, ModelHTTPError, ModelUnavailableError
@@ -12,15 +10,6 @@ from agents.llm import testing as s
 from agents.llm.chat import ChatRequest, Message
 
 FAST = RetryConfig(attempts=4, base_s=0.05, max_s=2.0)
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[s.ScriptedLLM]:
-    server = await s.ScriptedLLM().start()
-    try:
-        yield server
-    finally:
-        await server.aclose()
 
 
 def _client(server: s.ScriptedLLM, **changes: object) -> ChatClient:

@@ -11,7 +11,6 @@ put in a tenant's result, dead letter and stream events; what the operator needs
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -24,15 +23,6 @@ from bus.embedded import free_port
 MARKER = "SECRET-BODY-123"
 PASSWORD = "s3cr3t-PASS"
 SECRETS = ("opsuser", PASSWORD, "QKEY-777", MARKER, "sk-LIVE-KEY", "127.0.0.1")
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[s.ScriptedLLM]:
-    server = await s.ScriptedLLM().start()
-    try:
-        yield server
-    finally:
-        await server.aclose()
 
 
 def _secret_url(server: s.ScriptedLLM) -> str:
