@@ -12,7 +12,9 @@ Everything agentbus raises on purpose derives from :class:`AgentbusError`::
     │   │   └── NoStreamError    no stream listens on that subject
     │   ├── InvalidSubjectError  tenant or kind is not a valid subject token
     │   ├── UnsafeSubjectError   a subject or reply the server would close the connection for (not sent)
-    │   └── ResultTimeoutError   a waited-for result did not arrive in time; also a TimeoutError
+    │   ├── ResultTimeoutError   a waited-for result did not arrive in time; also a TimeoutError
+    │   ├── RecordNotFoundError  no stored result, audit record or dead letter by that name (or TTL passed)
+    │   └── AlreadyReplayedError a dead letter was replayed before (names the sequence)
     ├── ScalerError              the autoscaler could not read a metric or resize the pool
     │   ├── MetricError          a metric source failed (unreachable, bad query, bad answer)
     │   └── ActuatorError        reading or changing the replica count failed
@@ -62,6 +64,7 @@ from __future__ import annotations
 __all__ = [
     "ActuatorError",
     "AgentbusError",
+    "AlreadyReplayedError",
     "BudgetExceededError",
     "BusError",
     "CircuitOpenError",
@@ -79,6 +82,7 @@ __all__ = [
     "PersistenceError",
     "PublishError",
     "RateLimitedError",
+    "RecordNotFoundError",
     "Reject",
     "ResultTimeoutError",
     "Retry",
@@ -172,6 +176,18 @@ class ResultTimeoutError(BusError, TimeoutError):
         super().__init__(f"no result for task {task_id} within {timeout_s:g}s")
         self.task_id = task_id
         self.timeout_s = timeout_s
+
+
+class RecordNotFoundError(BusError):
+    """No stored record (result, audit, dead letter) of that name: never written, or expired."""
+
+
+class AlreadyReplayedError(BusError):
+    """This dead letter was replayed before; replaying it again would run the task twice."""
+
+    def __init__(self, seq: int, detail: str = "") -> None:
+        super().__init__(f"dead letter {seq} was already replayed{': ' + detail if detail else ''}")
+        self.seq = seq
 
 
 class ScalerError(AgentbusError):

@@ -51,7 +51,7 @@ from agentbus.errors import Reject, Retry
 from agentbus.logs import task_fields
 from agents._admission import Admission, Refusal, Slot
 from agents._eager import start_eager, step_eager
-from agents.api import AgentSpec, Context, Stores
+from agents.api import AgentSpec, Context, Records, Stores
 from agents.metrics import KindStats, Outcome
 from agents.tenancy import _tenant
 from bus import _client, tracing
@@ -85,6 +85,7 @@ class KindRunner:
     """Consumes one kind's durable consumer with at most ``max_inflight`` tasks at once."""
 
     stores: Stores | None = None  # the worker installs its shared state (Context.state)
+    records: Records | None = None  # and its effects ledger and KV (Context.once, Context.kv)
 
     def __init__(
         self,
@@ -306,6 +307,7 @@ class KindRunner:
             stores=self.stores,
             streaming=task.stream,
             headers=slot.msg.headers,
+            records=self.records,
         )
 
     def _handler_ended(self, slot: Slot) -> None:

@@ -18,6 +18,7 @@ the drain, so a misconfigured plugin stops the worker at start, not at its first
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from agentbus.errors import ConfigError, StateError
 from agentbus.logs import TaskLog, trace_id
+from bus.ledger import Ledger, OnceKey, TenantKV, check_key
 from bus.messages import encode
 from bus.publisher import TaskRef
 from bus.subjects import check_token, stream_subject
@@ -35,13 +37,41 @@ from bus.subjects import check_token, stream_subject
 if TYPE_CHECKING:
     from state.store import Store
 
-__all__ = ["AgentSpec", "Context", "Handler", "OnStart", "OnStop", "Services", "Stores", "agent"]
+__all__ = [
+    "AgentSpec",
+    "Context",
+    "Handler",
+    "OnStart",
+    "OnStop",
+    "Records",
+    "Services",
+    "Stores",
+    "agent",
+    "follow_up_id",
+]
 
 Stores = Callable[[str], "Store"]
 """The worker's tenant -> :class:`~state.store.Store` lookup; a Context applies it to its own tenant only."""
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+
+
+def follow_up_id(parent: str, kind: str, step: str) -> str:
+    """The id of a follow-up task: a hash of its parent's id, its kind and the step (32 hex digits),
+    the same in every attempt of the parent, so a retried handler's follow-ups deduplicate."""
+    return hashlib.blake2b(f"{parent}/{kind}/{step}".encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    """What a worker gives its tasks for effects and durable state (:mod:`bus.ledger`)."""
+
+    ledger: Ledger
+    kv: Any
+    """The ``agentbus_kv`` bucket (a nats-py ``KeyValue``); handlers see their tenant's part."""
+    lease_s: float
+    """How long a claimed step is held for a running attempt: the agent's time bound."""
 
 
 class _Submit(Protocol):
@@ -57,6 +87,8 @@ class Context:
         "_emit",
         "_headers",
         "_log",
+        "_published",
+        "_records",
         "_stores",
         "_submit",
         "attempt",
@@ -81,6 +113,7 @@ class Context:
         stores: Stores | None = None,
         streaming: bool = False,
         headers: Mapping[str, str] | None = None,
+        records: Records | None = None,
     ) -> None:
         self.tenant = tenant
         self.kind = kind
@@ -93,6 +126,8 @@ class Context:
         self._submit = submit
         self._emit = emit
         self._stores = stores
+        self._records = records
+        self._published = 0
         self.streaming = streaming
         """The publisher follows this task's stream (its envelope says ``"stream": true``);
         :meth:`stream` sends nothing otherwise, so a handler may skip building events."""
@@ -120,10 +155,51 @@ class Context:
         return self._stores(self.tenant)
 
     async def publish(
-        self, kind: str, payload: Any, *, task_id: str | None = None, deadline: float | None = None
+        self,
+        kind: str,
+        payload: Any,
+        *,
+        task_id: str | None = None,
+        deadline: float | None = None,
+        step: str | None = None,
     ) -> TaskRef:
-        """Queue a follow-up task of ``kind`` for the same tenant; returns once it is stored."""
+        """Queue a follow-up task of ``kind`` for the same tenant; returns once it is stored.
+
+        Without ``task_id`` its id is :func:`follow_up_id` of this task's id, ``kind`` and
+        ``step`` (default: the count of follow-ups this attempt published so far), so a
+        retried handler's follow-ups are dropped by JetStream's duplicate window instead of
+        queued twice (``TaskRef.duplicate``).
+        """
+        if task_id is None:
+            task_id = follow_up_id(self.task_id, kind, step if step is not None else str(self._published))
+        self._published += 1
         return await self._submit(self.tenant, kind, payload, task_id=task_id, deadline=deadline)
+
+    @property
+    def durable(self) -> bool:
+        """The worker gave this task its effects ledger and KV (:meth:`once`, :attr:`kv`)."""
+        return self._records is not None
+
+    async def once(self, step: str, run: Callable[[], Awaitable[Any]], *, type: Any = Any) -> Any:
+        """Run ``run()`` once for this task and ``step`` across retries, redeliveries and worker
+        deaths; every attempt gets the first run's value (JSON, decoded to ``type``).
+
+        The ledger is NATS KV with compare-and-set (:mod:`bus.ledger`, which says what remains of
+        the exactly-once window). Without a worker's ledger (a unit test) ``run()`` just runs.
+        """
+        check_key(step)
+        if self._records is None:
+            return msgspec.json.decode(msgspec.json.encode(await run()), type=type)
+        name = OnceKey(self.tenant, self.task_id, step)
+        lease = self._records.lease_s
+        return await self._records.ledger.once(name, run, lease_s=lease, attempt=self.attempt, type=type)
+
+    @property
+    def kv(self) -> TenantKV:
+        """This tenant's durable keys (bucket ``agentbus_kv``), with compare-and-set writes."""
+        if self._records is None:
+            raise StateError("this context has no durable KV: it was not made by a worker")
+        return TenantKV(self._records.kv, self.tenant)
 
     async def stream(self, event: Any) -> None:
         """Send a partial result to ``results.<tenant>.<task_id>.stream`` (core NATS, in order)

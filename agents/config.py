@@ -22,6 +22,7 @@ from agentbus.env import Env
 from agentbus.errors import ConfigError
 from bus.admission import DEFAULT_REPLY_PREFIXES, check_reply_prefix
 from bus.connection import NatsAuth
+from bus.records import RecordLimits
 from bus.topology import StreamLimits
 
 __all__ = [
@@ -91,6 +92,7 @@ class WorkerConfig:
     sweep_interval_s: float = 10.0
     consumer_info_interval_s: float = 5.0  # how often pending counts are read for /metrics (autoscale: 1)
     stream_limits: StreamLimits = field(default_factory=StreamLimits)
+    records: RecordLimits = field(default_factory=RecordLimits)  # results, audit, ledgers (bus.records)
     gossip: bool = True  # replicate shared state to the other workers; off: this process's state only
     gossip_preset: str = "lan"  # one of GOSSIP_PRESETS
     redis_url: str | None = None  # snapshots of shared state in Redis; None: gossip only
@@ -175,7 +177,26 @@ class WorkerConfig:
                 out["stream_limits"] = StreamLimits(replicas=replicas)
             except ValueError as exc:
                 raise ConfigError(f"AGENTBUS_STREAM_REPLICAS={replicas!r}: {exc}") from exc
+        out["records"] = _record_limits(env, replicas)
         return cls(**{k: v for k, v in out.items() if v is not None})
+
+
+def _record_limits(env: Env, replicas: int | None) -> RecordLimits | None:
+    """``AGENTBUS_RESULTS_TTL_S``, ``AGENTBUS_AUDIT_TTL_S``, ``AGENTBUS_ONCE_TTL_S`` (the chart's
+    ``results:``/``audit:`` blocks) and the stream replicas; None if none is set."""
+    ages: dict[str, Any] = {
+        "results_max_age_s": env.number("AGENTBUS_RESULTS_TTL_S"),
+        "audit_max_age_s": env.number("AGENTBUS_AUDIT_TTL_S"),
+        "once_max_age_s": env.number("AGENTBUS_ONCE_TTL_S"),
+        "replicas": replicas,
+    }
+    given = {k: v for k, v in ages.items() if v is not None}
+    if not given:
+        return None
+    try:
+        return RecordLimits(**given)
+    except ValueError as exc:
+        raise ConfigError(f"AGENTBUS_RESULTS_TTL_S/AUDIT_TTL_S/ONCE_TTL_S: {exc}") from exc
 
 
 UP_STATE_FILE = ".agentbus/up.json"

@@ -33,24 +33,27 @@ import signal
 from typing import Any
 
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from prometheus_client import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from agentbus.backoff import Backoff
-from agentbus.errors import ConfigError
+from agentbus.errors import ConfigError, RecordNotFoundError
 from agentbus.http import HealthServer
 from agents._runner import KindRunner
 from agents._shared_state import SharedState
 from agents._state_metrics import StateCollector
-from agents.api import AgentSpec, Services
+from agents.api import AgentSpec, Records, Services
 from agents.config import WorkerConfig
 from agents.lifecycle import Lifecycle, State
 from agents.metrics import StatsCollector, WorkerStats
 from agents.registry import Registry
 from bus.connection import connect, redact_url
 from bus.dlq import DeadLetterQueue
+from bus.ledger import Ledger
 from bus.publisher import Publisher
+from bus.records import KV_BUCKET, ONCE_BUCKET, bucket
 from bus.topology import TASKS_STREAM, ConsumerSpec, consumer_name, ensure_consumer, ensure_streams
 
 __all__ = ["EXIT_LOST_NATS", "Worker", "run_worker", "tune_gc"]
@@ -166,7 +169,7 @@ class Worker:
         self.stats.connected = True
         js = nc.jetstream()
         if cfg.provision:
-            await ensure_streams(js, cfg.stream_limits)
+            await ensure_streams(js, cfg.stream_limits, cfg.records)
         publisher = Publisher(nc, max_msg_bytes=cfg.stream_limits.max_msg_bytes)
         dlq = DeadLetterQueue(nc, worker=self.name)
         retry = Backoff(cfg.retry_base_s, cfg.retry_max_s)
@@ -191,6 +194,7 @@ class Worker:
             runner.stats.prefetched = lambda r=runner: r.consumer.prefetched  # type: ignore[misc]
             self.runners.append(runner)
         self.state.install(self.runners)
+        await _install_records(js, self.runners, self.name)
         await self.state.start(nc)
         for runner in self.runners:
             await runner.consumer.start()
@@ -429,3 +433,15 @@ def run_worker(config: WorkerConfig, registry: Registry) -> int:
 
     with runner:
         return runner.run(main())
+
+
+async def _install_records(js: JetStreamContext, runners: list[KindRunner], worker: str) -> None:
+    """Give every runner the effects ledger and the tenant KV (``bus.ledger``), if provisioned."""
+    try:
+        once, kv = await bucket(js, ONCE_BUCKET), await bucket(js, KV_BUCKET)
+    except RecordNotFoundError as exc:  # --no-provision against a bus without them
+        log.warning("no effects ledger: %s", exc)
+        return
+    ledger = Ledger(once, worker=worker)
+    for runner in runners:
+        runner.records = Records(ledger=ledger, kv=kv, lease_s=runner.spec.timeout_s + 1.0)

@@ -15,6 +15,8 @@ appending fields with defaults (msgspec decodes old and new messages alike).
 * :data:`StreamEvent` (token, decision, step, done) travels on
   ``results.<tenant>.<task_id>.stream`` while a task runs (``Context.stream``), when
   the task's envelope says ``"stream": true`` (``agentbus publish --wait --stream``).
+* :class:`AuditRecord` travels on ``audit.<tenant>.<task_id>`` (stream ``AUDIT``): one per
+  attempt of a task, its decisions, tool calls, tokens, worker and fate.
 * :class:`StateQuery` is a request on ``agentbus.state.query``; one worker of the
   queue group answers with a :class:`StateReport`: its replica's view of the shared
   per-tenant usage counters and of the live agents (``agentbus status``).
@@ -31,9 +33,11 @@ import msgspec
 __all__ = [
     "DLQ_MAX_DATA_BYTES",
     "HDR_MSG_ID",
+    "HDR_REPLAY_OF",
     "HDR_REPLY",
     "HDR_UNREADABLE",
     "AuditEvent",
+    "AuditRecord",
     "DeadLetter",
     "DecisionEvent",
     "DlqReason",
@@ -59,6 +63,9 @@ HDR_MSG_ID = "Nats-Msg-Id"
 """JetStream's de-duplication header; agentbus sets it to :func:`msg_id` of the task."""
 HDR_REPLY = "Agentbus-Reply"
 """Inbox the worker also sends the :class:`Result` to (JetStream uses the real reply for its ack)."""
+HDR_REPLAY_OF = "Agentbus-Replay-Of"
+"""Set on a task replayed from the dead-letter queue: ``DLQ:<sequence>`` of the dead letter
+(``agentbus dlq replay``), so the new attempt lineage says where it came from."""
 HDR_UNREADABLE = "Agentbus-Unreadable-Headers"
 """Set by the worker's NATS client on a delivered task whose header block it could not parse
 (in place of that block): the task is dead-lettered ``invalid_envelope``, not run."""
@@ -226,6 +233,27 @@ StreamEvent = TokenEvent | DecisionEvent | StepEvent | DoneEvent
 """Every event on ``results.<tenant>.<task_id>.stream`` (tagged by ``type``)."""
 AuditEvent = DecisionEvent | StepEvent
 """An entry of an LLM task's audit trail."""
+
+
+class AuditRecord(msgspec.Struct, omit_defaults=True, gc=False):
+    """One attempt of a task as stored on ``audit.<tenant>.<task_id>`` (stream ``AUDIT``)."""
+
+    task_id: str
+    tenant: str
+    kind: str
+    attempt: int
+    worker: str
+    fate: str
+    """``ok``, ``retry`` or ``rejected`` (what the attempt asked for; the DLQ has the rest)."""
+    error: str = ""
+    events: list[AuditEvent] = []
+    """The decisions and tool calls in order (the LLM task agent's audit trail)."""
+    tokens: int = 0
+    brain: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+
 stream_event_decoder: msgspec.json.Decoder[StreamEvent] = msgspec.json.Decoder(StreamEvent)
 """Decodes one stream event."""
 

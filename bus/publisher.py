@@ -8,7 +8,9 @@ one tenant's task without touching another tenant's task of the same id.
 A full stream, an oversized task or a missing stream surface as typed
 :mod:`agentbus.errors`, never as a silent drop; an ack that never comes (the server
 went away mid-publish) fails the publish after ``ack_timeout_s`` instead of hanging.
-``call`` publishes and waits for the :class:`~bus.messages.Result` on a per-publisher inbox.
+``call`` publishes and waits for the :class:`~bus.messages.Result` on a per-publisher inbox;
+``result`` reads a stored result later (stream ``RESULTS``, :mod:`bus.records`), from any
+process, whether or not it was listening when the task completed.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from agentbus.errors import (
 from bus import tracing
 from bus.connection import NatsAuth
 from bus.messages import HDR_MSG_ID, HDR_REPLY, Result, Task, encode, msg_id, now
+from bus.records import fetch_result
 from bus.subjects import check_task_id, task_subject
 
 __all__ = ["Publisher", "TaskRef", "TaskSpec", "map_publish_error", "new_task_id", "publish_sync"]
@@ -238,6 +241,17 @@ class Publisher:
             raise ResultTimeoutError(tid, timeout_s) from None
         finally:
             self._waiters.pop(tid, None)
+
+    async def result(
+        self, task_id: str, *, tenant: str = "default", timeout_s: float = 0.0, output_type: Any = None
+    ) -> Result[Any]:
+        """The stored result of ``task_id`` (within the results TTL), waiting up to ``timeout_s``
+        for one not there yet; :class:`~agentbus.errors.RecordNotFoundError` or
+        :class:`~agentbus.errors.ResultTimeoutError` if none."""
+        result = await fetch_result(self._nc, tenant, task_id, timeout_s=timeout_s)
+        if output_type is not None and result.ok:
+            result.output = msgspec.convert(result.output, output_type)
+        return result
 
     async def flush(self) -> None:
         """Wait until every outstanding publish has its JetStream ack."""

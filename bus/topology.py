@@ -38,6 +38,7 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from agentbus.errors import ConfigError
+from bus.records import RecordLimits, ensure_records
 from bus.subjects import DLQ_PREFIX, TASKS_PREFIX, check_token
 
 __all__ = [
@@ -112,8 +113,10 @@ def consumer_name(kind: str) -> str:
     return f"agents-{kind}"
 
 
-async def ensure_streams(js: JetStreamContext, limits: StreamLimits | None = None) -> None:
-    """Create or update ``TASKS`` and ``DLQ`` to the given limits (idempotent)."""
+async def ensure_streams(
+    js: JetStreamContext, limits: StreamLimits | None = None, records: RecordLimits | None = None
+) -> None:
+    """Create or update ``TASKS`` and ``DLQ`` to the given limits, and the records (``bus.records``)."""
     limits = limits or StreamLimits()
     tasks = StreamConfig(
         name=TASKS_STREAM,
@@ -146,6 +149,7 @@ async def ensure_streams(js: JetStreamContext, limits: StreamLimits | None = Non
             await js.add_stream(config)
         else:
             await js.update_stream(config)
+    await ensure_records(js, records)
 
 
 async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
