@@ -30,8 +30,9 @@ from prometheus_client.registry import Collector
 from agentbus.errors import ConfigError, StateError
 from agentbus.logs import TaskLog, trace_id
 from bus.ledger import Ledger, OnceKey, TenantKV, check_key
-from bus.messages import encode
+from bus.messages import AuditEvent, AuditRecord, encode, now
 from bus.publisher import TaskRef
+from bus.records import audit_subject
 from bus.subjects import check_token, stream_subject
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class Records:
     """The ``agentbus_kv`` bucket (a nats-py ``KeyValue``); handlers see their tenant's part."""
     lease_s: float
     """How long a claimed step is held for a running attempt: the agent's time bound."""
+    worker: str = ""
 
 
 class _Submit(Protocol):
@@ -193,6 +195,36 @@ class Context:
         name = OnceKey(self.tenant, self.task_id, step)
         lease = self._records.lease_s
         return await self._records.ledger.once(name, run, lease_s=lease, attempt=self.attempt, type=type)
+
+    async def audit(
+        self,
+        *,
+        fate: str,
+        started_at: float,
+        events: list[AuditEvent] | None = None,
+        error: str = "",
+        tokens: int = 0,
+        brain: str = "",
+    ) -> None:
+        """Store this attempt's decision record on ``audit.<tenant>.<task_id>`` (stream ``AUDIT``).
+
+        Core NATS, like results: the stream stores it without a round trip on the task path.
+        """
+        record = AuditRecord(
+            task_id=self.task_id,
+            tenant=self.tenant,
+            kind=self.kind,
+            attempt=self.attempt,
+            worker=self._records.worker if self._records is not None else "",
+            fate=fate,
+            error=error,
+            events=events or [],
+            tokens=tokens,
+            brain=brain,
+            started_at=started_at,
+            finished_at=now(),
+        )
+        await self._emit(audit_subject(self.tenant, self.task_id), encode(record))
 
     @property
     def kv(self) -> TenantKV:

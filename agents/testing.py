@@ -143,7 +143,8 @@ class AgentTester(Generic[Out]):
         events: list[Any] = []
 
         async def emit(subject: str, data: bytes) -> None:
-            events.append(msgspec.json.decode(data))
+            if subject.endswith(".stream"):  # not the audit record (ctx.audit)
+                events.append(msgspec.json.decode(data))
 
         ctx = Context(
             tenant=tenant,

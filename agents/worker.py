@@ -444,4 +444,4 @@ async def _install_records(js: JetStreamContext, runners: list[KindRunner], work
         return
     ledger = Ledger(once, worker=worker)
     for runner in runners:
-        runner.records = Records(ledger=ledger, kv=kv, lease_s=runner.spec.timeout_s + 1.0)
+        runner.records = Records(ledger=ledger, kv=kv, lease_s=runner.spec.timeout_s + 1.0, worker=worker)

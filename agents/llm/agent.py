@@ -11,7 +11,11 @@ a :class:`TaskAgent`'s method), so the worker runs it like any agent. Each turn:
 
 Every decision and step is a :data:`~bus.messages.AuditEvent`, kept in the result and,
 when the publisher follows the task (``"stream": true`` in its envelope), sent live on
-``results.<tenant>.<task_id>.stream`` with the answer's tokens. Bounds: ``max_turns``
+``results.<tenant>.<task_id>.stream`` with the answer's tokens. Each attempt's events, its
+fate and tokens are stored on ``audit.<tenant>.<task_id>`` (``Context.audit``; ``agentbus
+audit``). Each tool call runs through the effects ledger (``Context.once``, keyed by turn,
+step, tool and arguments), so a retried task resumes: the steps already done return their
+recorded outcome instead of running again. Bounds: ``max_turns``
 plans, ``max_steps`` tool calls and ``max_tool_errors`` failed calls per task; past
 one the task is rejected with the reason (DLQ ``rejected``). Model failures are
 mapped to fates: open breaker, rate limit, unavailable model -> ``Retry`` with the
@@ -21,6 +25,7 @@ delay they carry; spent budget, refused request, unusable output -> ``Reject``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from typing import Any
 
@@ -29,6 +34,7 @@ import msgspec
 from agentbus.errors import (
     LLMError,
     ModelOutputError,
+    Retry,
     TaskFate,
 )
 from agents.api import AgentSpec, Context, Services
@@ -142,19 +148,35 @@ class TaskAgent:
         """The handler: run the loop, map LLM failures to the task's fate."""
         self.setup()
         events = Events(ctx)
+        audit: list[AuditEvent] = []
+        started = now()
         try:
-            out = await self._run(ctx, task, events)
+            out = await self._run(ctx, task, events, audit)
         except (LLMError, TaskFate) as exc:
             ending = fate(exc)
             await events.send(DoneEvent(seq=events.next(), ok=False, error=str(exc), attempt=events.attempt))
+            kind = "retry" if isinstance(ending, Retry) else "rejected"
+            await self._audit(ctx, audit, started, kind, str(exc))
             if ending is exc:
                 raise
             raise ending from exc
+        except Exception as exc:  # a bug or a dropped connection: the runner retries it
+            await self._audit(ctx, audit, started, "retry", f"{type(exc).__name__}: {exc}")
+            raise
         if events.on:
             await events.send(DoneEvent(seq=events.next(), ok=True, attempt=events.attempt))
+        await self._audit(ctx, audit, started, "ok", "")
         return out
 
-    async def _run(self, ctx: Context, task: TaskIn, events: Events) -> TaskOut:
+    async def _audit(
+        self, ctx: Context, audit: list[AuditEvent], started: float, fate: str, error: str
+    ) -> None:
+        tokens = sum(e.tokens for e in audit if isinstance(e, DecisionEvent))
+        await ctx.audit(
+            fate=fate, started_at=started, events=audit, error=error, tokens=tokens, brain=self.brain.name
+        )
+
+    async def _run(self, ctx: Context, task: TaskIn, events: Events, audit: list[AuditEvent]) -> TaskOut:
         cfg, limits, brain = self.config, self.limits, self.brain
         assert cfg is not None
         assert limits is not None
@@ -163,7 +185,6 @@ class TaskAgent:
         if ctx.deadline is not None:
             deadline = min(deadline, loop.time() + ctx.deadline - now())
         run = Run(task.request, ctx.tenant, self.tools, events.token, deadline, streaming=events.on)
-        audit: list[AuditEvent] = []
         tokens = steps = errors = 0
         last_error = ""
         for turn in range(cfg.max_turns):
@@ -200,10 +221,13 @@ class TaskAgent:
                     raise ModelOutputError(
                         f"step bound: {steps} tool calls planned, max_steps is {cfg.max_steps}"
                     )
+                first = steps - len(plan.calls)
                 if len(plan.calls) == 1:  # the common case: no gather() machinery
-                    outcomes = [await self._step(ctx, plan.calls[0])]
+                    outcomes = [await self._step(ctx, plan.calls[0], turn, first)]
                 else:
-                    outcomes = await asyncio.gather(*(self._step(ctx, call) for call in plan.calls))
+                    outcomes = await asyncio.gather(
+                        *(self._step(ctx, call, turn, first + i) for i, call in enumerate(plan.calls))
+                    )
                 for index, (call, (outcome, ms)) in enumerate(zip(plan.calls, outcomes, strict=True)):
                     step = StepEvent(
                         seq=events.next(),
@@ -238,16 +262,30 @@ class TaskAgent:
                 span.update_name("answer")
             return plan
 
-    async def _step(self, ctx: Context, call: PlannedCall) -> tuple[ToolOutcome, float]:
+    async def _step(
+        self, ctx: Context, call: PlannedCall, turn: int, index: int
+    ) -> tuple[ToolOutcome, float]:
         started = time.perf_counter()
         if self._traced:
             with tracing.span("tool", tool=call.tool):
-                outcome = await self.tools.call(ctx, call.tool, call.arguments)
+                outcome = await self._call(ctx, call, turn, index)
         else:
-            outcome = await self.tools.call(ctx, call.tool, call.arguments)
+            outcome = await self._call(ctx, call, turn, index)
         key = (call.tool, outcome.ok)
         self.tool_calls[key] = self.tool_calls.get(key, 0) + 1
         return outcome, round((time.perf_counter() - started) * 1000, 3)
+
+    async def _call(self, ctx: Context, call: PlannedCall, turn: int, index: int) -> ToolOutcome:
+        """The tool call, through the effects ledger when the worker gave one: a retried task
+        gets a step it already ran back from the ledger instead of running it again."""
+        if not ctx.durable:
+            return await self.tools.call(ctx, call.tool, call.arguments)
+        digest = hashlib.blake2b(f"{call.tool}\0{call.arguments}".encode(), digest_size=8).hexdigest()
+        step = f"tool-{turn}-{index}-{digest}"
+        outcome: ToolOutcome = await ctx.once(
+            step, lambda: self.tools.call(ctx, call.tool, call.arguments), type=ToolOutcome
+        )
+        return outcome
 
 
 def task_agent(
