@@ -120,6 +120,7 @@ async def test_a_retried_llm_task_resumes_instead_of_creating_the_order_again(
     assert result.attempts == 2
     assert inventory.orders == 1  # the second attempt got the first one's order back
     assert inventory.of("acme")["PROD-001"] == 1_000_000 - 2
+    assert result.output is not None
     steps = [e for e in result.output.audit if isinstance(e, StepEvent)]
     assert [(e.tool, e.ok, e.attempt) for e in steps] == [("create_order", True, 2)]
     assert steps[0].result["order_id"] == "acme-00000001"
