@@ -1,9 +1,16 @@
 """The seed's order agent: a deterministic planner turns a request into typed tool calls.
 
 "customer U123 buys 10 of PROD-001" becomes ``check_inventory(sku, quantity)`` then
-``create_order(customer, sku, quantity)``, run against an in-memory inventory of the
-task's tenant. Every step is recorded in the result (the audit trail), the shape
-the LLM agent of a later issue keeps, with a model instead of the regex planner.
+``create_order(customer, sku, quantity)``. Every step is recorded in the result (the audit
+trail), the shape the LLM agent keeps, with a model instead of the regex planner.
+
+In a worker the stock is the tenant's key ``stock.<sku>`` in NATS KV (``ctx.kv``), shared
+by every worker: ``create_order`` takes stock with compare-and-set on the key's revision
+and refuses when too little is left, so two workers can never sell the same last unit and
+stock never goes negative. A CRDT counter (``ctx.state``) would not do: each replica
+accepts a decrement locally and merges later, so two concurrent orders of the last unit
+would both succeed. The order step runs through ``ctx.once``: a retried task does not take
+stock twice. Without a worker (unit tests) the stock is :class:`Inventory`, in memory.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from agentbus.errors import Reject
+from agentbus.errors import Reject, Retry
 from agents.api import Context, agent
 
 __all__ = ["CheckInventory", "CreateOrder", "Inventory", "OrderIn", "OrderOut", "Step", "order", "plan"]
@@ -75,7 +82,7 @@ class Inventory:
 
 
 _REQUEST = re.compile(
-    r"customer\s+(?P<customer>\w+)\s+buys\s+(?P<qty>\d+)\s+(?:x\s+|of\s+)?(?P<sku>[\w-]+)", re.I
+    r"customer\s+(?P<customer>\w+)\s+buys\s+(?P<qty>\d+)\s+(?:x\s+|of\s+)?(?P<sku>[\w-]{1,64})", re.I | re.A
 )
 
 
@@ -110,6 +117,34 @@ def _tools(inventory: Inventory, tenant: str) -> dict[str, Callable[[Any], dict[
 
 
 _INVENTORY = Inventory()
+_CAS_TRIES = 32  # lost compare-and-set races in a row before the task is retried later
+
+
+async def _stock(ctx: Context, sku: str) -> tuple[int, int]:
+    """``(units, revision)`` of the tenant's ``stock.<sku>``, created from the initial stock."""
+    key = f"stock.{sku}"
+    while (found := await ctx.kv.get(key)) is None:
+        await ctx.kv.create(key, b"%d" % _INVENTORY.initial.get(sku, 0))
+    return int(found[0]), found[1]
+
+
+async def _take(ctx: Context, args: CreateOrder) -> dict[str, Any]:
+    """Take ``quantity`` units with compare-and-set; ``{}`` if too few are left."""
+    for _ in range(_CAS_TRIES):
+        have, revision = await _stock(ctx, args.sku)
+        if have < args.quantity:
+            return {}
+        if await ctx.kv.update(f"stock.{args.sku}", b"%d" % (have - args.quantity), revision) is not None:
+            return {"order_id": f"{ctx.tenant}-{ctx.task_id}", "remaining": have - args.quantity}
+    raise Retry(f"stock of {args.sku} kept changing", delay_s=0.1)
+
+
+async def _run_durable(ctx: Context, name: str, args: Any) -> dict[str, Any]:
+    if name == "check_inventory":
+        have, _ = await _stock(ctx, args.sku)
+        return {"available": have, "enough": have >= args.quantity}
+    result: dict[str, Any] = await ctx.once("create_order", lambda: _take(ctx, args))
+    return result
 
 
 @agent(kind="order", input=OrderIn, output=OrderOut, max_inflight=64, timeout_s=10)
@@ -118,8 +153,10 @@ async def order(ctx: Context, task: OrderIn) -> OrderOut:
     tools = _tools(_INVENTORY, ctx.tenant)
     steps: list[Step] = []
     for name, args in plan(task.request):
-        result = tools[name](args)
+        result = await _run_durable(ctx, name, args) if ctx.durable else tools[name](args)
         steps.append(Step(tool=name, args=msgspec.structs.asdict(args), result=result))
+        if name == "create_order" and not result:  # sold out between the check and the order
+            return OrderOut(status="insufficient_stock", order_id=None, steps=steps)
         if name == "check_inventory" and not result["enough"]:
             return OrderOut(status="insufficient_stock", order_id=None, steps=steps)
     return OrderOut(status="created", order_id=steps[-1].result["order_id"], steps=steps)
