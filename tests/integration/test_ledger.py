@@ -127,19 +127,21 @@ async def test_a_retried_handlers_follow_ups_are_stored_once(nc: Client, nats_ur
     attempts: Counter[str] = Counter()
     children: Counter[str] = Counter()
 
-    async def parent(ctx: Context, task: ParentIn) -> None:
+    async def parent(ctx: Context, task: ParentIn) -> ParentIn:
         attempts[ctx.task_id] += 1
         await ctx.publish("child", {"text": task.text})
         await ctx.publish("child", {"text": task.text + "!"})
         if ctx.attempt == 1:
             raise RuntimeError("fails after queueing its follow-ups")
+        return task
 
-    async def child(ctx: Context, task: ParentIn) -> None:
+    async def child(ctx: Context, task: ParentIn) -> ParentIn:
         children[ctx.task_id] += 1
+        return task
 
     specs = [
-        agent(kind="parent", input=ParentIn, timeout_s=10)(parent),
-        agent(kind="child", input=ParentIn, timeout_s=10)(child),
+        agent(kind="parent", input=ParentIn, output=ParentIn, timeout_s=10)(parent),
+        agent(kind="child", input=ParentIn, output=ParentIn, timeout_s=10)(child),
     ]
     cfg = WorkerConfig(nats_url=nats_url, http_port=-1, retry_base_s=0.05, retry_max_s=0.1)
     worker = Worker(cfg, Registry(specs))
