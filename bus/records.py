@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
@@ -156,7 +157,10 @@ async def bucket(js: JetStreamContext, name: str) -> KeyValue:
 
 async def _last(nc: Client, stream: str, subject: str, timeout_s: float = 5.0) -> bytes | None:
     """The newest message on ``subject`` by the subject-appended direct get (None if none)."""
-    msg = await nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout_s)
+    try:
+        msg = await nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout_s)
+    except NoRespondersError:
+        raise RecordNotFoundError(f"no stream {stream} (run a worker to provision it)") from None
     status = msg.headers.get("Status") if msg.headers else None
     if status == "404" or (status and not msg.data):
         return None
@@ -173,7 +177,7 @@ async def fetch_result(nc: Client, tenant: str, task_id: str, *, timeout_s: floa
         data = await _last(nc, RESULTS_STREAM, subject)
         if data is None:
             raise RecordNotFoundError(f"no stored result for task {task_id} of tenant {tenant}")
-        return _result_decoder.decode(data)
+        return _checked(data, tenant, task_id)
     arrived: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
     async def on_msg(msg: Any) -> None:
@@ -188,9 +192,21 @@ async def fetch_result(nc: Client, tenant: str, task_id: str, *, timeout_s: floa
                 data = await asyncio.wait_for(arrived, timeout_s)
             except TimeoutError:
                 raise ResultTimeoutError(task_id, timeout_s) from None
-        return _result_decoder.decode(data)
+        return _checked(data, tenant, task_id)
     finally:
         await sub.unsubscribe()
+
+
+def _checked(data: bytes, tenant: str, task_id: str) -> Result[Any]:
+    """The stored bytes as the result of ``task_id`` of ``tenant``; anything else is refused
+    (only workers may publish on ``results.>``, but the reader does not rely on it)."""
+    try:
+        result = _result_decoder.decode(data)
+    except msgspec.DecodeError:
+        raise RecordNotFoundError(f"the stored result of task {task_id} is not a result") from None
+    if result.task_id != task_id or result.tenant != tenant:
+        raise RecordNotFoundError(f"the stored result of task {task_id} names another task or tenant")
+    return result
 
 
 async def audit_records(js: JetStreamContext, tenant: str, task_id: str) -> list[AuditRecord]:

@@ -91,3 +91,19 @@ async def test_stream_partials_and_hostile_names_stay_out_of_the_store(nc: Clien
     await nc.flush()
     assert (await pub.result("same", tenant="acme")).ok
     assert (await js.stream_info(RESULTS_STREAM)).state.messages == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b'{"task_id":"forged","tenant":"acme","kind":"echo","ok":true}',  # another task's
+        b'{"task_id":"x1","tenant":"beta","kind":"echo","ok":true}',  # another tenant's
+        b'{"task_id":"x1","tenant":"acme"}',  # fields missing
+    ],
+)
+async def test_a_forged_or_junk_stored_result_is_refused(nc: Client, body: bytes) -> None:
+    await nc.publish("results.acme.x1", body)
+    await nc.flush()
+    with pytest.raises(RecordNotFoundError):
+        await Publisher(nc).result("x1", tenant="acme")
