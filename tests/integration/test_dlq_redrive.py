@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -15,6 +17,7 @@ from conftest import ROOT
 from helpers_a import dead_letters, poll
 from nats.aio.client import Client
 
+from agentbus.cli import main
 from agentbus.errors import AlreadyReplayedError, InvalidSubjectError, RecordNotFoundError
 from agents import Context, Registry, agent
 from agents.config import WorkerConfig
@@ -39,7 +42,8 @@ class Out(msgspec.Struct):
     n: str
 
 
-def _cli(nats_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _console(nats_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``agentbus dlq ...`` as a user runs it: the console script in a process of its own."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "agentbus", "dlq", *args, "--nats-url", nats_url],
@@ -49,6 +53,18 @@ def _cli(nats_url: str, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def _main(nats_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The same command line through ``agentbus.cli.main`` in this process (a thread: its own loop)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["dlq", *args, "--nats-url", nats_url])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), "")
+
+
+async def _cli(nats_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(_main, nats_url, *args)
 
 
 async def test_replay_after_the_fix_runs_once_and_a_second_replay_is_refused(
@@ -82,25 +98,27 @@ async def test_replay_after_the_fix_runs_once_and_a_second_replay_is_refused(
     assert not failed.ok
     assert (failed.error or "").startswith("invalid_payload")
 
-    listed = _cli(nats_url, "ls", "--reason", "invalid_payload", "--tenant", "acme")
+    listed = await asyncio.to_thread(
+        _console, nats_url, "ls", "--reason", "invalid_payload", "--tenant", "acme"
+    )
     assert listed.returncode == 0, listed.stderr
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [(r["tenant"], r["task_id"], r["reason"]) for r in rows] == [
         ("acme", ref.task_id, "invalid_payload")
     ]
     seq = rows[0]["seq"]
-    assert _cli(nats_url, "ls", "--reason", "rejected").stdout == ""
-    assert _cli(nats_url, "ls", "--older-than-s", "3600").stdout == ""
-    shown = json.loads(_cli(nats_url, "show", str(seq)).stdout)
+    assert (await _cli(nats_url, "ls", "--reason", "rejected")).stdout == ""
+    assert (await _cli(nats_url, "ls", "--older-than-s", "3600")).stdout == ""
+    shown = json.loads((await _cli(nats_url, "show", str(seq))).stdout)
     assert json.loads(shown["data"])["payload"] == {"n": "seven"}
 
     worker = Worker(cfg.with_(worker_id="w-fixed"), Registry([fixed]))
     await worker.start()
     try:
-        first = _cli(nats_url, "replay", str(seq))
+        first = await asyncio.to_thread(_console, nats_url, "replay", str(seq))
         assert first.returncode == 0, first.stderr
         await poll(lambda: runs[ref.task_id] == 1, timeout_s=20, what="the replayed task to run")
-        second = await asyncio.to_thread(_cli, nats_url, "replay", str(seq))
+        second = await _cli(nats_url, "replay", str(seq))
         assert second.returncode == 1
         assert "AlreadyReplayedError" in second.stdout
         with pytest.raises(AlreadyReplayedError):
