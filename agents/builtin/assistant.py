@@ -38,7 +38,7 @@ class Placed(msgspec.Struct):
 def order_tools(inventory: Inventory) -> Toolbox:
     """``check_inventory`` and ``create_order`` over ``inventory`` (per tenant)."""
 
-    @tool
+    @tool(effect=False)
     def check_inventory(ctx: Context, args: CheckInventory) -> Stock:
         """How many units of a SKU the tenant has in stock, and whether that covers the quantity."""
         have = inventory.of(ctx.tenant).get(args.sku, 0)

@@ -13,9 +13,9 @@ Every decision and step is a :data:`~bus.messages.AuditEvent`, kept in the resul
 when the publisher follows the task (``"stream": true`` in its envelope), sent live on
 ``results.<tenant>.<task_id>.stream`` with the answer's tokens. Each attempt's events, its
 fate and tokens are stored on ``audit.<tenant>.<task_id>`` (``Context.audit``; ``agentbus
-audit``). Each tool call runs through the effects ledger (``Context.once``, keyed by turn,
-step, tool and arguments), so a retried task resumes: the steps already done return their
-recorded outcome instead of running again. Bounds: ``max_turns``
+audit``). Each call of a tool with an effect (``Tool.effect``, the default) runs through the
+effects ledger (``Context.once``, keyed by turn, step, tool and arguments), so a retried task
+resumes: the steps already done return their recorded outcome instead of running again. Bounds: ``max_turns``
 plans, ``max_steps`` tool calls and ``max_tool_errors`` failed calls per task; past
 one the task is rejected with the reason (DLQ ``rejected``). Model failures are
 mapped to fates: open breaker, rate limit, unavailable model -> ``Retry`` with the
@@ -278,7 +278,7 @@ class TaskAgent:
     async def _call(self, ctx: Context, call: PlannedCall, turn: int, index: int) -> ToolOutcome:
         """The tool call, through the effects ledger when the worker gave one: a retried task
         gets a step it already ran back from the ledger instead of running it again."""
-        if not ctx.durable:
+        if not (ctx.durable and self.tools.has_effect(call.tool)):  # a read may run again
             return await self.tools.call(ctx, call.tool, call.arguments)
         digest = hashlib.blake2b(f"{call.tool}\0{call.arguments}".encode(), digest_size=8).hexdigest()
         step = f"tool-{turn}-{index}-{digest}"

@@ -51,9 +51,11 @@ class ToolOutcome:
 class Tool:
     """A named, described, typed function the model may call."""
 
-    __slots__ = ("_decoder", "args_type", "description", "fn", "is_async", "name", "schema")
+    __slots__ = ("_decoder", "args_type", "description", "effect", "fn", "is_async", "name", "schema")
 
-    def __init__(self, fn: ToolFn, *, name: str | None = None, description: str | None = None) -> None:
+    def __init__(
+        self, fn: ToolFn, *, name: str | None = None, description: str | None = None, effect: bool = True
+    ) -> None:
         hints = typing.get_type_hints(fn)
         params = list(inspect.signature(fn).parameters)
         if len(params) != 2:
@@ -70,6 +72,9 @@ class Tool:
         self.is_async = inspect.iscoroutinefunction(fn)
         self.schema = _inline_schema(args_type)
         self._decoder = msgspec.json.Decoder(args_type)
+        self.effect = effect
+        """The tool changes something: a retried task gets its recorded outcome back instead of
+        running it again (``Context.once``). ``effect=False`` for reads that may simply run again."""
 
     def spec(self) -> ToolSpec:
         """How the model sees the tool."""
@@ -95,22 +100,26 @@ class Tool:
 
 
 @typing.overload
-def tool(fn: ToolFn, *, name: str | None = None, description: str | None = None) -> Tool: ...
+def tool(
+    fn: ToolFn, *, name: str | None = None, description: str | None = None, effect: bool = True
+) -> Tool: ...
 
 
 @typing.overload
 def tool(
-    fn: None = None, *, name: str | None = None, description: str | None = None
+    fn: None = None, *, name: str | None = None, description: str | None = None, effect: bool = True
 ) -> Callable[[ToolFn], Tool]: ...
 
 
 def tool(
-    fn: ToolFn | None = None, *, name: str | None = None, description: str | None = None
+    fn: ToolFn | None = None, *, name: str | None = None, description: str | None = None, effect: bool = True
 ) -> Tool | Callable[[ToolFn], Tool]:
-    """Make a :class:`Tool` of ``fn(ctx, args: Struct)``; usable bare or with arguments."""
+    """Make a :class:`Tool` of ``fn(ctx, args: Struct)``; usable bare or with arguments.
+
+    ``effect=False`` marks a read-only tool: it is not recorded in the effects ledger."""
     if fn is None:
-        return lambda f: Tool(f, name=name, description=description)
-    return Tool(fn, name=name, description=description)
+        return lambda f: Tool(f, name=name, description=description, effect=effect)
+    return Tool(fn, name=name, description=description, effect=effect)
 
 
 class Toolbox:
@@ -133,6 +142,11 @@ class Toolbox:
 
     def __contains__(self, name: object) -> bool:
         return name in self._tools
+
+    def has_effect(self, name: str) -> bool:
+        """Whether tool ``name`` exists and changes something (see :attr:`Tool.effect`)."""
+        found = self._tools.get(name)
+        return found is not None and found.effect
 
     def __len__(self) -> int:
         return len(self._tools)
