@@ -131,6 +131,8 @@ class Redrive:
             raise PublishError(f"dead letter {seq} keeps only the start of its task: it cannot be replayed")
         if letter.tenant == INVALID_TOKEN or not letter.data:
             raise PublishError(f"dead letter {seq} has no task subject or bytes to replay")
+        if stored.subject != f"{DLQ_PREFIX}.{letter.tenant}.{letter.kind}":  # not a worker's letter
+            raise PublishError(f"dead letter {seq} names another tenant or kind than its subject")
         subject = task_subject(letter.tenant, letter.kind)
         markers = await bucket(self._js, REDRIVE_BUCKET)
         marker = f"dlq-{seq}"
