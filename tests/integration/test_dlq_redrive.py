@@ -18,7 +18,7 @@ from helpers_a import dead_letters, poll
 from nats.aio.client import Client
 
 from agentbus.cli import main
-from agentbus.errors import AlreadyReplayedError, InvalidSubjectError, RecordNotFoundError
+from agentbus.errors import AlreadyReplayedError, InvalidSubjectError, PublishError, RecordNotFoundError
 from agents import Context, Registry, agent
 from agents.config import WorkerConfig
 from agents.worker import Worker
@@ -161,3 +161,16 @@ async def test_purge_by_filters_and_hostile_filters(nc: Client) -> None:
         with pytest.raises(InvalidSubjectError):
             DlqFilter(tenant=bad)
     assert await redrive.purge(DlqFilter(tenant="acme")) == 2  # the letter and the junk
+
+
+async def test_a_letter_forged_onto_another_tenants_subject_is_not_replayed(nc: Client) -> None:
+    from bus.messages import DeadLetter, DlqReason, encode
+
+    forged = DeadLetter(
+        reason=DlqReason.REJECTED, detail="x", tenant="beta", kind="k", task_id="t", data=b"{}"
+    )
+    ack = await nc.jetstream().publish("dlq.acme.k", encode(forged))
+    with pytest.raises(PublishError, match="another tenant"):
+        await Redrive(nc).replay(ack.seq)
+    info = await nc.jetstream().stream_info("TASKS")
+    assert info.state.messages == 0

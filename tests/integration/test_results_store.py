@@ -8,6 +8,9 @@ below its TTL, so the delay only shows that nothing expires the result early).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import json
 import os
 
 import pytest
@@ -107,3 +110,26 @@ async def test_a_forged_or_junk_stored_result_is_refused(nc: Client, body: bytes
     await nc.flush()
     with pytest.raises(RecordNotFoundError):
         await Publisher(nc).result("x1", tenant="acme")
+
+
+async def test_agentbus_result_prints_the_stored_result_or_fails(nc: Client, nats_url: str) -> None:
+    from agentbus.cli import main
+
+    await nc.publish(
+        "results.acme.c1", b'{"task_id":"c1","tenant":"acme","kind":"echo","ok":true,"output":1}'
+    )
+    await nc.flush()
+
+    def run(*args: str) -> tuple[int, str]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = main(["result", *args, "--nats-url", nats_url])
+        return code, out.getvalue()
+
+    code, out = await asyncio.to_thread(run, "c1", "--tenant", "acme")
+    assert code == 0
+    assert json.loads(out)["output"] == 1
+    code, out = await asyncio.to_thread(run, "c1", "--tenant", "beta")
+    assert (code, out) == (1, "")
+    code, _ = await asyncio.to_thread(run, "c2", "--tenant", "acme", "--wait", "--timeout-s", "0.3")
+    assert code == 1
