@@ -61,6 +61,7 @@ from bus.dlq import DeadLetterQueue
 from bus.messages import (
     DLQ_MAX_DATA_BYTES,
     HDR_REPLY,
+    AuditRecord,
     DeadLetter,
     DlqReason,
     Result,
@@ -69,6 +70,7 @@ from bus.messages import (
     now,
 )
 from bus.publisher import Publisher
+from bus.records import audit_subject
 from bus.subjects import INVALID_TOKEN, is_task_id, result_subject, split_task_subject
 from bus.topology import TASKS_STREAM, consumer_name
 
@@ -86,6 +88,7 @@ class KindRunner:
 
     stores: Stores | None = None  # the worker installs its shared state (Context.state)
     records: Records | None = None  # and its effects ledger and KV (Context.once, Context.kv)
+    audit_tasks: bool = False  # a minimal audit record per attempt (AGENTBUS_AUDIT_TASKS, opt-in)
 
     def __init__(
         self,
@@ -193,7 +196,12 @@ class KindRunner:
         :meth:`_settle` does then, without its coroutines, if the ack can be queued at once
         (``PullConsumer.ack_next_now``); False, and nothing done, otherwise."""
         msg = slot.msg
-        if self._traced or self._publish_results or (msg.headers and msg.headers.get(HDR_REPLY)):
+        if (
+            self._traced
+            or self._publish_results
+            or self.audit_tasks
+            or (msg.headers and msg.headers.get(HDR_REPLY))
+        ):
             return False
         if not slot.context.run(self.consumer.ack_next_now, msg):
             return False
@@ -385,6 +393,8 @@ class KindRunner:
             slot.released = True  # ack_next frees the slot and may pull in the same message
             await self.consumer.ack_next(msg)
         self.stats.tasks[(tenant, Outcome.OK)] += 1
+        if self.audit_tasks:
+            await self._audit(tenant, task.id, attempt, "ok", "")
         return None
 
     async def _send_output(self, slot: Slot, output: Any) -> None:
@@ -439,6 +449,8 @@ class KindRunner:
             )
         await self._ack(self._nc, msg, AckKind.nak(delay))
         self.stats.tasks[(tenant, Outcome.RETRIED)] += 1
+        if self.audit_tasks:
+            await self._audit(tenant, task.id, attempt, "retry", reason)
         return None
 
     async def _dead_letter(
@@ -494,6 +506,22 @@ class KindRunner:
             if reply and reply_problem(reply, self._reply_prefixes):
                 reply = None  # a task refused before (or for) its reply was checked
             await self._send_result(tenant, task_id, failed, reply)
+            if self.audit_tasks:
+                await self._audit(tenant, task_id, attempt, f"dead_letter:{reason}", detail)
+
+    async def _audit(self, tenant: str, task_id: str, attempt: int, fate: str, error: str) -> None:
+        """The minimal record of a generic task's attempt on ``audit.<tenant>.<task_id>`` (opt-in)."""
+        record = AuditRecord(
+            task_id=task_id,
+            tenant=tenant,
+            kind=self.kind,
+            attempt=attempt,
+            worker=self._worker,
+            fate=fate,
+            error=error,
+            finished_at=now(),
+        )
+        await _client.publish(self._nc, audit_subject(tenant, task_id), encode(record))
 
     async def _hand_back(self, msg: Msg) -> None:
         """Nak without delay so another replica takes the task at once (drain)."""

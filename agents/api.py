@@ -292,6 +292,9 @@ class AgentSpec(Generic[In, Out]):
     """Read configuration, open clients, take services; before readiness (a ConfigError stops the worker)."""
     on_stop: OnStop | None = None
     """Close what ``on_start`` opened; after the last handler finished."""
+    audits: bool = False
+    """The agent stores its own audit record per attempt (``Context.audit``): the worker's
+    minimal one (``AGENTBUS_AUDIT_TASKS``) is not written for it."""
 
     def __post_init__(self) -> None:
         check_token("kind", self.kind)

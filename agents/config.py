@@ -93,6 +93,9 @@ class WorkerConfig:
     consumer_info_interval_s: float = 5.0  # how often pending counts are read for /metrics (autoscale: 1)
     stream_limits: StreamLimits = field(default_factory=StreamLimits)
     records: RecordLimits = field(default_factory=RecordLimits)  # results, audit, ledgers (bus.records)
+    # a minimal audit record (fate, attempt, worker) per attempt of every generic task; off by
+    # default: one more publish per task (docs/records.md has its measured cost)
+    audit_tasks: bool = False
     gossip: bool = True  # replicate shared state to the other workers; off: this process's state only
     gossip_preset: str = "lan"  # one of GOSSIP_PRESETS
     redis_url: str | None = None  # snapshots of shared state in Redis; None: gossip only
@@ -166,6 +169,7 @@ class WorkerConfig:
             "kinds": env.items("AGENTBUS_KINDS"),
             "redis_url": env.text("AGENTBUS_REDIS_URL") or None,
             "gossip": env.flag("AGENTBUS_GOSSIP"),
+            "audit_tasks": env.flag("AGENTBUS_AUDIT_TASKS"),
             "nats_fast_path": env.flag("AGENTBUS_NATS_FAST_PATH"),
             "reply_prefixes": env.items("AGENTBUS_REPLY_PREFIXES"),  # set but empty: no reply is allowed
         }

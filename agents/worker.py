@@ -195,6 +195,8 @@ class Worker:
             self.runners.append(runner)
         self.state.install(self.runners)
         await _install_records(js, self.runners, self.name)
+        for runner in self.runners:
+            runner.audit_tasks = cfg.audit_tasks and not runner.spec.audits
         await self.state.start(nc)
         for runner in self.runners:
             await runner.consumer.start()

@@ -106,6 +106,7 @@ class TaskAgent:
             collector=LLMCollector(kind, self.stats),
             on_start=self.on_start,
             on_stop=self.aclose,
+            audits=True,
         )
 
     async def on_start(self, services: Services) -> None:
