@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="tasks per throughput repetition (default 200000, quick 20000)")
     p.add_argument("--reps", type=int, help="throughput repetitions per side (default 3, quick 2)")
     p.add_argument("--max-inflight", type=int, help="agentbus slots in the throughput suite (default 1024)")
+    p.add_argument(
+        "--audit-tasks",
+        action="store_true",
+        default=None,
+        help="throughput suite: agentbus writes a minimal audit record per task (its cost)",
+    )
     p.add_argument("--raw-batch", type=int, help="fetch batch of the raw nats-py anchor (default 500)")
     p.add_argument("--io-n", type=int, help="tasks per I/O-bound repetition (default 100000, quick 20000)")
     p.add_argument("--rate", type=float, help="tasks/s of the latency suite (default 2000)")
@@ -109,7 +115,13 @@ def options_from_args(args: argparse.Namespace) -> Any:
         nats_url=args.nats_url,
         throughput=replace(
             base.throughput,
-            **given(n=args.n, reps=args.reps, max_inflight=args.max_inflight, raw_batch=args.raw_batch),
+            **given(
+                n=args.n,
+                reps=args.reps,
+                max_inflight=args.max_inflight,
+                raw_batch=args.raw_batch,
+                audit_tasks=args.audit_tasks,
+            ),
         ),
         io=replace(base.io, **given(n=args.io_n)),
         latency=replace(base.latency, **given(rate=args.rate, duration_s=args.latency_s)),

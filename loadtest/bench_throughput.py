@@ -47,6 +47,7 @@ class ThroughputParams:
     reps: int = 3  # per side; medians are reported
     raw_batch: int = 500  # the anchors' fastest fetch batch: the hardest anchor to match
     max_inflight: int = 1024  # agentbus slots: four 256-message pull requests in flight (256-1024 tried)
+    audit_tasks: bool = False  # agentbus writes a minimal audit record per task (AGENTBUS_AUDIT_TASKS)
 
 
 async def raw_child(p: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +90,7 @@ async def agentbus_child(p: dict[str, Any]) -> dict[str, Any]:
     async def noop(ctx: Context, task: BenchIn) -> None:
         countdown.hit()
 
-    worker = bench_worker(p["url"], noop)
+    worker = bench_worker(p["url"], noop, audit_tasks=bool(p.get("audit_tasks")))
     observer = await nats.connect(p["url"])
     cpu0, t0 = time.process_time(), time.perf_counter()
     await worker.start()
@@ -138,6 +139,7 @@ async def run_throughput(
                 "n": params.n,
                 "batch": params.raw_batch,
                 "max_inflight": params.max_inflight,
+                "audit_tasks": params.audit_tasks,
             },
         )
         result = await child.result(timeout_s=180)
@@ -167,4 +169,5 @@ async def run_throughput(
         "reps": params.reps,
         "raw_batch": params.raw_batch,
         "max_inflight": params.max_inflight,
+        "audit_tasks": params.audit_tasks,
     }
