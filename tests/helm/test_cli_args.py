@@ -108,6 +108,10 @@ def test_worker_args_and_env_make_the_intended_config(
         grace_s = obj["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         assert config.drain_timeout_s + 15 <= grace_s
         assert config.stream_limits.replicas == 3  # R3: the chart's NATS cluster
+        assert config.records.replicas == 3  # results, audit and the ledgers too
+        assert config.records.results_max_age_s == 86400  # the chart's results: / audit: blocks
+        assert config.records.audit_max_age_s == 2592000
+        assert config.audit_tasks is False
         assert config.worker_id == "pod-0"
         assert config.nats_url in (SECRET_URL, "nats://nats.nats.svc:4222")
         assert config.provision is True
