@@ -1,6 +1,6 @@
 """Stored results (stream ``RESULTS``): a publisher that never listened gets its result later.
 
-``RESULT_DELAY_S`` (default 3) is how long after completion the result is asked for; set
+``RESULT_DELAY_S`` (default 2) is how long after completion the result is asked for; set
 ``RECORDS_RESULT_DELAY_S=10`` to run the issue's 10 s (the store has no clock of its own
 below its TTL, so the delay only shows that nothing expires the result early).
 """
@@ -29,7 +29,7 @@ from bus.subjects import stream_subject
 
 pytestmark = pytest.mark.integration
 
-RESULT_DELAY_S = float(os.environ.get("RECORDS_RESULT_DELAY_S", "3"))
+RESULT_DELAY_S = float(os.environ.get("RECORDS_RESULT_DELAY_S", "2"))
 
 
 async def test_result_fetched_later_by_a_publisher_that_never_subscribed(nc: Client, nats_url: str) -> None:

@@ -24,7 +24,7 @@ _result_like = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     st.one_of(st.binary(max_size=200), _json.map(msgspec.json.encode), _result_like.map(msgspec.json.encode))
 )
@@ -42,14 +42,14 @@ _letter_like = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.one_of(st.binary(max_size=200), _letter_like.map(msgspec.json.encode)))
 def test_a_stored_dead_letter_decodes_or_is_skipped(data: bytes) -> None:
     stored = _stored(7, "dlq.acme.k", data, 0.0)
     assert stored is None or stored.seq == 7
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.text(max_size=70), st.text(max_size=70))
 def test_a_dlq_filter_never_widens_beyond_one_tenant_and_kind(tenant: str, kind: str) -> None:
     try:
