@@ -145,6 +145,16 @@ async def ensure_records(js: JetStreamContext, limits: RecordLimits | None = Non
                 bucket=name, history=1, ttl=ttl or None, replicas=limits.replicas, direct=True
             )
             await js.create_key_value(config)
+        else:  # a bucket made with other replicas or TTL (R1 by `agentbus up`, R3 in a cluster)
+            await _align(js, f"KV_{name}", limits.replicas, ttl)
+
+
+async def _align(js: JetStreamContext, stream: str, replicas: int, max_age_s: float) -> None:
+    config = (await js.stream_info(stream)).config
+    if config.num_replicas != replicas or (config.max_age or 0.0) != max_age_s:
+        config.num_replicas = replicas
+        config.max_age = max_age_s
+        await js.update_stream(config)
 
 
 async def bucket(js: JetStreamContext, name: str) -> KeyValue:

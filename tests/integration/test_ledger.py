@@ -156,3 +156,12 @@ async def test_a_retried_handlers_follow_ups_are_stored_once(nc: Client, nats_ur
     assert set(children) == {follow_up_id("p1", "child", "0"), follow_up_id("p1", "child", "1")}
     assert set(children.values()) == {1}
     assert info.state.messages == 0
+
+
+async def test_ensure_records_moves_buckets_to_the_configured_ttl(nc: Client) -> None:
+    from bus.records import RecordLimits, ensure_records
+
+    js = nc.jetstream()
+    await ensure_records(js, RecordLimits(once_max_age_s=3600))
+    assert (await js.stream_info(f"KV_{ONCE_BUCKET}")).config.max_age == 3600
+    assert (await js.stream_info(f"KV_{KV_BUCKET}")).config.max_age in (0, None)  # kept for good
