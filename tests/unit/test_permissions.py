@@ -62,7 +62,7 @@ def test_no_tenant_may_touch_another_tenants_subjects(a: str, b: str, rest: str)
         return
     p = permissions(tenant(a), [a, b])
     others = (f"tasks.{b}.{rest}", f"results.{b}.{rest}", f"_INBOX_{b}.{rest}")
-    internal = (
+    internal: tuple[str, ...] = (
         f"$JS.API.{rest}",
         f"$JS.ACK.{rest}",
         f"$JS.EVENT.{rest}",
