@@ -313,3 +313,36 @@ def test_add_tenant_reloads_the_server_and_the_same_workers_serve_it(cluster: Cl
     assert done.returncode == 0, done.stderr + cluster.log()
     assert json.loads(done.stdout)["output"]["text"] == "new"
     assert _start_times(cluster) == before  # no worker restarted
+
+
+_LOCUST_USER = """
+import json, sys
+from argparse import Namespace
+import locust  # monkey-patches the process with gevent, as the locustfile's import does
+from locust.env import Environment
+from loadtest.locust_nats import NatsBridge
+
+env = Environment(parsed_options=Namespace(tenant="acme"))
+seen = []
+env.events.request.add_listener(
+    lambda **kw: seen.append([kw["request_type"], kw["name"], repr(kw["exception"]) if kw["exception"] else None])
+)
+bridge = NatsBridge(env)
+bridge.start(sys.argv[1])
+bridge.submit("globex", "echo", {"text": "a"})  # a scenario's draw: --tenant makes it acme's
+bridge.call("noisy", "echo", {"text": "b"}, result_timeout_s=20)
+bridge.close()
+print(json.dumps(seen))
+"""
+
+
+def test_a_locust_user_publishes_and_calls_with_a_tenant_credential(cluster: Cluster) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _LOCUST_USER, cluster.url],
+        env=_env(**_settings(cluster.auth, "acme")), capture_output=True, text=True, timeout=90, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == [
+        ["submit", "acme/echo", None],
+        ["call", "acme/echo", None],
+    ]
