@@ -324,9 +324,9 @@ from loadtest.locust_nats import NatsBridge
 
 env = Environment(parsed_options=Namespace(tenant="acme"))
 seen = []
-env.events.request.add_listener(
-    lambda **kw: seen.append([kw["request_type"], kw["name"], repr(kw["exception"]) if kw["exception"] else None])
-)
+def record(request_type, name, exception, **_):
+    seen.append([request_type, name, repr(exception) if exception else None])
+env.events.request.add_listener(record)
 bridge = NatsBridge(env)
 bridge.start(sys.argv[1])
 bridge.submit("globex", "echo", {"text": "a"})  # a scenario's draw: --tenant makes it acme's
