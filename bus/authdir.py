@@ -2,6 +2,7 @@
 
     DIR/                 mode 0700
       auth.conf          the ``authorization`` block (bus/permissions.py); public keys only
+      nats-values.yaml   the same for the official NATS Helm chart (``helm ... -f`` it)
       identities.json    name, role and public key of every identity (what auth.conf is made from)
       <name>.nk          one NKEY user seed per identity (worker, scaler, operator, each tenant)
       <name>.env         its settings: AGENTBUS_NATS_NKEY_SEED, AGENTBUS_NATS_INBOX_PREFIX, ...
@@ -65,6 +66,7 @@ class AuthDir:
         self.config_file = self.path / "auth.conf"
         self.cluster_key_file = self.path / "cluster.key"
         self.pid_file = self.path / "nats-server.pid"
+        self.nats_values_file = self.path / "nats-values.yaml"
         self._manifest = self.path / "identities.json"
 
     def seed_file(self, name: str) -> Path:
@@ -174,7 +176,21 @@ class AuthDir:
         for identity in identities:
             lines = (f"{k}={shlex.quote(v)}\n" for k, v in self.environment(identity.name).items())
             _write(self.env_file(identity.name), "".join(lines))
-        _write(self.config_file, render_config(identities))
+        config = render_config(identities)
+        _write(self.config_file, config)
+        _write(self.nats_values_file, _nats_chart_values(config))
+
+
+def _nats_chart_values(config: str) -> str:
+    """Values for the official NATS chart (1.x): ``auth.conf`` in its ConfigMap, included by its
+    config; the chart's config reloader reloads the servers when the ConfigMap changes."""
+    body = "".join(f"        {line}\n" if line else "\n" for line in config.splitlines())
+    return (
+        "# Written by `agentbus auth`: give it to the official NATS chart beside your own values,\n"
+        "#   helm upgrade --install nats nats/nats -f your-values.yaml -f nats-values.yaml\n"
+        "config:\n  merge:\n    $include: auth.conf\n"
+        f"configMap:\n  merge:\n    data:\n      auth.conf: |\n{body}"
+    )
 
 
 def _write(path: Path, text: str) -> None:

@@ -13,6 +13,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -137,6 +138,9 @@ def test_init_writes_private_files_and_a_cluster_key(tmp_path: Path) -> None:
     assert worker["AGENTBUS_REPLY_PREFIXES"] == "_INBOX_{tenant}."
     assert worker["AGENTBUS_CLUSTER_KEY_FILE"] == str(d.cluster_key_file)
     assert "'_INBOX_{tenant}.'" in d.env_file("worker").read_text()  # quoted for a shell
+    chart = yaml.safe_load(d.nats_values_file.read_text())  # for the official NATS chart
+    assert chart["config"]["merge"] == {"$include": "auth.conf"}
+    assert chart["configMap"]["merge"]["data"]["auth.conf"] == config
 
 
 def test_init_and_add_tenant_refuse_what_would_collide(tmp_path: Path) -> None:
