@@ -70,7 +70,10 @@ def test_auth_gives_workers_their_seed_the_cluster_key_and_tenant_replies(
     for obj in out.objects:
         if obj["kind"] not in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
             assert problems(obj, VERSIONS[0]) == [], obj["metadata"]["name"]
+    assert "Tenant isolation is on" in out.notes
+    assert "--tenant acme --wait --nats-url" in out.notes
     off = render({})
+    assert "Tenant isolation on the bus is off" in off.notes
     (worker,) = off.of_kind("Deployment")
     assert "AGENTBUS_REPLY_PREFIXES" not in env_of(pod_spec(worker)["containers"][0])
     assert all(v["name"] != "nats-auth" for v in pod_spec(worker)["volumes"])
