@@ -22,6 +22,7 @@ Checks of a normal task cost a few hundred nanoseconds and allocate nothing.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from itertools import accumulate
@@ -121,24 +122,36 @@ def reply_problem(reply: str, prefixes: tuple[str, ...], tenant: str = "") -> st
             f"{HDR_REPLY} {shown(reply)} is not a plain subject "
             f"(tokens of [A-Za-z0-9_-], at most {MAX_REPLY_CHARS} characters)"
         )
-    if not any(_under(reply, p, tenant) for p in prefixes):
+    plain, templates = _split(prefixes)
+    if not (reply.startswith(plain) or (templates and _under_any(reply, templates, tenant))):
         allowed = ", ".join(prefixes) or "none"
         return f"{HDR_REPLY} {shown(reply)} is not under an allowed reply prefix ({allowed})"
     return ""
 
 
-def _under(reply: str, prefix: str, tenant: str) -> bool:
-    """``reply`` starts with ``prefix``, its ``{tenant}`` replaced by ``tenant`` (no allocation)."""
-    if TENANT_MARK not in prefix:
-        return reply.startswith(prefix)
-    head, _, tail = prefix.partition(TENANT_MARK)
-    start = len(head)
-    return (
-        bool(tenant)
-        and reply.startswith(head)
-        and reply.startswith(tenant, start)
-        and reply.startswith(tail, start + len(tenant))
+@functools.lru_cache(maxsize=64)
+def _split(prefixes: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The plain prefixes, and each template's text before and after ``{tenant}`` (once per config)."""
+    plain = tuple(p for p in prefixes if TENANT_MARK not in p)
+    templates = tuple(
+        (p.partition(TENANT_MARK)[0], p.partition(TENANT_MARK)[2]) for p in prefixes if p not in plain
     )
+    return plain, templates
+
+
+def _under_any(reply: str, templates: tuple[tuple[str, str], ...], tenant: str) -> bool:
+    """``reply`` starts with a template whose ``{tenant}`` is ``tenant`` (compared in place)."""
+    if not tenant:
+        return False
+    for head, tail in templates:
+        start = len(head)
+        if (
+            reply.startswith(head)
+            and reply.startswith(tenant, start)
+            and reply.startswith(tail, start + len(tenant))
+        ):
+            return True
+    return False
 
 
 def check_reply_prefix(prefix: str) -> str:
