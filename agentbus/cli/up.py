@@ -229,7 +229,7 @@ async def _up(args: argparse.Namespace) -> int:
         ) as cluster:
             public_url = cluster.public_url
             needs_credentials = public_url != cluster.url
-            _write_state(public_url, cluster.ports, needs_credentials=needs_credentials)
+            _write_state(public_url, cluster.ports, needs_credentials=needs_credentials, auth_dir=args.auth)
             print(
                 f"agentbus up: NATS {public_url}, {args.workers} workers; metrics on ports "
                 f"{', '.join(str(p) for p in cluster.ports.values())}; Ctrl-C to stop",
@@ -242,7 +242,7 @@ async def _up(args: argparse.Namespace) -> int:
 
             def resized() -> None:  # `agentbus status` finds the workers the autoscaler added
                 live = {n: cluster.ports[n] for n in cluster.supervisor.pids()}
-                _write_state(public_url, live, needs_credentials=needs_credentials)
+                _write_state(public_url, live, needs_credentials=needs_credentials, auth_dir=args.auth)
 
             async with autoscaling(
                 args, cluster.supervisor, cluster.ports, on_resize=resized, announce=_announce
@@ -297,11 +297,16 @@ def _remove_state() -> None:
     path.unlink(missing_ok=True)
 
 
-def _write_state(url: str, ports: dict[str, int], *, needs_credentials: bool = False) -> None:
-    """Write ``up.json`` atomically, created with mode 0600; ``url`` must carry no credentials."""
+def _write_state(
+    url: str, ports: dict[str, int], *, needs_credentials: bool = False, auth_dir: str | None = None
+) -> None:
+    """Write ``up.json`` atomically, created with mode 0600; ``url`` must carry no credentials;
+    ``auth_dir``: the credentials directory of ``--auth`` (publish and status take theirs there)."""
     path = Path(UP_STATE_FILE)
     path.parent.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"pid": os.getpid(), "nats_url": url, "metrics_ports": ports}
+    if auth_dir:
+        state["auth_dir"] = str(Path(auth_dir).absolute())
     if needs_credentials:
         state["nats_credentials"] = (
             "required: --nats-url carried them and they are not stored here; "

@@ -290,6 +290,26 @@ async def test_operator_status_and_the_scaler_read_what_they_need_only(cluster: 
         await scaler.close()
 
 
+def _local(c: Cluster, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """A command run beside ``agentbus up --auth`` (its directory, no AGENTBUS_* settings)."""
+    return subprocess.run(
+        [sys.executable, "-m", "agentbus", *args],
+        cwd=c.root, env=_env(**env), capture_output=True, text=True, timeout=90, check=False,
+    )  # fmt: skip
+
+
+def test_commands_beside_up_auth_take_their_identity_from_its_directory(cluster: Cluster) -> None:
+    done = _local(cluster, "publish", "echo", '{"text":"local"}', "--tenant", "globex", "--wait")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tenant"] == "globex"
+    status = _local(cluster, "status", "--json", "--interval-s", "0.1")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["state"] is not None  # as the operator: the state query answered
+    unknown = _local(cluster, "publish", "echo", "{}", "--tenant", "umbrella")
+    assert unknown.returncode == 78
+    assert "has no identity 'umbrella'" in unknown.stderr
+
+
 def _start_times(c: Cluster) -> dict[str, str]:
     out = {}
     for name, port in c.ports.items():

@@ -6,6 +6,7 @@ the properties say what nats-server would allow for any tenant names."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agentbus.cli._connection import nats_connection
 from agentbus.errors import ConfigError
 from agents.config import nats_auth_from_env
 from bus.admission import check_reply_prefix, reply_problem
@@ -206,3 +208,28 @@ def test_the_inbox_prefix_setting(tmp_path: Path) -> None:
     for bad in ("_INBOX.>", "a b", "a..b", "*"):
         with pytest.raises(ConfigError, match="AGENTBUS_NATS_INBOX_PREFIX"):
             nats_auth_from_env({"AGENTBUS_NATS_INBOX_PREFIX": bad})
+
+
+def test_commands_take_an_identity_from_up_auth_only_for_its_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = AuthDir.init(tmp_path / "auth", ["acme"])
+    monkeypatch.chdir(tmp_path)
+    state = tmp_path / ".agentbus" / "up.json"
+    state.parent.mkdir()
+    url = "nats://127.0.0.1:4999"
+    state.write_text(json.dumps({"pid": os.getpid(), "nats_url": url, "auth_dir": str(d.path)}))
+    assert nats_connection(None, "acme", {}) == (url, nats_auth_from_env(d.environment("acme")))
+    assert nats_connection(None, "operator", {})[1].nkey_seed_file == str(d.seed_file("operator"))
+    with pytest.raises(ConfigError, match="no identity 'globex'"):
+        nats_connection(None, "globex", {})
+    # a URL named another way, or an identity chosen already, gets nothing from the directory
+    assert nats_connection(url, "acme", {}) == (url, NatsAuth())
+    assert nats_connection(None, "acme", {"AGENTBUS_NATS_URL": url}) == (url, NatsAuth())
+    mine = {"AGENTBUS_NATS_NKEY_SEED": str(d.seed_file("operator"))}
+    assert nats_connection(None, "acme", mine) == (
+        url,
+        NatsAuth(nkey_seed_file=mine["AGENTBUS_NATS_NKEY_SEED"]),
+    )
+    state.write_text(json.dumps({"pid": os.getpid(), "nats_url": url}))  # up without --auth
+    assert nats_connection(None, "acme", {}) == (url, NatsAuth())
