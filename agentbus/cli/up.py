@@ -235,6 +235,12 @@ async def _up(args: argparse.Namespace) -> int:
                 f"{', '.join(str(p) for p in cluster.ports.values())}; Ctrl-C to stop",
                 flush=True,
             )
+            if args.auth:
+                print(
+                    f"agentbus up: NATS permissions from {args.auth}; here `agentbus publish --tenant NAME` "
+                    "and `agentbus status` connect with its identities",
+                    flush=True,
+                )
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
