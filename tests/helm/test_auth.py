@@ -15,6 +15,7 @@ from typing import Any
 import celpy
 import helm_python as helm
 import pytest
+import yaml
 from celpy import celtypes
 from celpy.adapter import json_to_cel
 
@@ -22,6 +23,7 @@ from ._chart import CHART, NAMESPACE, RELEASE, Rendered, all_features_values
 from .test_manifests_validate import VERSIONS, problems
 
 AUTH = {"auth": {"enabled": True, "workerSecret": "ab-worker", "tenantSecret": "ab-tenant"}}
+AUTH_VALUES = CHART / "ci" / "auth-values.yaml"
 SCALER = {"scaler": {"enabled": True}}
 COST = "controller.kubernetes.io/pod-deletion-cost"
 
@@ -262,3 +264,19 @@ def test_the_policy_applies_to_the_scaler_only(scaler_policy: Policy) -> None:
     assert scaler_policy.denials("system:serviceaccount:agents:deployer", WORKER_POD, evil) is None
     assert scaler_policy.denials("system:serviceaccount:other:ab-agentbus-scaler", WORKER_POD, evil) is None
     assert scaler_policy.denials(SCALER_USER, WORKER_POD, evil)
+
+
+@pytest.mark.parametrize("kube_version", ["v1.30.0", "v1.37.0"])
+def test_the_auth_values_file_lints_and_validates(render: Callable[..., Rendered], kube_version: str) -> None:
+    values = yaml.safe_load(AUTH_VALUES.read_text())
+    report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE, kube_version=kube_version)
+    assert report["messages"] == []
+    assert report["errors"] == []
+    out = render(values)
+    assert out.of_kind("ValidatingAdmissionPolicy")
+    version = kube_version.removeprefix("v")
+    assert {f"{o['kind']}/{o['metadata']['name']}": problems(o, version) for o in out.objects} == {
+        f"{o['kind']}/{o['metadata']['name']}": [] for o in out.objects
+    }
+    workers = [d for d in out.of_kind("Deployment") if "agentbus.io/kind" in d["metadata"]["labels"]]
+    assert all(env_of(pod_spec(d)["containers"][0])["AGENTBUS_NATS_NKEY_SEED"] for d in workers)
