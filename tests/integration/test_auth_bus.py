@@ -142,6 +142,8 @@ DENIED_PUBLISH = (
     "$JS.API.STREAM.MSG.GET.TASKS",
     "$JS.API.DIRECT.GET.TASKS",
     "$JS.API.CONSUMER.CREATE.TASKS",
+    "$JS.API.CONSUMER.MSG.NEXT.TASKS.echo",  # pulling the workers' tasks
+    "$JS.API.DIRECT.GET.DLQ",
     "$JS.API.STREAM.INFO.TASKS",
     "_INBOX.pull",  # a worker's pull inbox: a forged delivery
     "_INBOX_globex.x",
