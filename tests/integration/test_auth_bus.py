@@ -259,12 +259,11 @@ async def test_a_result_cannot_be_sent_into_another_inbox(cluster: Cluster) -> N
 async def test_operator_status_and_the_scaler_read_what_they_need_only(cluster: Cluster) -> None:
     status = _cli(cluster, "operator", "status", "--json", "--interval-s", "0.2")
     assert status.returncode == 0, status.stderr
-    snap = json.loads(status.stdout)
-    assert snap["state"] is not None  # a worker answered the state query
+    snap = json.loads(status.stdout)  # stream and consumer info through the JetStream API
     assert any(k.startswith("acme/") for k in snap["dead_letters"])
 
     operator, _ = await _connect(cluster, "operator")
-    try:  # the two workers gossip under the worker credential: each sees the other
+    try:  # a worker answers the state query, and the two gossip under the worker credential
 
         async def gossiping() -> bool:
             report = await query_state(operator)
@@ -305,8 +304,8 @@ def test_commands_beside_up_auth_take_their_identity_from_its_directory(cluster:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["tenant"] == "globex"
     status = _local(cluster, "status", "--json", "--interval-s", "0.1")
-    assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout)["state"] is not None  # as the operator: the state query answered
+    assert status.returncode == 0, status.stderr  # as the operator: a tenant may not read stream info
+    assert "tasks_total" in json.loads(status.stdout)
     unknown = _local(cluster, "publish", "echo", "{}", "--tenant", "umbrella")
     assert unknown.returncode == 78
     assert "has no identity 'umbrella'" in unknown.stderr
