@@ -13,6 +13,7 @@ Every file is created with mode 0600, written whole to a temporary name and rena
 server reloading ``auth.conf`` never reads half of it. :meth:`AuthDir.add_tenant` adds one
 tenant and signals the embedded server (if one runs on this directory) to reload: a
 reload applies the new users and permissions to open connections, so no worker restarts.
+:meth:`AuthDir.remove_tenant` revokes one the same way: the server closes its connections.
 """
 
 from __future__ import annotations
@@ -130,6 +131,16 @@ class AuthDir:
         identity = self._new_identity(name, Role.TENANT)
         self._save([*identities, identity])
         return identity
+
+    def remove_tenant(self, name: str) -> None:
+        """Revoke tenant ``name``: its seed and settings go, and a new ``auth.conf`` (reload the
+        server next: it then closes the tenant's connections)."""
+        identities = self.identities()
+        if not any(i.name == name and i.role is Role.TENANT for i in identities):
+            raise ConfigError(f"{self.path} has no tenant {name!r}")
+        self._save([i for i in identities if i.name != name])
+        self.seed_file(name).unlink(missing_ok=True)
+        self.env_file(name).unlink(missing_ok=True)
 
     def environment(self, name: str) -> dict[str, str]:
         """The ``AGENTBUS_*`` settings a process of identity ``name`` runs with."""

@@ -2,13 +2,15 @@
 
     agentbus auth init ./auth --tenant acme --tenant globex
     agentbus auth add-tenant ./auth initech
+    agentbus auth remove-tenant ./auth initech
     agentbus auth show ./auth
 
 ``init`` writes a nats-server ``authorization`` block (``auth.conf``, to ``include``), one
 NKEY seed and one settings file per identity (worker, scaler, operator, each tenant) and
 the cluster key (bus/authdir.py); ``agentbus up --auth DIR`` runs on it. ``add-tenant``
 adds a tenant and reloads the server ``up --auth`` runs on the directory, if any: workers
-keep running. docs/security.md has the roles and the threat model.
+keep running; ``remove-tenant`` revokes one (the reloaded server closes its connections).
+docs/security.md has the roles and the threat model.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ def register(sub: Any) -> None:
     add.add_argument("dir", help="a directory written by `agentbus auth init`")
     add.add_argument("name", help="the tenant (a subject token)")
     add.set_defaults(run=_add_tenant)
+    remove = actions.add_parser("remove-tenant", help="revoke a tenant and reload the embedded server")
+    remove.add_argument("dir", help="a directory written by `agentbus auth init`")
+    remove.add_argument("name", help="the tenant")
+    remove.set_defaults(run=_remove_tenant)
     show = actions.add_parser("show", help="list the identities, their inbox prefixes and permissions")
     show.add_argument("dir")
     show.set_defaults(run=_show)
@@ -59,6 +65,15 @@ def _add_tenant(args: argparse.Namespace) -> int:
     where = f"reloaded nats-server (pid {pid})" if pid else "no server runs on it: reload yours"
     print(f"agentbus auth: added tenant {args.name} to {d.path}; {where}")
     print(f"  tenant {args.name}: set -a; . {d.env_file(args.name)}; set +a")
+    return 0
+
+
+def _remove_tenant(args: argparse.Namespace) -> int:
+    d = AuthDir(args.dir)
+    d.remove_tenant(args.name)
+    pid = d.reload_server()
+    where = f"reloaded nats-server (pid {pid}): its connections are closed" if pid else "reload your server"
+    print(f"agentbus auth: removed tenant {args.name} from {d.path}; {where}")
     return 0
 
 

@@ -367,3 +367,37 @@ def test_a_locust_user_publishes_and_calls_with_a_tenant_credential(cluster: Clu
         ["submit", "acme/echo", None],
         ["call", "acme/echo", None],
     ]
+
+
+async def test_remove_tenant_revokes_a_leaked_seed(cluster: Cluster, tmp_path: Path) -> None:
+    leaked = tmp_path / "initech.nk"  # a copy of the seed of the tenant added by the test above
+    leaked.write_bytes(cluster.auth.seed_file("initech").read_bytes())
+    options = {"nkeys_seed": str(leaked), "inbox_prefix": "_INBOX_initech"}
+    dropped = asyncio.Event()
+
+    async def on_disconnect() -> None:
+        dropped.set()
+
+    async def on_error(exc: Exception) -> None:
+        pass
+
+    nc = await nats.connect(cluster.url, disconnected_cb=on_disconnect, error_cb=on_error, **options)
+    try:
+        removed = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "agentbus", "auth", "remove-tenant", str(cluster.auth.path), "initech"],
+            env=_env(), capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert removed.returncode == 0, removed.stderr
+        assert not cluster.auth.seed_file("initech").exists()
+        await asyncio.wait_for(dropped.wait(), 30)  # the reloaded server closed the connection
+    finally:
+        await nc.close()
+    refused = Client()
+    try:
+        with pytest.raises(Exception, match=r"(?i)authorization violation"):
+            await refused.connect(cluster.url, allow_reconnect=False, error_cb=on_error, **options)
+    finally:
+        await refused.close()  # nats-py leaves the refused socket open otherwise
+    again = _cli(cluster, "acme", "publish", "echo", '{"text":"still here"}', "--tenant", "acme", "--wait")
+    assert again.returncode == 0, again.stderr  # the others keep working

@@ -166,6 +166,14 @@ def test_init_and_add_tenant_refuse_what_would_collide(tmp_path: Path) -> None:
     d.add_tenant("globex")
     assert d.tenants() == ["acme", "globex"]
     assert '"_INBOX_globex.>"' in d.config_file.read_text()  # the workers may answer the new tenant
+    for name in ("worker", "umbrella"):
+        with pytest.raises(ConfigError, match="no tenant"):
+            d.remove_tenant(name)
+    d.remove_tenant("globex")
+    assert d.tenants() == ["acme"]
+    assert "_INBOX_globex" not in d.config_file.read_text()
+    assert not d.seed_file("globex").exists()
+    assert not d.env_file("globex").exists()
 
 
 def test_reload_signals_only_a_nats_server(tmp_path: Path) -> None:
