@@ -32,6 +32,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -372,7 +373,7 @@ def test_a_locust_user_publishes_and_calls_with_a_tenant_credential(cluster: Clu
 async def test_remove_tenant_revokes_a_leaked_seed(cluster: Cluster, tmp_path: Path) -> None:
     leaked = tmp_path / "initech.nk"  # a copy of the seed of the tenant added by the test above
     leaked.write_bytes(cluster.auth.seed_file("initech").read_bytes())
-    options = {"nkeys_seed": str(leaked), "inbox_prefix": "_INBOX_initech"}
+    options: dict[str, Any] = {"nkeys_seed": str(leaked), "inbox_prefix": "_INBOX_initech"}
     dropped = asyncio.Event()
 
     async def on_disconnect() -> None:
