@@ -58,14 +58,12 @@ def nats_auth_from_env(environ: Mapping[str, str] | None = None) -> NatsAuth:
     env = Env(environ)
     files = {name: env.file(var) for var, name in NATS_AUTH_VARIABLES.items()}
     prefix = (env.text(_INBOX_PREFIX_VARIABLE) or "").strip() or None
-    try:
-        return NatsAuth(
-            inbox_prefix=prefix, **{name: path for name, path in files.items() if path is not None}
-        )
-    except ConfigError as exc:
-        if prefix is not None and "inbox prefix" in str(exc):
+    if prefix is not None:
+        try:
+            NatsAuth(inbox_prefix=prefix)  # the one check of a prefix
+        except ConfigError:
             raise env.error(_INBOX_PREFIX_VARIABLE, "a plain subject such as _INBOX_acme") from None
-        raise
+    return NatsAuth(inbox_prefix=prefix, **{name: path for name, path in files.items() if path is not None})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
