@@ -18,11 +18,13 @@ reload applies the new users and permissions to open connections, so no worker r
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import secrets
 import shlex
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -125,22 +127,24 @@ class AuthDir:
     def add_tenant(self, name: str) -> Identity:
         """Add tenant ``name``: its seed and settings, and a new ``auth.conf`` (reload the server next)."""
         check_identity_name(name, Role.TENANT)
-        identities = self.identities()
-        if any(i.name == name for i in identities):
-            raise ConfigError(f"tenant {name!r} exists already in {self.path}")
-        identity = self._new_identity(name, Role.TENANT)
-        self._save([*identities, identity])
+        with self._locked():
+            identities = self.identities()
+            if any(i.name == name for i in identities):
+                raise ConfigError(f"tenant {name!r} exists already in {self.path}")
+            identity = self._new_identity(name, Role.TENANT)
+            self._save([*identities, identity])
         return identity
 
     def remove_tenant(self, name: str) -> None:
         """Revoke tenant ``name``: its seed and settings go, and a new ``auth.conf`` (reload the
         server next: it then closes the tenant's connections)."""
-        identities = self.identities()
-        if not any(i.name == name and i.role is Role.TENANT for i in identities):
-            raise ConfigError(f"{self.path} has no tenant {name!r}")
-        self._save([i for i in identities if i.name != name])
-        self.seed_file(name).unlink(missing_ok=True)
-        self.env_file(name).unlink(missing_ok=True)
+        with self._locked():
+            identities = self.identities()
+            if not any(i.name == name and i.role is Role.TENANT for i in identities):
+                raise ConfigError(f"{self.path} has no tenant {name!r}")
+            self._save([i for i in identities if i.name != name])
+            self.seed_file(name).unlink(missing_ok=True)
+            self.env_file(name).unlink(missing_ok=True)
 
     def environment(self, name: str) -> dict[str, str]:
         """The ``AGENTBUS_*`` settings a process of identity ``name`` runs with."""
@@ -172,6 +176,18 @@ class AuthDir:
         except ProcessLookupError:
             return None
         return pid
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One change of the directory at a time (two ``add-tenant`` at once would lose one)."""
+        if not self.path.is_dir():
+            raise ConfigError(f"{self.path} holds no credentials: see `agentbus auth init`")
+        fd = os.open(self.path / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _new_identity(self, name: str, role: Role) -> Identity:
         seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)
