@@ -32,7 +32,6 @@ import nkeys
 
 from agentbus.errors import ConfigError
 from bus.permissions import (
-    DEFAULT_INBOX,
     TENANT_REPLY_PREFIX,
     Identity,
     Role,
@@ -149,10 +148,10 @@ class AuthDir:
     def environment(self, name: str) -> dict[str, str]:
         """The ``AGENTBUS_*`` settings a process of identity ``name`` runs with."""
         identity = self.identity(name)
-        env = {"AGENTBUS_NATS_NKEY_SEED": str(self.seed_file(name))}
-        prefix = inbox_prefix(identity)
-        if prefix != DEFAULT_INBOX:
-            env["AGENTBUS_NATS_INBOX_PREFIX"] = prefix
+        env = {  # every identity says its prefix: sourcing one .env after another leaves none behind
+            "AGENTBUS_NATS_NKEY_SEED": str(self.seed_file(name)),
+            "AGENTBUS_NATS_INBOX_PREFIX": inbox_prefix(identity),
+        }
         if identity.role is Role.WORKER:
             env["AGENTBUS_REPLY_PREFIXES"] = TENANT_REPLY_PREFIX
             env["AGENTBUS_CLUSTER_KEY_FILE"] = str(self.cluster_key_file)

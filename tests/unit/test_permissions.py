@@ -137,6 +137,7 @@ def test_init_writes_private_files_and_a_cluster_key(tmp_path: Path) -> None:
         "AGENTBUS_NATS_INBOX_PREFIX": "_INBOX_acme",
     }
     worker = d.environment("worker")
+    assert worker["AGENTBUS_NATS_INBOX_PREFIX"] == "_INBOX"  # said, so a shell's tenant prefix is replaced
     assert worker["AGENTBUS_REPLY_PREFIXES"] == "_INBOX_{tenant}."
     assert worker["AGENTBUS_CLUSTER_KEY_FILE"] == str(d.cluster_key_file)
     assert "'_INBOX_{tenant}.'" in d.env_file("worker").read_text()  # quoted for a shell
