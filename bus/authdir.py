@@ -13,7 +13,9 @@ Every file is created with mode 0600, written whole to a temporary name and rena
 server reloading ``auth.conf`` never reads half of it. :meth:`AuthDir.add_tenant` adds one
 tenant and signals the embedded server (if one runs on this directory) to reload: a
 reload applies the new users and permissions to open connections, so no worker restarts.
-:meth:`AuthDir.remove_tenant` revokes one the same way: the server closes its connections.
+:meth:`AuthDir.remove_tenant` revokes one the same way: the server closes its connections;
+:meth:`AuthDir.rotate` replaces an identity's key (a leaked seed stops working; the identity's
+processes restart to use the new one).
 """
 
 from __future__ import annotations
@@ -144,6 +146,19 @@ class AuthDir:
             self._save([i for i in identities if i.name != name])
             self.seed_file(name).unlink(missing_ok=True)
             self.env_file(name).unlink(missing_ok=True)
+
+    def rotate(self, name: str) -> Identity:
+        """A new seed for identity ``name`` (any role) and a new ``auth.conf``. After the reload the
+        server closes the connections of the old key, and the processes of that identity must be
+        restarted: nats-py keeps the public key of a seed for its reconnects (nats-py 2.16)."""
+        with self._locked():
+            identities = self.identities()
+            old = next((i for i in identities if i.name == name), None)
+            if old is None:
+                raise ConfigError(f"{self.path} has no identity {name!r}")
+            new = self._new_identity(name, old.role)
+            self._save([new if i.name == name else i for i in identities])
+        return new
 
     def environment(self, name: str) -> dict[str, str]:
         """The ``AGENTBUS_*`` settings a process of identity ``name`` runs with."""

@@ -3,13 +3,15 @@
     agentbus auth init ./auth --tenant acme --tenant globex
     agentbus auth add-tenant ./auth initech
     agentbus auth remove-tenant ./auth initech
+    agentbus auth rotate ./auth worker
     agentbus auth show ./auth
 
 ``init`` writes a nats-server ``authorization`` block (``auth.conf``, to ``include``), one
 NKEY seed and one settings file per identity (worker, scaler, operator, each tenant) and
 the cluster key (bus/authdir.py); ``agentbus up --auth DIR`` runs on it. ``add-tenant``
 adds a tenant and reloads the server ``up --auth`` runs on the directory, if any: workers
-keep running; ``remove-tenant`` revokes one (the reloaded server closes its connections).
+keep running; ``remove-tenant`` revokes one (the reloaded server closes its connections);
+``rotate`` gives an identity a new key (its processes restart to use it).
 docs/security.md has the roles and the threat model.
 """
 
@@ -42,6 +44,10 @@ def register(sub: Any) -> None:
     remove.add_argument("dir", help="a directory written by `agentbus auth init`")
     remove.add_argument("name", help="the tenant")
     remove.set_defaults(run=_remove_tenant)
+    rotate = actions.add_parser("rotate", help="a new key for an identity; the old one stops working")
+    rotate.add_argument("dir", help="a directory written by `agentbus auth init`")
+    rotate.add_argument("name", help="worker, scaler, operator or a tenant")
+    rotate.set_defaults(run=_rotate)
     show = actions.add_parser("show", help="list the identities, their inbox prefixes and permissions")
     show.add_argument("dir")
     show.set_defaults(run=_show)
@@ -74,6 +80,16 @@ def _remove_tenant(args: argparse.Namespace) -> int:
     pid = d.reload_server()
     where = f"reloaded nats-server (pid {pid}): its connections are closed" if pid else "reload your server"
     print(f"agentbus auth: removed tenant {args.name} from {d.path}; {where}")
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    d = AuthDir(args.dir)
+    d.rotate(args.name)
+    pid = d.reload_server()
+    where = f"reloaded nats-server (pid {pid})" if pid else "reload your server"
+    print(f"agentbus auth: new key for {args.name} in {d.seed_file(args.name)}; {where}")
+    print(f"  the old key is refused: restart every process of {args.name} (they keep the old public key)")
     return 0
 
 

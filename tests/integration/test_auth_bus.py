@@ -423,3 +423,19 @@ async def test_remove_tenant_revokes_a_leaked_seed(
     finally:
         await refused.close()  # nats-py leaves the refused socket open otherwise
     assert await _echo_as(cluster, "acme", "still here") == "still here"  # the others keep working
+
+
+async def test_rotate_refuses_the_old_key_and_the_new_one_works(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old_seed = cluster.auth.seed_file("globex").read_bytes()
+    assert main(["auth", "rotate", str(cluster.auth.path), "globex"]) == 0
+    assert "the old key is refused" in capsys.readouterr().out
+    assert cluster.auth.seed_file("globex").read_bytes() != old_seed
+    stale = Client()
+    try:
+        with pytest.raises(Exception, match=r"(?i)authorization violation"):
+            await stale.connect(cluster.url, allow_reconnect=False, nkeys_seed_str=old_seed.decode().strip())
+    finally:
+        await stale.close()
+    assert await _echo_as(cluster, "globex", "rotated") == "rotated"  # the settings file, new key

@@ -170,6 +170,14 @@ def test_init_and_add_tenant_refuse_what_would_collide(tmp_path: Path) -> None:
     for name in ("worker", "umbrella"):
         with pytest.raises(ConfigError, match="no tenant"):
             d.remove_tenant(name)
+    old = d.identity("worker")
+    with pytest.raises(ConfigError, match="no identity 'umbrella'"):
+        d.rotate("umbrella")
+    new = d.rotate("worker")
+    assert new.role is Role.WORKER
+    assert new.nkey != old.nkey
+    assert old.nkey not in d.config_file.read_text()
+    assert d.config_file.read_text().count(new.nkey) == 1
     d.remove_tenant("globex")
     assert d.tenants() == ["acme"]
     assert "_INBOX_globex" not in d.config_file.read_text()
