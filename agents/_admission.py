@@ -155,7 +155,7 @@ class Admission:
             ):
                 problem = msg_id_problem(value, tenant, kind)
             if not problem and (reply := headers.get(HDR_REPLY)):
-                problem = reply_problem(reply, self._reply_prefixes)
+                problem = reply_problem(reply, self._reply_prefixes, tenant)
             if problem:
                 return Refusal(DlqReason.INVALID_ENVELOPE, _header_id(msg, tenant, kind), problem)
         if (  # inline, no call: a normal task pays one byte count, and a memchr if it has no "["

@@ -503,7 +503,7 @@ class KindRunner:
         )
         if task_id and is_task_id(task_id) and tenant != INVALID_TOKEN:  # else no valid subject for it
             reply = msg.headers.get(HDR_REPLY) if msg.headers else None
-            if reply and reply_problem(reply, self._reply_prefixes):
+            if reply and reply_problem(reply, self._reply_prefixes, tenant):
                 reply = None  # a task refused before (or for) its reply was checked
             await self._send_result(tenant, task_id, failed, reply)
             if self.audit_tasks:

@@ -49,13 +49,22 @@ NATS_AUTH_VARIABLES = {
     "AGENTBUS_NATS_TLS_KEY": "tls_key_file",
 }
 """The variables of :class:`~bus.connection.NatsAuth`: each names a file (every command reads them)."""
+_INBOX_PREFIX_VARIABLE = "AGENTBUS_NATS_INBOX_PREFIX"
+"""The credential's inbox prefix (``_INBOX_<tenant>`` for a tenant's, docs/security.md)."""
 
 
 def nats_auth_from_env(environ: Mapping[str, str] | None = None) -> NatsAuth:
-    """NATS credentials and TLS files from ``AGENTBUS_NATS_*``; a file that is not there is a ConfigError."""
+    """NATS credentials, TLS files and the inbox prefix from ``AGENTBUS_NATS_*``; a file that is not
+    there is a ConfigError."""
     env = Env(environ)
     files = {name: env.file(var) for var, name in NATS_AUTH_VARIABLES.items()}
-    return NatsAuth(**{name: path for name, path in files.items() if path is not None})
+    prefix = (env.text(_INBOX_PREFIX_VARIABLE) or "").strip() or None
+    if prefix is not None:
+        try:
+            NatsAuth(inbox_prefix=prefix)  # the one check of a prefix
+        except ConfigError:
+            raise env.error(_INBOX_PREFIX_VARIABLE, "a plain subject such as _INBOX_acme") from None
+    return NatsAuth(inbox_prefix=prefix, **{name: path for name, path in files.items() if path is not None})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -9,7 +9,9 @@ subject (``results.<tenant>.<id>``) and the reply subject are known to be valid.
 * ``Nats-Msg-Id``: printable, at most :data:`MAX_MSG_ID_CHARS`; in the scoped form
   ``<tenant>:<kind>:<id>`` it must name the subject's tenant and kind;
 * ``Agentbus-Reply``: a plain subject of at most :data:`MAX_REPLY_CHARS` under an allowed
-  prefix (``WorkerConfig.reply_prefixes``, default ``_INBOX.``);
+  prefix (``WorkerConfig.reply_prefixes``, default ``_INBOX.``); a prefix may hold
+  ``{tenant}``, which stands for the tenant of the task's subject (``_INBOX_{tenant}.``
+  with auth on: a task can only direct its result into its own tenant's inbox);
 * JSON nesting at most :data:`MAX_NESTING` levels (checked before decoding, and only when
   the bytes hold that many brackets at all);
 * envelope id: a task id (``bus.subjects``); ``deadline`` and ``created_at``: finite epoch
@@ -20,6 +22,7 @@ Checks of a normal task cost a few hundred nanoseconds and allocate nothing.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from itertools import accumulate
@@ -33,6 +36,7 @@ __all__ = [
     "MAX_MSG_ID_CHARS",
     "MAX_NESTING",
     "MAX_REPLY_CHARS",
+    "TENANT_MARK",
     "check_reply_prefix",
     "msg_id_problem",
     "reply_problem",
@@ -49,6 +53,8 @@ EPOCH_MAX_S = 4_102_444_800.0
 """2100-01-01 in epoch seconds: a later deadline or creation time is a unit mistake, not a date."""
 DEFAULT_REPLY_PREFIXES = ("_INBOX.",)
 """Where a worker may send a task's result besides ``results.>``: nats-py's inboxes."""
+TENANT_MARK = "{tenant}"
+"""In a reply prefix: the tenant of the task's subject."""
 
 _SUBJECT = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _PREFIX = re.compile(r"(?:[A-Za-z0-9_-]+\.)+")
@@ -108,27 +114,58 @@ def _is_own(value: str, tenant: str, kind: str) -> bool:
     )
 
 
-def reply_problem(reply: str, prefixes: tuple[str, ...]) -> str:
-    """Why an ``Agentbus-Reply`` is refused ("" if the worker may publish the result there)."""
+def reply_problem(reply: str, prefixes: tuple[str, ...], tenant: str = "") -> str:
+    """Why an ``Agentbus-Reply`` is refused ("" if the worker may publish the result there);
+    ``tenant``: the task's tenant, for prefixes holding ``{tenant}``."""
     if len(reply) > MAX_REPLY_CHARS or not _SUBJECT.fullmatch(reply):
         return (
             f"{HDR_REPLY} {shown(reply)} is not a plain subject "
             f"(tokens of [A-Za-z0-9_-], at most {MAX_REPLY_CHARS} characters)"
         )
-    if not reply.startswith(prefixes):
+    plain, templates = _split(prefixes)
+    if not (reply.startswith(plain) or (templates and _under_any(reply, templates, tenant))):
         allowed = ", ".join(prefixes) or "none"
         return f"{HDR_REPLY} {shown(reply)} is not under an allowed reply prefix ({allowed})"
     return ""
 
 
+@functools.lru_cache(maxsize=64)
+def _split(prefixes: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The plain prefixes, and each template's text before and after ``{tenant}`` (once per config)."""
+    plain = tuple(p for p in prefixes if TENANT_MARK not in p)
+    templates = tuple(
+        (p.partition(TENANT_MARK)[0], p.partition(TENANT_MARK)[2]) for p in prefixes if p not in plain
+    )
+    return plain, templates
+
+
+def _under_any(reply: str, templates: tuple[tuple[str, str], ...], tenant: str) -> bool:
+    """``reply`` starts with a template whose ``{tenant}`` is ``tenant`` (compared in place)."""
+    if not tenant:
+        return False
+    for head, tail in templates:
+        start = len(head)
+        if (
+            reply.startswith(head)
+            and reply.startswith(tenant, start)
+            and reply.startswith(tail, start + len(tenant))
+        ):
+            return True
+    return False
+
+
 def check_reply_prefix(prefix: str) -> str:
     """A reply prefix as configured, ending with a dot (``_INBOX`` -> ``_INBOX.``); ValueError if
-    it is not a plain subject."""
+    it is not a plain subject (with at most one ``{tenant}``, standing for a whole token or part of one)."""
     prefix = prefix.strip()
     if not prefix.endswith("."):
         prefix += "."
-    if not _PREFIX.fullmatch(prefix) or len(prefix) >= MAX_REPLY_CHARS:
-        raise ValueError(f"reply prefix {prefix!r} is not a plain subject (tokens of [A-Za-z0-9_-])")
+    plain = prefix.replace(TENANT_MARK, "t", 1)
+    if TENANT_MARK in plain or not _PREFIX.fullmatch(plain) or len(plain) >= MAX_REPLY_CHARS:
+        raise ValueError(
+            f"reply prefix {prefix!r} is not a plain subject "
+            f"(tokens of [A-Za-z0-9_-], at most one {TENANT_MARK})"
+        )
     return prefix
 
 

@@ -8,7 +8,9 @@ Credentials: a user and password or a token go in the URL
 (``nats://user:pass@host:4222``); :class:`NatsAuth` carries the rest: a ``.creds``
 file (a user JWT and its NKEY seed, decentralized auth as ``nsc`` issues it), an
 NKEY seed file, and TLS (a CA to verify the server, and a client certificate for
-mutual TLS). Log lines and errors show a URL only through :func:`redact_url`.
+mutual TLS), and the inbox prefix of a tenant's connection (``_INBOX_<tenant>``: the
+only inboxes its credential may subscribe to, bus/permissions.py). Log lines and errors
+show a URL only through :func:`redact_url`.
 
 The client is the one :func:`bus._client.client_class` picks: nats-py's ``Client`` with a
 frame guard (no single message can end its read loop), and with ``fast_path`` the
@@ -43,6 +45,7 @@ Callback = Callable[[], Awaitable[None]]
 
 _REPEAT_WINDOW_S = 30.0
 
+_INBOX_PREFIX = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _USERINFO = re.compile(r"(^|://|,)[^/@,\s]*@")
 
 
@@ -78,7 +81,8 @@ class _ErrorLog:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class NatsAuth:
-    """How to authenticate to NATS beyond what the URL carries; every field is a file path."""
+    """How to authenticate to NATS beyond what the URL carries; every field but ``inbox_prefix``
+    is a file path."""
 
     creds_file: str | None = None
     """A ``.creds`` file: a user JWT and its NKEY seed (operator/account mode)."""
@@ -89,8 +93,12 @@ class NatsAuth:
     tls_cert_file: str | None = None
     """A client certificate for mutual TLS, with ``tls_key_file``."""
     tls_key_file: str | None = None
+    inbox_prefix: str | None = None
+    """Inboxes (replies, pub acks) under this prefix instead of ``_INBOX``: the credential's own."""
 
     def __post_init__(self) -> None:
+        if self.inbox_prefix is not None and not _INBOX_PREFIX.fullmatch(self.inbox_prefix):
+            raise ConfigError(f"NATS inbox prefix {self.inbox_prefix!r} is not a plain subject")
         if self.creds_file and self.nkey_seed_file:
             raise ConfigError("give NATS a creds file or an NKEY seed, not both")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
@@ -108,6 +116,8 @@ class NatsAuth:
             opts["user_credentials"] = self.creds_file
         if self.nkey_seed_file:
             opts["nkeys_seed"] = self.nkey_seed_file
+        if self.inbox_prefix:
+            opts["inbox_prefix"] = self.inbox_prefix
         if self.tls:
             try:
                 context = ssl.create_default_context(cafile=self.tls_ca_file)

@@ -14,6 +14,10 @@ bookkeeping (:class:`LoadProcess`) lets the load shape end the run only once eve
 process has recorded everything it started; workers of a distributed run report their
 in-flight count to the master with their stats.
 
+With a tenant's credential (``AGENTBUS_NATS_NKEY_SEED`` and ``AGENTBUS_NATS_INBOX_PREFIX``
+from ``agentbus auth init``, docs/security.md) the NATS server accepts only that tenant's
+tasks: ``--tenant NAME`` then publishes every scenario's tasks as that tenant.
+
 This module and the other Locust modules are never imported by agentbus itself.
 """
 
@@ -102,6 +106,7 @@ class NatsBridge:
         self._greenlet: gevent.Greenlet[Any, Any] | None = None
         self._nc: Client | None = None
         self._pub: Publisher | None = None
+        self._tenant: str | None = None  # --tenant: every task is this tenant's (a tenant credential)
         self.inflight = 0
         """Requests handed to the loop and not recorded yet (greenlet-local: no lock needed)."""
 
@@ -109,6 +114,7 @@ class NatsBridge:
         """Start the loop and connect (once per process; later calls do nothing)."""
         if self._loop is not None:
             return
+        self._tenant = getattr(self._env.parsed_options, "tenant", None) or None
         # Not uvloop and not the policy's loop: only a selector loop yields to gevent's hub.
         loop = asyncio.SelectorEventLoop()
         self._loop = loop
@@ -130,10 +136,12 @@ class NatsBridge:
 
     def submit(self, tenant: str, kind: str, payload: Any) -> None:
         """Publish one task, wait for the JetStream ack and record it (request type ``submit``)."""
+        tenant = self._tenant or tenant
         self._request(self._submit(tenant, kind, payload, time.perf_counter()), ACK_TIMEOUT_S)
 
     def call(self, tenant: str, kind: str, payload: Any, *, result_timeout_s: float) -> None:
         """Publish one task, wait for its Result and record it (request type ``call``)."""
+        tenant = self._tenant or tenant
         coro = self._call(tenant, kind, payload, result_timeout_s, time.perf_counter())
         self._request(coro, ACK_TIMEOUT_S + result_timeout_s)
 

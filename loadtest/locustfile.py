@@ -34,6 +34,10 @@ def _add_options(parser: LocustArgumentParser, **_: Any) -> None:
     group.add_argument(
         "--result-timeout-s", type=float, help="seconds a call waits for its Result (default: the scenario's)"
     )
+    group.add_argument(
+        "--tenant",
+        help="publish every task as this tenant (needed with a tenant's credential: docs/security.md)",
+    )
 
 
 def _on_init(environment: Environment, **_: Any) -> None:

@@ -18,8 +18,8 @@ from typing import Any
 
 import msgspec
 
+from agentbus.cli._connection import nats_connection
 from agentbus.errors import AgentbusError, UsageError
-from agents.config import nats_auth_from_env, resolve_nats_url
 from bus.connection import connect
 from bus.messages import DoneEvent, stream_event_decoder
 from bus.publisher import Publisher, TaskRef, new_task_id
@@ -82,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _publish(args: argparse.Namespace) -> int:
-    url = resolve_nats_url(args.nats_url)
-    nc = await connect(url, name="agentbus-publish", first_connect_timeout_s=5.0, auth=nats_auth_from_env())
+    url, auth = nats_connection(args.nats_url, args.tenant)
+    nc = await connect(url, name="agentbus-publish", first_connect_timeout_s=5.0, auth=auth)
     failed = 0
     out = sys.stdout
     enc = msgspec.json.Encoder()

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from agents.config import nats_auth_from_env, resolve_nats_url
+from agentbus.cli._connection import nats_connection
 from bus.connection import connect
 from bus.messages import StateQuery, StateReport, encode
 from bus.subjects import STATE_QUERY_SUBJECT
@@ -200,8 +200,8 @@ def _print_state(console: Console, state: StateReport | None) -> None:
 
 
 async def _status(args: argparse.Namespace) -> Snapshot:
-    url = resolve_nats_url(args.nats_url)
-    nc = await connect(url, name="agentbus-status", first_connect_timeout_s=5.0, auth=nats_auth_from_env())
+    url, auth = nats_connection(args.nats_url, "operator")
+    nc = await connect(url, name="agentbus-status", first_connect_timeout_s=5.0, auth=auth)
     try:
         snap = await snapshot(nc.jetstream(), args.interval_s)
         snap.state = await query_state(nc)

@@ -33,8 +33,10 @@ from agentbus.cli.scaler import add_autoscale_options, autoscaling
 from agentbus.cli.worker import EXIT_CONFIG, EXIT_USAGE, add_worker_options, worker_argv
 from agentbus.errors import AgentbusError
 from agents.config import UP_STATE_FILE, nats_auth_from_env
+from bus.authdir import IDENTITY_VARIABLES, AuthDir, server_auth_config
 from bus.connection import connect
 from bus.embedded import EmbeddedNats, free_port, keep_alive
+from bus.permissions import Role
 from bus.topology import ensure_streams
 from scaler.local import LocalSupervisor, ReplicaFailure, python_command
 
@@ -50,6 +52,11 @@ def register(sub: Any) -> None:
         "--nats-port", type=int, default=0, help="port of the embedded server (default: a free one)"
     )
     p.add_argument("--store-dir", help="JetStream store of the embedded server (default: a temp dir)")
+    p.add_argument(
+        "--auth",
+        metavar="DIR",
+        help="credentials from `agentbus auth init DIR`: the server enforces them, workers use theirs",
+    )
     add_worker_options(p)
     add_autoscale_options(p)
     p.set_defaults(run=run)
@@ -88,32 +95,44 @@ async def local_cluster(
     stop_timeout_s: float = 30.0,
     worker_log_level: str | None = None,
     worker_log_format: str | None = None,
+    auth_dir: str | None = None,
 ) -> AsyncIterator[LocalCluster]:
     """Start nats-server (unless ``nats_url``), the streams and ``workers`` supervised workers.
 
     The embedded server is restarted when it dies, on the same port and store. A
     worker that exits 2 or 78 is not restarted: ``supervisor.failed()`` returns it.
     On exit the workers are drained (SIGTERM, ``stop_timeout_s``) and the server stopped.
+    ``auth_dir`` (``agentbus auth init``): the embedded server includes its ``auth.conf``, and
+    the workers (and this function) connect with the worker credential.
     """
     server = None
     keeper: asyncio.Task[None] | None = None
+    auth = AuthDir(auth_dir) if auth_dir else None
+    worker_env = auth.environment(Role.WORKER.value) if auth else {}
     if nats_url:
         url = nats_url
     else:
-        server = EmbeddedNats(port=nats_port, store_dir=store_dir).start()
+        server = EmbeddedNats(port=nats_port, store_dir=store_dir)
+        if auth is not None:
+            server.extra_config = server_auth_config(auth, server.store_dir)
+        server.start()
         url = server.url
         keeper = asyncio.create_task(keep_alive(server), name="agentbus-nats-keeper")
     try:
-        nc = await connect(url, name="agentbus-up", auth=nats_auth_from_env() if nats_url else None)
+        # A URL with credentials reaches the workers in their environment: a command line is public.
+        secret = _without_credentials(url) != url
+        env = {**os.environ, _NATS_URL_VARIABLE: url} if secret else None
+        if auth is not None:  # the worker identity, whatever identity this shell has
+            inherited = env or os.environ
+            env = {k: v for k, v in inherited.items() if k not in IDENTITY_VARIABLES} | worker_env
+        own_auth = nats_auth_from_env(env) if auth else nats_auth_from_env() if nats_url else None
+        nc = await connect(url, name="agentbus-up", auth=own_auth)
         await ensure_streams(nc.jetstream())
         await nc.close()
         ports: dict[str, int] = {}
         prefix = ["--log-level", worker_log_level] if worker_log_level else []
         prefix += ["--log-format", worker_log_format] if worker_log_format else []
-        # A URL with credentials reaches the workers in their environment: a command line is public.
-        secret = _without_credentials(url) != url
         url_args = [] if secret else ["--nats-url", url]
-        env = {**os.environ, _NATS_URL_VARIABLE: url} if secret else None
 
         def command(name: str) -> list[str]:
             ports[name] = ports.get(name) or free_port()
@@ -206,15 +225,22 @@ async def _up(args: argparse.Namespace) -> int:
             store_dir=args.store_dir,
             stop_timeout_s=(args.drain_timeout_s or 25.0) + 5,
             worker_log_format=getattr(args, "log_format", None),
+            auth_dir=args.auth,
         ) as cluster:
             public_url = cluster.public_url
             needs_credentials = public_url != cluster.url
-            _write_state(public_url, cluster.ports, needs_credentials=needs_credentials)
+            _write_state(public_url, cluster.ports, needs_credentials=needs_credentials, auth_dir=args.auth)
             print(
                 f"agentbus up: NATS {public_url}, {args.workers} workers; metrics on ports "
                 f"{', '.join(str(p) for p in cluster.ports.values())}; Ctrl-C to stop",
                 flush=True,
             )
+            if args.auth:
+                print(
+                    f"agentbus up: NATS permissions from {args.auth}; here `agentbus publish --tenant NAME` "
+                    "and `agentbus status` connect with its identities",
+                    flush=True,
+                )
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -222,7 +248,7 @@ async def _up(args: argparse.Namespace) -> int:
 
             def resized() -> None:  # `agentbus status` finds the workers the autoscaler added
                 live = {n: cluster.ports[n] for n in cluster.supervisor.pids()}
-                _write_state(public_url, live, needs_credentials=needs_credentials)
+                _write_state(public_url, live, needs_credentials=needs_credentials, auth_dir=args.auth)
 
             async with autoscaling(
                 args, cluster.supervisor, cluster.ports, on_resize=resized, announce=_announce
@@ -277,11 +303,16 @@ def _remove_state() -> None:
     path.unlink(missing_ok=True)
 
 
-def _write_state(url: str, ports: dict[str, int], *, needs_credentials: bool = False) -> None:
-    """Write ``up.json`` atomically, created with mode 0600; ``url`` must carry no credentials."""
+def _write_state(
+    url: str, ports: dict[str, int], *, needs_credentials: bool = False, auth_dir: str | None = None
+) -> None:
+    """Write ``up.json`` atomically, created with mode 0600; ``url`` must carry no credentials;
+    ``auth_dir``: the credentials directory of ``--auth`` (publish and status take theirs there)."""
     path = Path(UP_STATE_FILE)
     path.parent.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"pid": os.getpid(), "nats_url": url, "metrics_ports": ports}
+    if auth_dir:
+        state["auth_dir"] = str(Path(auth_dir).absolute())
     if needs_credentials:
         state["nats_credentials"] = (
             "required: --nats-url carried them and they are not stored here; "

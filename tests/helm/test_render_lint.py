@@ -20,6 +20,7 @@ def test_default_values_render_one_echo_deployment_and_its_companions(default: R
         "Deployment": 1,  # echo
         "PodDisruptionBudget": 1,
         "Service": 1,  # metrics
+        "NetworkPolicy": 1,  # agents: on by default
         "Job": 1,  # helm test
     }
     dep = default.one("Deployment", f"{RELEASE}-agentbus-agent-echo")
@@ -40,6 +41,8 @@ def test_all_features_render_every_component(full: Rendered) -> None:
         "ServiceMonitor": 1,
         "PrometheusRule": 1,
         "NetworkPolicy": 3,  # agents, scaler, locust
+        "ValidatingAdmissionPolicy": 1,  # the scaler's pod patches (rendered for Kubernetes 1.36)
+        "ValidatingAdmissionPolicyBinding": 1,
         "Job": 1,
     }
     scaler = full.one("Deployment", f"{RELEASE}-agentbus-scaler")

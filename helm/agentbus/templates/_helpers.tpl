@@ -257,6 +257,12 @@ values), failing the render with a message that names the key.
 {{- if and .Values.metrics.serviceMonitor.enabled .Values.metrics.podMonitor.enabled }}
 {{- fail "metrics: enable serviceMonitor or podMonitor, not both (every worker would be scraped twice)" }}
 {{- end }}
+{{- if and .Values.auth.enabled .Values.nats.credentials.secretName }}
+{{- fail "auth.enabled and nats.credentials.secretName: the workers get one NATS identity, the NKEY seed of auth.workerSecret or a .creds file, not both" }}
+{{- end }}
+{{- if and .Values.scaler.admissionPolicy.enabled .Values.scaler.admissionPolicy.required (not (include "agentbus.hasAdmissionPolicy" .)) }}
+{{- fail (printf "scaler.admissionPolicy.required: Kubernetes %s has no ValidatingAdmissionPolicy (admissionregistration.k8s.io/v1 needs >= 1.30)" .Capabilities.KubeVersion.Version) }}
+{{- end }}
 {{- if and .Values.tests.kind (not (hasKey $seen .Values.tests.kind)) }}
 {{- fail (printf "tests.kind %q is not one of agents.kinds" .Values.tests.kind) }}
 {{- end }}
@@ -271,4 +277,69 @@ values), failing the render with a message that names the key.
 {{- end }}
 {{- end }}
 {{- toJson (dict "kinds" $kinds) }}
+{{- end }}
+
+{{/*
+The NATS identity of a pod with auth on (docs/security.md): (dict "root" $ "identity" "worker")
+for the workers, "tenant" for the helm test and Locust (the tenant tests.tenant). The seed (and
+the workers' cluster key) come from an existing Secret mounted at /etc/agentbus/auth.
+*/}}
+{{- define "agentbus.authEnv" -}}
+{{- if .root.Values.auth.enabled }}
+{{- if eq .identity "worker" }}
+- name: AGENTBUS_NATS_NKEY_SEED
+  value: /etc/agentbus/auth/worker.nk
+- name: AGENTBUS_CLUSTER_KEY_FILE
+  value: /etc/agentbus/auth/cluster.key
+# A task's result goes only into its own tenant's inbox: no tenant can aim it at another's.
+- name: AGENTBUS_REPLY_PREFIXES
+  value: "_INBOX_{tenant}."
+{{- else }}
+- name: AGENTBUS_NATS_NKEY_SEED
+  value: {{ printf "/etc/agentbus/auth/%s.nk" .root.Values.tests.tenant | quote }}
+- name: AGENTBUS_NATS_INBOX_PREFIX
+  value: {{ printf "_INBOX_%s" .root.Values.tests.tenant | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "agentbus.authMounts" -}}
+{{- if .Values.auth.enabled }}
+- name: nats-auth
+  mountPath: /etc/agentbus/auth
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "agentbus.authVolumes" -}}
+{{- if .root.Values.auth.enabled }}
+- name: nats-auth
+  secret:
+    {{- if eq .identity "worker" }}
+    secretName: {{ .root.Values.auth.workerSecret }}
+    items:
+      - key: worker.nk
+        path: worker.nk
+      - key: cluster.key
+        path: cluster.key
+    {{- else }}
+    secretName: {{ .root.Values.auth.tenantSecret }}
+    items:
+      - key: {{ printf "%s.nk" .root.Values.tests.tenant }}
+        path: {{ printf "%s.nk" .root.Values.tests.tenant }}
+    {{- end }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
+{{/* Whether this cluster has admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy (GA in 1.30). */}}
+{{- define "agentbus.hasAdmissionPolicy" -}}
+{{- if semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version }}true{{ end }}
+{{- end }}
+
+{{/* The pods of the monitoring namespace (a NetworkPolicyPeer list). */}}
+{{- define "agentbus.monitoringPeer" -}}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ .Values.networkPolicy.monitoringNamespace }}
 {{- end }}

@@ -1,0 +1,441 @@
+"""The tenant boundary on a real nats-server running the config ``agentbus auth init`` wrote.
+
+One ``agentbus up --auth DIR --workers 2`` (the embedded server includes ``DIR/auth.conf``;
+the workers run with the worker credential) serves every test here, in order:
+
+* a tenant's credential is refused every subject outside its own: another tenant's tasks,
+  results and inbox, results it would forge, dead letters, gossip, the state query,
+  ``agentbus.>``, ``$JS.EVENT.>``, ``$JS.ACK.>``, pulling tasks and reading messages through
+  the JetStream API; each attempt is a permissions violation reported by the server, and the
+  connection still publishes the tenant's own tasks (the pub ack reaches its ``_INBOX_<tenant>``);
+* ``publish --wait`` and ``--wait --stream`` work with a tenant's settings file;
+* a task cannot send its result into another tenant's inbox (nor a worker's): it is
+  dead-lettered, and the operator reads that dead letter;
+* the operator's ``status`` works and a worker answers its state query; the two workers gossip
+  under the worker credential; the scaler reads consumer info and nothing else; ``up`` gave its
+  workers the worker identity and the cluster key;
+* a Locust user publishes and calls with a tenant credential (``--tenant``);
+* ``publish`` and ``status`` beside ``up --auth`` take their identity from its directory;
+* ``agentbus auth add-tenant`` reloads the server: the same worker processes answer the new
+  tenant; ``remove-tenant`` closes its connection and a copy of its seed is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+import psutil
+import pytest
+from conftest import ROOT, wait_until
+from helpers_a import dead_letters, poll
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from agentbus.cli import main
+from agentbus.cli.status import query_state
+from agents.config import nats_auth_from_env
+from bus.authdir import AuthDir
+from bus.messages import HDR_MSG_ID, HDR_REPLY, Task, encode, msg_id, now
+from bus.publisher import Publisher
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Cluster:
+    root: Path
+    auth: AuthDir
+    proc: subprocess.Popen[bytes]
+    url: str = ""
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return (self.root / "up.log").read_text(errors="replace")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTBUS_")}
+    return env | {"PYTHONPATH": str(ROOT)} | extra
+
+
+def _settings(auth: AuthDir, name: str) -> dict[str, str]:
+    """What ``set -a; . DIR/<name>.env`` sets: the file ``auth init`` wrote, read as a shell would."""
+    pairs = (shlex.split(line)[0].split("=", 1) for line in auth.env_file(name).read_text().splitlines())
+    return dict(pairs)
+
+
+def _http(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return r.status, r.read().decode()
+    except OSError:
+        return 0, ""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("auth-up")
+    auth = AuthDir.init(root / "auth", ["acme", "beta", "globex"])
+    with open(root / "up.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agentbus", "up", "--workers", "2", "--auth", str(auth.path),
+             "--gossip-preset", "test", "--agents", "agents.builtin,agents.builtin.assistant"],
+            cwd=root, env=_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    c = Cluster(root, auth, proc)
+    state_file = root / ".agentbus" / "up.json"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"agentbus up exited {proc.returncode}:\n{c.log()}")
+        if not state_file.exists():
+            return False
+        state = json.loads(state_file.read_text())
+        c.url, c.ports = state["nats_url"], state["metrics_ports"]
+        return len(c.ports) == 2 and all(_http(p, "/readyz")[0] == 200 for p in c.ports.values())
+
+    try:
+        wait_until(up, 60, "agentbus up --auth with two ready workers")
+        yield c
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _connect(c: Cluster, name: str) -> tuple[Client, list[str]]:
+    """A plain nats-py client with identity ``name``'s settings; the errors the server reports."""
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc).lower())
+
+    options = nats_auth_from_env(_settings(c.auth, name)).options()
+    nc = await nats.connect(c.url, error_cb=on_error, max_reconnect_attempts=0, **options)
+    return nc, errors
+
+
+def _violation(action: str, subject: str) -> str:
+    return f'permissions violation for {action} to "{subject.lower()}"'
+
+
+DENIED_PUBLISH = (
+    "tasks.globex.echo",  # another tenant's tasks
+    "results.acme.forged",  # a result no worker wrote
+    "results.globex.x",
+    "dlq.acme.echo",
+    "agentbus.gossip.w1",
+    "agentbus.state.query",
+    "$JS.EVENT.ADVISORY.API",
+    "$JS.ACK.TASKS.echo.1.1.1.1700000000000000000.0",  # settling somebody's task
+    "$JS.API.STREAM.MSG.GET.TASKS",
+    "$JS.API.DIRECT.GET.TASKS",
+    "$JS.API.CONSUMER.CREATE.TASKS",
+    "$JS.API.CONSUMER.MSG.NEXT.TASKS.echo",  # pulling the workers' tasks
+    "$JS.API.DIRECT.GET.DLQ",
+    "$JS.API.STREAM.INFO.TASKS",
+    "_INBOX.pull",  # a worker's pull inbox: a forged delivery
+    "_INBOX_globex.x",
+)
+DENIED_SUBSCRIBE = (
+    "results.globex.>",
+    "_INBOX_globex.>",
+    "_INBOX.>",
+    "dlq.>",
+    "dlq.acme.>",
+    "agentbus.gossip.>",
+    "agentbus.state.query",
+    "$JS.EVENT.>",
+    "$JS.API.>",
+    "tasks.globex.>",
+    ">",
+)
+
+
+async def test_a_tenant_is_refused_every_subject_outside_its_own(cluster: Cluster) -> None:
+    nc, errors = await _connect(cluster, "acme")
+    try:
+        for subject in DENIED_PUBLISH:
+            await nc.publish(subject, b"{}", reply="_INBOX_acme.r")
+        for subject in DENIED_SUBSCRIBE:
+            await nc.subscribe(subject)
+        expected = [_violation("publish", s) for s in DENIED_PUBLISH]
+        expected += [_violation("subscription", s) for s in DENIED_SUBSCRIBE]
+        await nc.flush()
+        await poll(lambda: all(any(e in err for err in errors) for e in expected), what="every violation")
+        assert not nc.is_closed
+        # the same connection still does what a tenant may: its own task, acked on its own inbox
+        ref = await Publisher(nc).submit("acme", "echo", {"text": "mine"})
+        assert ref.subject == "tasks.acme.echo"
+        assert ref.seq > 0
+        assert not any('"tasks.acme.' in e for e in errors)
+    finally:
+        await nc.close()
+
+
+def test_up_gives_its_workers_the_worker_identity_and_the_cluster_key(cluster: Cluster) -> None:
+    workers = [
+        child
+        for child in psutil.Process(cluster.proc.pid).children(recursive=True)
+        if "worker" in child.cmdline()
+    ]
+    assert len(workers) == 2
+    for worker in workers:
+        env = worker.environ()
+        assert env["AGENTBUS_NATS_NKEY_SEED"] == str(cluster.auth.seed_file("worker"))
+        assert env["AGENTBUS_CLUSTER_KEY_FILE"] == str(cluster.auth.cluster_key_file)
+        assert env["AGENTBUS_REPLY_PREFIXES"] == "_INBOX_{tenant}."
+        assert env["AGENTBUS_NATS_INBOX_PREFIX"] == "_INBOX"  # nats-py's, whatever the shell had
+
+
+def _cli(c: Cluster, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agentbus", *args, "--nats-url", c.url],
+        cwd=c.root,
+        env=_env(**_settings(c.auth, name)),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
+def test_publish_wait_and_stream_work_with_a_tenant_credential(cluster: Cluster) -> None:
+    done = _cli(cluster, "acme", "publish", "echo", '{"text":"as acme"}', "--tenant", "acme", "--wait")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["output"]["text"] == "as acme"
+
+    request = '{"request": "customer U9 buys 3 of PROD-002"}'
+    streamed = _cli(
+        cluster, "globex", "publish", "assistant", request, "--tenant", "globex", "--wait", "--stream"
+    )
+    assert streamed.returncode == 0, streamed.stderr
+    *events, result = [json.loads(line) for line in streamed.stdout.splitlines()]
+    assert result["ok"] is True
+    assert result["tenant"] == "globex"
+    assert events
+    assert events[-1] == {"type": "done", "seq": len(events), "ok": True}
+
+
+async def test_a_result_cannot_be_sent_into_another_inbox(cluster: Cluster) -> None:
+    acme, acme_errors = await _connect(cluster, "acme")
+    beta, _ = await _connect(cluster, "beta")  # a name as long as acme's: a prefix check must not count
+    operator, _ = await _connect(cluster, "operator")
+    stolen: list[bytes] = []
+    mine: asyncio.Queue[bytes] = asyncio.Queue()
+    try:
+
+        async def steal(msg: Msg) -> None:
+            stolen.append(msg.data)
+
+        async def receive(msg: Msg) -> None:
+            mine.put_nowait(msg.data)
+
+        await beta.subscribe("_INBOX_beta.>", cb=steal)
+        await acme.subscribe("_INBOX_acme.mine.>", cb=receive)
+        js = acme.jetstream()
+        replies = {"steal": "_INBOX_beta.steal.x", "worker": "_INBOX.w1.x", "mine": "_INBOX_acme.mine.x"}
+        for task_id, reply in replies.items():
+            task = Task(id=task_id, payload={"text": task_id}, created_at=now())
+            headers = {HDR_MSG_ID: msg_id("acme", "echo", task_id), HDR_REPLY: reply}
+            await js.publish("tasks.acme.echo", encode(task), headers=headers)
+        got = await asyncio.wait_for(mine.get(), 30)
+        assert json.loads(got)["output"]["text"] == "mine"
+
+        async def refused() -> bool:
+            letters = {d.task_id: d for d in await dead_letters(operator)}
+            return {"steal", "worker"} <= letters.keys()
+
+        await poll(refused, what="both misdirected tasks dead-lettered")
+        letters = {d.task_id: d for d in await dead_letters(operator) if d.task_id in ("steal", "worker")}
+        for letter in letters.values():
+            assert letter.reason == "invalid_envelope"
+            assert letter.tenant == "acme"
+            assert "not under an allowed reply prefix (_INBOX_{tenant}.)" in letter.detail
+        await beta.flush()
+        assert stolen == []
+        assert acme_errors == []
+    finally:
+        for nc in (acme, beta, operator):
+            await nc.close()
+
+
+async def test_operator_status_and_the_scaler_read_what_they_need_only(cluster: Cluster) -> None:
+    status = _cli(cluster, "operator", "status", "--json", "--interval-s", "0.2")
+    assert status.returncode == 0, status.stderr
+    snap = json.loads(status.stdout)  # stream and consumer info through the JetStream API
+    assert any(k.startswith("acme/") for k in snap["dead_letters"])
+
+    operator, _ = await _connect(cluster, "operator")
+    try:  # a worker answers the state query, and the two gossip under the worker credential
+
+        async def gossiping() -> bool:
+            report = await query_state(operator)
+            return report is not None and report.peers >= 1
+
+        await poll(gossiping, what="a worker with a gossip peer")
+    finally:
+        await operator.close()
+
+    scaler, errors = await _connect(cluster, "scaler")
+    try:
+        js = scaler.jetstream()
+        consumers = await js.consumers_info("TASKS")
+        assert any("echo" in (c.config.filter_subject or "") for c in consumers)
+        assert (await js.stream_info("TASKS")).config.name == "TASKS"
+        await scaler.publish("$JS.API.STREAM.MSG.GET.TASKS", b'{"seq":1}', reply="_INBOX_scaler.x")
+        await scaler.subscribe("results.>")
+        await scaler.flush()
+        wanted = [
+            _violation("publish", "$JS.API.STREAM.MSG.GET.TASKS"),
+            _violation("subscription", "results.>"),
+        ]
+        await poll(lambda: all(any(w in e for e in errors) for w in wanted), what="the scaler's violations")
+    finally:
+        await scaler.close()
+
+
+def _local(c: Cluster, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """A command run beside ``agentbus up --auth`` (its directory, no AGENTBUS_* settings)."""
+    return subprocess.run(
+        [sys.executable, "-m", "agentbus", *args],
+        cwd=c.root, env=_env(**env), capture_output=True, text=True, timeout=90, check=False,
+    )  # fmt: skip
+
+
+def test_commands_beside_up_auth_take_their_identity_from_its_directory(cluster: Cluster) -> None:
+    done = _local(cluster, "publish", "echo", '{"text":"local"}', "--tenant", "globex", "--wait")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tenant"] == "globex"
+    status = _local(cluster, "status", "--json", "--interval-s", "0.1")
+    assert status.returncode == 0, status.stderr  # as the operator: a tenant may not read stream info
+    assert "tasks_total" in json.loads(status.stdout)
+
+
+def _start_times(c: Cluster) -> dict[str, str]:
+    out = {}
+    for name, port in c.ports.items():
+        status, body = _http(port, "/metrics")
+        assert status == 200
+        match = re.search(r"^process_start_time_seconds (\S+)$", body, re.M)
+        assert match is not None
+        out[name] = match[1]
+    return out
+
+
+async def _echo_as(c: Cluster, tenant: str, text: str) -> str:
+    """One echo task through the cluster with ``tenant``'s settings file; the echoed text."""
+    nc, _ = await _connect(c, tenant)
+    try:
+        result = await Publisher(nc).call(tenant, "echo", {"text": text}, timeout_s=30)
+    finally:
+        await nc.close()
+    assert result.ok, result.error
+    assert result.output is not None
+    return str(result.output["text"])
+
+
+async def test_add_tenant_reloads_the_server_and_the_same_workers_serve_it(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _start_times(cluster)
+    assert main(["auth", "add-tenant", str(cluster.auth.path), "initech"]) == 0
+    assert "reloaded nats-server" in capsys.readouterr().out
+    assert await _echo_as(cluster, "initech", "new") == "new"  # a worker replied into _INBOX_initech
+    assert _start_times(cluster) == before  # no worker restarted
+
+
+_LOCUST_USER = """
+import json, sys
+from argparse import Namespace
+import locust  # monkey-patches the process with gevent, as the locustfile's import does
+from locust.env import Environment
+from loadtest.locust_nats import NatsBridge
+
+env = Environment(parsed_options=Namespace(tenant="acme"))
+seen = []
+def record(request_type, name, exception, **_):
+    seen.append([request_type, name, repr(exception) if exception else None])
+env.events.request.add_listener(record)
+bridge = NatsBridge(env)
+bridge.start(sys.argv[1])
+bridge.submit("globex", "echo", {"text": "a"})  # a scenario's draw: --tenant makes it acme's
+bridge.call("noisy", "echo", {"text": "b"}, result_timeout_s=20)
+bridge.close()
+print(json.dumps(seen))
+"""
+
+
+def test_a_locust_user_publishes_and_calls_with_a_tenant_credential(cluster: Cluster) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _LOCUST_USER, cluster.url],
+        env=_env(**_settings(cluster.auth, "acme")), capture_output=True, text=True, timeout=90, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == [
+        ["submit", "acme/echo", None],
+        ["call", "acme/echo", None],
+    ]
+
+
+async def test_remove_tenant_revokes_a_leaked_seed(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    leaked = tmp_path / "initech.nk"  # a copy of the seed of the tenant added by the test above
+    leaked.write_bytes(cluster.auth.seed_file("initech").read_bytes())
+    options: dict[str, Any] = {"nkeys_seed": str(leaked), "inbox_prefix": "_INBOX_initech"}
+    dropped = asyncio.Event()
+
+    async def on_disconnect() -> None:
+        dropped.set()
+
+    async def on_error(exc: Exception) -> None:
+        pass
+
+    nc = await nats.connect(cluster.url, disconnected_cb=on_disconnect, error_cb=on_error, **options)
+    try:
+        assert main(["auth", "remove-tenant", str(cluster.auth.path), "initech"]) == 0
+        assert "its connections are closed" in capsys.readouterr().out
+        assert not cluster.auth.seed_file("initech").exists()
+        await asyncio.wait_for(dropped.wait(), 30)  # the reloaded server closed the connection
+    finally:
+        await nc.close()
+    refused = Client()
+    try:
+        with pytest.raises(Exception, match=r"(?i)authorization violation"):
+            await refused.connect(cluster.url, allow_reconnect=False, error_cb=on_error, **options)
+    finally:
+        await refused.close()  # nats-py leaves the refused socket open otherwise
+    assert await _echo_as(cluster, "acme", "still here") == "still here"  # the others keep working
+
+
+async def test_rotate_refuses_the_old_key_and_the_new_one_works(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old_seed = cluster.auth.seed_file("globex").read_bytes()
+    assert main(["auth", "rotate", str(cluster.auth.path), "globex"]) == 0
+    assert "the old key is refused" in capsys.readouterr().out
+    assert cluster.auth.seed_file("globex").read_bytes() != old_seed
+    stale = Client()
+    try:
+        with pytest.raises(Exception, match=r"(?i)authorization violation"):
+            await stale.connect(cluster.url, allow_reconnect=False, nkeys_seed_str=old_seed.decode().strip())
+    finally:
+        await stale.close()
+    assert await _echo_as(cluster, "globex", "rotated") == "rotated"  # the settings file, new key
