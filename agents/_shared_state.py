@@ -82,7 +82,7 @@ class SharedState:
         self.name = name
         self.replica = ReplicaState(name)
         preset = GossipConfig.for_tests if config.gossip_preset == "test" else GossipConfig.lan
-        self.gossip_config = preset()
+        self.gossip_config = preset(key=config.cluster_key)
         self.gossip: Gossip | None = None
         self.snapshots: SnapshotStore | None = None
         self.writer: SnapshotWriter | None = None
@@ -110,7 +110,9 @@ class SharedState:
     async def start(self, nc: Client) -> None:
         """Load snapshots (if Redis is configured and up), join gossip, start writing and answering."""
         if self.config.redis_url is not None:
-            self.snapshots = SnapshotStore.from_url(self.config.redis_url, timeout_s=REDIS_TIMEOUT_S)
+            self.snapshots = SnapshotStore.from_url(
+                self.config.redis_url, timeout_s=REDIS_TIMEOUT_S, key=self.config.cluster_key
+            )
             self.writer = SnapshotWriter(self.snapshots, self.replica, interval_s=SNAPSHOT_INTERVAL_S)
             if not await self._load():
                 self._spawn(self._load_until_done(), "agentbus-state-load")

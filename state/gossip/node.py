@@ -109,6 +109,7 @@ class Gossip:
         self._next_push_pull_at = 0.0
         self._next_announce_at = 0.0
         self._parts: dict[tuple[str, int], set[int]] = {}
+        self._warned = False
 
     def _become(self, node: str) -> None:
         """Take ``node`` as this replica's identity: a fresh membership view, delta log and pruner."""
@@ -324,6 +325,13 @@ class Gossip:
             self.stats.foreign_packets += 1
             return
         self.stats.packets_received += 1
+        if self.config.key is None and not self._warned:
+            self._warned = True  # one user's laptop needs no key; several processes should have one
+            log.warning(
+                "gossip with %s is not authenticated (no cluster key, AGENTBUS_CLUSTER_KEY_FILE): any"
+                " client that may publish on the gossip subjects can change shared state",
+                sender,
+            )
         now = self._clock()
         self._longest_silence_s = max(self._longest_silence_s, now - self._last_heard)
         self._last_heard = now
