@@ -55,7 +55,7 @@ from state.persistence import SnapshotStore, SnapshotWriter
 from state.replica import ReplicaState
 from state.wire import SYSTEM_TENANT
 
-__all__ = ["SharedState"]
+__all__ = ["MAX_REPORT_TENANTS", "SharedState"]
 
 log = logging.getLogger("agentbus.state")
 
@@ -68,6 +68,10 @@ COLLECT_EVERY_S = 5.0
 LOAD_RETRY_MAX_S = 30.0
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _query_decoder = msgspec.json.Decoder(StateQuery)
+MAX_REPORT_TENANTS = 1000
+"""Tenants in one status answer at most, whatever the query asks: the answer stays far below
+NATS's max_payload, and one query cannot make a worker serialise every tenant it knows."""
+MAX_REPORT_AGENTS = 1000
 _COUNTED = {Outcome.OK: True, Outcome.DEAD_LETTERED: False}
 """Outcomes that end a task, and whether they count as completed (retries and hand-backs do not end it)."""
 
@@ -251,6 +255,7 @@ class SharedState:
 
     def report(self, max_tenants: int = 1000) -> StateReport:
         """This replica's view: usage per tenant (the busiest ``max_tenants``) and the live agents."""
+        max_tenants = max(0, min(max_tenants, MAX_REPORT_TENANTS))
         names = self.replica.tenants()
         usage = {t: TenantUsage(**self.replica.usage(t)) for t in names}
         if len(usage) > max_tenants:
@@ -263,7 +268,7 @@ class SharedState:
             peers=len(self.gossip.live_peers()) if self.gossip is not None else 0,
             tenants=usage,
             tenants_total=len(names),
-            live_agents=self.live_agents(),
+            live_agents=self.live_agents()[:MAX_REPORT_AGENTS],
         )
 
     def live_agents(self) -> list[str]:
