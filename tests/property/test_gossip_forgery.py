@@ -40,7 +40,7 @@ from state.limiter import Budget
 from state.mac import ClusterKey
 from state.replica import ReplicaState
 from state.store import StoreLimits
-from state.wire import GCounterState, LWWState, ORSetState, PNCounterState, StateMessage, encode
+from state.wire import Entry, GCounterState, LWWState, ORSetState, PNCounterState, StateMessage, encode
 
 T = TypeVar("T")
 KEY = ClusterKey(bytes(range(32)))
@@ -113,7 +113,7 @@ def forged(
 ) -> StateMessage:
     """A payload that inflates ``victim``'s slots, gives ``origin`` a negative budget, adds set dots,
     and overwrites a register as ``victim``."""
-    entries = {
+    entries: dict[str, Entry] = {
         "hits": GCounterState({victim: 10**12, origin: 7}),
         f"{BUDGET}": PNCounterState({victim: 10**12}, {origin: 10**12}),
         "seen": ORSetState({"forged": {(victim, 10**6)}}, {victim: 10**6}, set()),
@@ -123,7 +123,7 @@ def forged(
 
 
 def oversized(origin: str, tenant: str) -> StateMessage:
-    entries: dict[str, Any] = {f"k{i}": GCounterState({origin: 1}) for i in range(500)}
+    entries: dict[str, Entry] = {f"k{i}": GCounterState({origin: 1}) for i in range(500)}
     entries["big"] = ORSetState({f"e{i}": {(origin, i + 1)} for i in range(2000)}, {origin: 2000}, set())
     entries["blob"] = LWWState(b"x" * 10_000, 1, origin)
     return StateMessage(origin, False, {tenant: entries})
@@ -176,8 +176,8 @@ async def attack(world: World, kind: str, dest: str, victim: str, seq: int) -> N
         frame = struct.pack(">3sBI16s", b"ABS", 1, len(raw), hashlib.blake2b(raw, digest_size=16).digest())
         world.send(dest, [world.deltas(EVIL, frame + raw, seq)])
     elif kind == "max_slot":  # its own slot at the bound, then everyone folds and sums it
-        body = StateMessage(EVIL, False, {tenant: {"hits": GCounterState({EVIL: MAX_COUNT})}})
-        world.send(dest, [world.deltas(EVIL, body, seq)])
+        top = StateMessage(EVIL, False, {tenant: {"hits": GCounterState({EVIL: MAX_COUNT})}})
+        world.send(dest, [world.deltas(EVIL, top, seq)])
     elif kind == "oversized":
         world.send(dest, [world.deltas(EVIL, oversized(EVIL, tenant), seq)])
     elif kind == "flood":
@@ -231,10 +231,10 @@ def test_a_keyed_malicious_peer_cannot_forge_other_replicas_state(
         await world.start()
         for seq, (op, a, b, n) in enumerate(steps, start=1):
             if op == "write":
-                world.write(a, b, n)
+                world.write(a, b, int(n))
             elif op == "attack":
                 await attack(world, a, b, str(n), seq)
-            await world.run(0.2 * (n if op == "wait" else 1))
+            await world.run(0.2 * (int(n) if op == "wait" else 1))
         for name in HONEST:  # anti-entropy still runs: last writes reach everyone
             for tenant in TENANTS:
                 world.write(name, tenant, 1)

@@ -23,7 +23,7 @@ from state.mac import ClusterKey
 from state.persistence import SnapshotStore
 from state.replica import ReplicaState
 from state.store import StoreLimits
-from state.wire import GCounterState, LWWState, PNCounterState, StateMessage, encode
+from state.wire import Entry, GCounterState, LWWState, PNCounterState, StateMessage, encode
 
 KEY = ClusterKey(b"k" * 32)
 
@@ -75,7 +75,9 @@ def test_a_payload_names_its_sender() -> None:
 def test_a_full_state_relays_only_replicas_that_cannot_speak_for_themselves() -> None:
     r = replica("b", live={"a", "m"})
     r.store("acme").counter("c").increment(3)
-    relayed = {"acme": {"c": GCounterState({"a": 10**9, "b": 10**9, "dead": 4, "m": 2})}}
+    relayed: dict[str, dict[str, Entry]] = {
+        "acme": {"c": GCounterState({"a": 10**9, "b": 10**9, "dead": 4, "m": 2})}
+    }
     r.merge_from(encode(StateMessage("m", True, relayed)), "m", delta=False)
     crdt = r._tenants["acme"].entries["c"]
     assert isinstance(crdt, GCounter)
@@ -122,9 +124,9 @@ def test_a_slot_past_the_bound_is_refused_and_slots_at_it_still_encode() -> None
 def test_merges_keep_a_tenant_within_its_limits() -> None:
     limits = StoreLimits(max_entries=10, max_value_bytes=64, max_tenant_bytes=4096)
     r = replica("b", live=set(), limits=limits)
-    entries: dict[str, object] = {f"k{i}": GCounterState({"m": 1}) for i in range(5000)}
+    entries: dict[str, Entry] = {f"k{i}": GCounterState({"m": 1}) for i in range(5000)}
     entries["blob"] = LWWState(b"x" * 10_000, 1, "m")
-    r.merge_from(encode(StateMessage("m", False, {"acme": entries})), "m", delta=True)  # type: ignore[arg-type]
+    r.merge_from(encode(StateMessage("m", False, {"acme": entries})), "m", delta=True)
     t = r._tenants["acme"]
     assert len(t.entries) <= 2 * limits.max_entries
     assert "blob" not in t.entries
@@ -242,8 +244,8 @@ def test_snapshots_carry_a_keyed_mac() -> None:
         ("agentbus:state:acme:w", blob[:-1] + bytes([blob[-1] ^ 1])),  # altered
         (
             "agentbus:state:acme:w",
-            SnapshotStore(None, key=ClusterKey(b"o" * 32)).seal("agentbus:state:acme:w", frame),
-        ),  # type: ignore[arg-type]
+            SnapshotStore(None, key=ClusterKey(b"o" * 32)).seal("agentbus:state:acme:w", frame),  # type: ignore[arg-type]
+        ),
     ):
         with pytest.raises(CorruptStateError, match="bad_mac"):
             keyed.open(key, data)
