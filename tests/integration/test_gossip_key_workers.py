@@ -24,10 +24,10 @@ from agentbus.cli.status import query_state
 from bus.gossip import HDR_GOSSIP_FROM, NatsTransport
 from bus.publisher import Publisher
 from state.gossip import Gossip, GossipConfig
-from state.gossip.wire import Deltas, Packet, PushPull, encode_packet
+from state.gossip.wire import Deltas, Message, Packet, PushPull, encode_packet
 from state.mac import ClusterKey
 from state.replica import TASKS_COMPLETED, ReplicaState
-from state.wire import GCounterState, StateMessage, encode
+from state.wire import Entry, GCounterState, StateMessage, encode
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,9 @@ async def test_keyed_workers_drop_forgeries_and_count_exactly(
                 break
         assert len(replicas) == 2
         w1_id, w2_id = sorted(replicas)
-        inflated = {"acme": {TASKS_COMPLETED: GCounterState({w1_id: 10**6, w2_id: 10**6})}}
+        inflated: dict[str, dict[str, Entry]] = {
+            "acme": {TASKS_COMPLETED: GCounterState({w1_id: 10**6, w2_id: 10**6})}
+        }
 
         # 1. no key: a forged full state on the broadcast subject
         unkeyed = encode_packet(
@@ -75,7 +77,7 @@ async def test_keyed_workers_drop_forgeries_and_count_exactly(
         config = GossipConfig.for_tests(key=ClusterKey(bytes.fromhex(KEY_HEX)))
         evil = Gossip("evil", NatsTransport(nc), ReplicaState("evil", replica_id="evil"), config)
         await evil.start(autotick=False)
-        lies = [
+        lies: list[Message] = [
             PushPull(b"", encode(StateMessage("evil", True, inflated, pruned={w1_id: 1})), False),
             Deltas(origin=w2_id, seq=1, data=encode(StateMessage(w2_id, False, inflated))),
             Deltas(origin="evil", seq=2, data=encode(StateMessage("evil", False, {}, pruned={w2_id: 1}))),
