@@ -63,6 +63,9 @@ SNAPSHOT_INTERVAL_S = 1.0
 """How often changed tenants are written to Redis (what a kill -9 can lose from Redis, not from peers)."""
 REDIS_TIMEOUT_S = 2.0
 """Bound on one Redis round trip; a drain waits at most a few of these for the last flush."""
+IDLE_TENANT_S = 3600.0
+"""A tenant without state whose store nobody asked for this long is forgotten (far longer than
+any task's timeout: a handler holding its store must not write into a forgotten one)."""
 COLLECT_EVERY_S = 5.0
 """How often expired entries (rate windows, past budget periods) are dropped."""
 LOAD_RETRY_MAX_S = 30.0
@@ -218,6 +221,7 @@ class SharedState:
                 if time.monotonic() >= next_collect:
                     next_collect = time.monotonic() + COLLECT_EVERY_S
                     self.replica.collect_expired()
+                    self.replica.evict_idle(idle_s=IDLE_TENANT_S)
             except Exception:  # one bad round must not end the upkeep
                 log.exception("shared state upkeep failed")
 

@@ -102,6 +102,8 @@ class ReplicaState:
         """Incoming entries skipped because the name holds another kind here."""
         self._tenants: dict[str, TenantState] = {}
         self._stores: dict[str, Store] = {}
+        self._used: dict[str, int] = {}
+        # tenant -> when its store was last handed out (idle tenants are evicted, ``evict_idle``)
         self._usage: dict[str, tuple[CounterView, CounterView, CounterView]] = {}
         self.marker_recent_s = marker_recent_s
         """Deltas carry prune markers this young (full states and snapshots carry all of them)."""
@@ -120,6 +122,7 @@ class ReplicaState:
         store = self._stores.get(tenant)
         if store is None:
             store = self._stores[check_tenant(tenant)] = Store._bind(self._tenant(tenant))
+        self._used[tenant] = self.clock()
         return store
 
     @property
@@ -174,6 +177,35 @@ class ReplicaState:
         for node in [n for n in self._folded if self._pruned.get(n, 0) < keep]:
             del self._folded[node]
         return sum(t.collect(horizon) for t in self._tenants.values())
+
+    def evict_idle(self, *, idle_s: float = 3600.0) -> int:
+        """Forget tenants that hold no state and whose store nobody asked for in ``idle_s``.
+
+        Their views, usage handles and empty entry maps go; the next task of the tenant
+        makes new ones. ``idle_s`` must exceed the longest a handler keeps a store (a task's
+        timeout): a write through a store handed out before its eviction would be lost.
+        Tenants with state (usage counters, a live budget period) stay: that is replicated
+        data, bounded by the tenant allowlist, not a cache. Returns how many were evicted.
+        """
+        horizon = self.clock() - int(idle_s * 1e9)
+        idle = [
+            name
+            for name, at in self._used.items()
+            if at < horizon and not ((t := self._tenants.get(name)) and (t.entries or t.dirty))
+        ]
+        idle += [n for n, t in self._tenants.items() if n not in self._used and not t.entries and not t.dirty]
+        for name in idle:
+            self._used.pop(name, None)
+            self._stores.pop(name, None)
+            self._usage.pop(name, None)
+            self._tenants.pop(name, None)
+        if idle:
+            self._digest = ((), b"")
+        return len(idle)
+
+    def cached_tenants(self) -> int:
+        """Tenants with anything in this replica's per-tenant maps (for tests and metrics)."""
+        return len(self._tenants.keys() | self._stores.keys() | self._usage.keys() | self._used.keys())
 
     @property
     def pruned(self) -> frozenset[str]:
