@@ -257,6 +257,9 @@ values), failing the render with a message that names the key.
 {{- if and .Values.metrics.serviceMonitor.enabled .Values.metrics.podMonitor.enabled }}
 {{- fail "metrics: enable serviceMonitor or podMonitor, not both (every worker would be scraped twice)" }}
 {{- end }}
+{{- if not (or (include "agentbus.tenants" .) .Values.tenants.allowAnyTenant) }}
+{{- fail "tenants.allowlist: list the tenants these workers serve, or set tenants.allowAnyTenant: true (any subject token then becomes a tenant)" }}
+{{- end }}
 {{- if and .Values.tests.kind (not (hasKey $seen .Values.tests.kind)) }}
 {{- fail (printf "tests.kind %q is not one of agents.kinds" .Values.tests.kind) }}
 {{- end }}
@@ -271,4 +274,9 @@ values), failing the render with a message that names the key.
 {{- end }}
 {{- end }}
 {{- toJson (dict "kinds" $kinds) }}
+{{- end }}
+
+{{/* The tenant allowlist, comma-separated (tenants.allowlist plus the older agents.tenants); empty: none. */}}
+{{- define "agentbus.tenants" -}}
+{{- concat (.Values.tenants.allowlist | default list) (.Values.agents.tenants | default list) | uniq | join "," -}}
 {{- end }}
