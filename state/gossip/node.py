@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import re
@@ -49,6 +50,15 @@ _UNICAST, _BROADCAST = b"\x01", b"\x02"
 _DOMAIN = b"agentbus-gossip"
 _TAG = 32
 _MAX_PARTS_TRACKED = 256
+
+
+@functools.cache
+def _warn_unkeyed() -> None:
+    """Once per process: gossip between processes without a cluster key."""
+    log.warning(
+        "gossip between replicas is not authenticated (no cluster key, AGENTBUS_CLUSTER_KEY_FILE):"
+        " any client that may publish on the gossip subjects can change shared state"
+    )
 
 
 @dataclass
@@ -109,7 +119,6 @@ class Gossip:
         self._next_push_pull_at = 0.0
         self._next_announce_at = 0.0
         self._parts: dict[tuple[str, int], set[int]] = {}
-        self._warned = False
 
     def _become(self, node: str) -> None:
         """Take ``node`` as this replica's identity: a fresh membership view, delta log and pruner."""
@@ -325,13 +334,8 @@ class Gossip:
             self.stats.foreign_packets += 1
             return
         self.stats.packets_received += 1
-        if self.config.key is None and not self._warned:
-            self._warned = True  # one user's laptop needs no key; several processes should have one
-            log.warning(
-                "gossip with %s is not authenticated (no cluster key, AGENTBUS_CLUSTER_KEY_FILE): any"
-                " client that may publish on the gossip subjects can change shared state",
-                sender,
-            )
+        if self.config.key is None:
+            _warn_unkeyed()  # one user's laptop needs no key; several processes should have one
         now = self._clock()
         self._longest_silence_s = max(self._longest_silence_s, now - self._last_heard)
         self._last_heard = now
