@@ -131,7 +131,9 @@ class Gossip:
         prune = self._delegate.prune if isinstance(self._delegate, Pruning) else None
         self.pruner = Pruner(self.config, self.membership, prune=prune, pull=self._pull)
         self._last_heard = self._clock()
-        self._longest_silence_s = 0.0
+        self._long_silence_ended = float("-inf")
+        # when this node last heard from peers again after at least half of prune_after_s without a
+        # packet (paused or cut off): only then may a prune marker naming itself be believed
         if isinstance(self._delegate, GuardedDelegate):
             self._delegate.watch(self)
 
@@ -148,17 +150,20 @@ class Gossip:
         Another replica: not alive or suspect here, and if known dead or departed, for at
         least half of ``prune_after_s`` (the owner waits all of it). This replica: only if it
         heard nothing for at least half of ``prune_after_s`` (paused or cut off), the only
-        way peers could have declared it dead that long.
+        way peers could have declared it dead that long, and that silence ended recently
+        (within ``prune_after_s``: the owner's marker arrives with the first rounds after).
         """
         half = self.config.prune_after_s / 2
+        now = self._clock()
         if node == self.node:
-            return max(self._longest_silence_s, self._clock() - self._last_heard) >= half
+            silent = now - self._last_heard >= half
+            return silent or now - self._long_silence_ended <= self.config.prune_after_s
         m = self.membership.members.get(node)
         if m is None:
             return True  # pruned and forgotten before we joined, or never met
         if m.state in (MemberState.ALIVE, MemberState.SUSPECT):
             return False
-        return self._clock() - m.since >= half
+        return now - m.since >= half
 
     # -- views --
 
@@ -337,7 +342,8 @@ class Gossip:
         if self.config.key is None:
             _warn_unkeyed()  # one user's laptop needs no key; several processes should have one
         now = self._clock()
-        self._longest_silence_s = max(self._longest_silence_s, now - self._last_heard)
+        if now - self._last_heard >= self.config.prune_after_s / 2:
+            self._long_silence_ended = now
         self._last_heard = now
         for update in packet.updates:
             self.membership.apply(now, update)
