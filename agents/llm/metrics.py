@@ -17,27 +17,27 @@ is the endpoint's URL without user info or query (:func:`~agents.llm._failure.re
 ==============================================  =========================================
 
 Labels are bounded whatever the wire brings: a tool name the agent does not have (a model
-can name any) counts as ``other``, and past ``MAX_TENANT_LABELS`` tenants (the first ones
+can name any) counts as ``other``, and past ``agents.metrics.MAX_TENANT_LABELS`` tenants (the first ones
 seen keep theirs, so every series stays monotonic) the rest add up under ``tenant="other"``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agents.metrics import OTHER_TENANT, TenantLabels, summed
+
 if TYPE_CHECKING:
     from agents.llm.client import Endpoint
 
-__all__ = ["MAX_TENANT_LABELS", "OTHER", "LLMCollector", "LLMStats"]
+__all__ = ["OTHER", "LLMCollector", "LLMStats"]
 
-OTHER = "other"
-"""The label of tool names the agent does not have, and of tenants past ``MAX_TENANT_LABELS``."""
-MAX_TENANT_LABELS = 500
-"""Tenants with their own ``tenant`` label per agent kind."""
+OTHER = OTHER_TENANT
+"""The label of tool names the agent does not have (and of tenants past ``MAX_TENANT_LABELS``)."""
 
 
 class LLMStats:
@@ -58,17 +58,7 @@ class LLMCollector(Collector):
     def __init__(self, kind: str, stats: LLMStats) -> None:
         self._kind = kind
         self._stats = stats
-        self._labels: dict[str, None] = {}
-        # tenants given their own label, first come first served, at most MAX_TENANT_LABELS
-
-    def _label(self, tenant: str) -> bool:
-        """Whether ``tenant`` has (or now gets) its own label."""
-        if tenant in self._labels:
-            return True
-        if len(self._labels) < MAX_TENANT_LABELS:
-            self._labels[tenant] = None
-            return True
-        return False
+        self._tenants = TenantLabels()
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
@@ -92,18 +82,14 @@ class LLMCollector(Collector):
         tokens = CounterMetricFamily(
             "agentbus_llm_tokens", "Model tokens spent, by tenant", labels=["kind", "tenant"]
         )
-        for tenant, n in sorted(_capped(stats.tokens.items(), self._labels)):
+        for (tenant, _), n in summed((((t, ""), n) for t, n in stats.tokens.items()), self._tenants):
             tokens.add_metric([kind, tenant], n)
         limited = CounterMetricFamily(
             "agentbus_llm_limited",
             "Model calls refused by a tenant limit",
             labels=["kind", "tenant", "limit"],
         )
-        refused: dict[tuple[str, str], int] = {}
-        for (tenant, why), n in stats.refused.items():
-            key = (tenant if self._label(tenant) else OTHER, why)
-            refused[key] = refused.get(key, 0) + n
-        for (tenant, why), n in sorted(refused.items()):
+        for (tenant, why), n in summed(stats.refused.items(), self._tenants):
             limited.add_metric([kind, tenant, why], n)
         tools = CounterMetricFamily(
             "agentbus_llm_tool_calls", "Tool calls by outcome", labels=["kind", "tool", "outcome"]
@@ -111,14 +97,3 @@ class LLMCollector(Collector):
         for (name, ok), n in sorted(stats.tool_calls.items()):
             tools.add_metric([kind, name, "ok" if ok else "error"], n)
         yield from (state, opened, attempts, tokens, limited, tools)
-
-
-def _capped(items: Iterable[tuple[str, int]], labels: dict[str, None]) -> list[tuple[str, int]]:
-    """Per-tenant values with the tenants past the label cap summed under ``other``."""
-    out: dict[str, int] = {}
-    for tenant, n in items:
-        if tenant not in labels and len(labels) < MAX_TENANT_LABELS:
-            labels[tenant] = None
-        key = tenant if tenant in labels else OTHER
-        out[key] = out.get(key, 0) + n
-    return list(out.items())

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from agents.llm.budget import MAX_BUCKETS, LocalLimits
 from agents.llm.config import LimitsConfig
-from agents.llm.metrics import MAX_TENANT_LABELS, OTHER, LLMCollector, LLMStats
+from agents.llm.metrics import OTHER, LLMCollector, LLMStats
 from agents.llm.shared_limits import MAX_CACHED, SharedLimits
+from agents.metrics import MAX_TENANT_LABELS, Outcome, StatsCollector, WorkerStats
 from state.replica import ReplicaState
 
 N = 10_000
@@ -80,3 +81,18 @@ def test_llm_metric_labels_are_bounded() -> None:
     total = sum(s.value for s in families["agentbus_llm_tokens"].samples if s.name.endswith("_total"))
     assert total == 2 * N  # nothing is lost, the rest is under "other"
     assert {s.labels["tool"] for s in families["agentbus_llm_tool_calls"].samples} == {OTHER}
+
+
+def test_worker_metric_labels_are_bounded() -> None:
+    from prometheus_client import CollectorRegistry
+
+    stats = WorkerStats("w")
+    echo = stats.kind("echo")
+    for i in range(N):
+        echo.tasks[(f"t{i}", Outcome.OK)] += 1
+    collector = StatsCollector(stats, CollectorRegistry())
+    tasks = next(f for f in collector.collect() if f.name == "agentbus_tasks")
+    samples = [s for s in tasks.samples if s.name.endswith("_total")]
+    assert len(samples) == MAX_TENANT_LABELS + 1
+    assert sum(s.value for s in samples) == N
+    assert [s.value for s in samples if s.labels["tenant"] == "other"] == [N - MAX_TENANT_LABELS]
