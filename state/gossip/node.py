@@ -131,6 +131,8 @@ class Gossip:
         prune = self._delegate.prune if isinstance(self._delegate, Pruning) else None
         self.pruner = Pruner(self.config, self.membership, prune=prune, pull=self._pull)
         self._last_heard = self._clock()
+        self._heard: dict[str, float] = {}
+        """Peers we received a valid packet from (sender -> when), bounded by ``max_members``."""
         self._long_silence_ended = float("-inf")
         # when this node last heard from peers again after at least half of prune_after_s without a
         # packet (paused or cut off): only then may a prune marker naming itself be believed
@@ -278,7 +280,7 @@ class Gossip:
         pending = self._delegate.pending()
         if pending:
             self._deltas.add_local(pending)
-        peers = self.membership.gossip_peers(now)
+        peers = self._heard_first(self.membership.gossip_peers(now))
         if not peers:
             return
         limit = self.config.retransmit_limit(self.membership.cluster_size())
@@ -298,7 +300,7 @@ class Gossip:
         if pending:
             self._deltas.add_local(pending)
         batches = self._deltas.queue.take(limit=1, max_items=10_000, max_bytes=self.config.max_packet_bytes)
-        peers = self.membership.alive_peers()
+        peers = self._heard_first(self.membership.alive_peers())
         if not peers:
             return
         parts, digest = self._full_parts(), self._delegate.digest()
@@ -308,8 +310,19 @@ class Gossip:
             n = len(parts)
             out.messages.extend(PushPull(digest, part, False, 0, i, n) for i, part in enumerate(parts))
 
+    def _heard_first(self, peers: list[str]) -> list[str]:
+        """The peers we received a packet from ourselves, if any; else ``peers``.
+
+        Membership news is second-hand and a peer holding the key can make up members
+        (``max_members`` bounds them): a made-up member never speaks, so it must not take
+        the fan-out of deltas and push-pull from real ones while probes declare it dead.
+        """
+        heard = self._heard
+        direct = [p for p in peers if p in heard]
+        return direct or peers
+
     def _start_push_pull(self) -> None:
-        peers = self.membership.alive_peers()
+        peers = self._heard_first(self.membership.alive_peers())
         if peers:
             self.stats.push_pulls_started += 1
             self._pull(self._rng.choice(peers), 0)
@@ -345,11 +358,33 @@ class Gossip:
         if now - self._last_heard >= self.config.prune_after_s / 2:
             self._long_silence_ended = now
         self._last_heard = now
+        if sender not in self._heard and len(self._heard) >= 2 * self.config.max_members:
+            self._heard = {n: t for n, t in self._heard.items() if n in self.membership.members}
+        self._heard[sender] = now
         for update in packet.updates:
-            self.membership.apply(now, update)
+            self._apply(now, update)
         for message in packet.messages:
             self._handle(now, sender, message)
         await self._flush()
+
+    def _apply(self, now: float, update: Update) -> None:
+        """Apply membership news; a replica met for the first time is pulled from at once.
+
+        A live replica speaks for itself (``state._guard``): its state reaches us from it,
+        not relayed, so a new worker pulls from each peer it meets instead of waiting for a
+        random push-pull to pick it (a scale-up would otherwise see a budget spent as 0).
+        """
+        members = self.membership.members
+        new = update.node not in members and update.node != self.node
+        self.membership.apply(now, update)
+        m = members.get(update.node)
+        if (
+            new
+            and m is not None
+            and m.state is MemberState.ALIVE
+            and isinstance(self._delegate, GuardedDelegate)
+        ):
+            self._pull(update.node, 0)
 
     def _handle(self, now: float, sender: str, msg: Message) -> None:
         m = self.membership
@@ -386,7 +421,7 @@ class Gossip:
                 if msg.round:
                     self.pruner.on_reply(sender, msg.round)
         elif isinstance(msg, Announce):
-            m.apply(now, Alive(sender, msg.incarnation))
+            self._apply(now, Alive(sender, msg.incarnation))
             seen = m.members.get(sender)
             if msg.want_reply:
                 self._queue(sender, Announce(m.incarnation, False)).updates.extend(m.snapshot())

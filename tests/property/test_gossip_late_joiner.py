@@ -20,7 +20,8 @@ from state.limiter import Budget
 from state.mac import ClusterKey
 from state.replica import ReplicaState
 
-CONFIG = GossipConfig.for_tests(key=ClusterKey(b"c" * 32))
+CONFIG = GossipConfig.for_tests(key=ClusterKey(b"c" * 32), push_pull_interval_s=60.0)
+"""Push-pull rarely: what a joiner learns, it learns by pulling from each peer it meets."""
 
 
 SEED, TENANTS = 7, 6
@@ -50,7 +51,7 @@ def test_a_late_joiner_sees_every_charge() -> None:
                     await node.tick()
 
         writer = await join("w1")
-        await join("w2")
+        others = [await join(f"w{i}") for i in range(2, 6)]
         await run(2.0)
         written: dict[str, int] = {}
         for t in range(tenants):
@@ -63,17 +64,19 @@ def test_a_late_joiner_sees_every_charge() -> None:
                 written[f"big{t}"] = i + 1
         assert 0 < written["big0"] < 200  # the bound stops a tenant well before the issue's 200
         Budget(writer.store("small"), "llm_tokens", limit=10**6).charge(9000)
+        for other in others:  # every worker spent some: a joiner must hear from each
+            Budget(other.store("small"), "llm_tokens", limit=10**6).charge(1000)
         assert len(writer.full_state()) > CONFIG.max_packet_bytes  # the whole state needs several packets
         assert len(writer.full_state_parts(CONFIG.max_packet_bytes - 16 * 1024)) > 1
         await run(5.0)
         late = await join("late")
-        await run(10.0)
+        await run(3.0)  # far less than one push-pull interval
         assert sum(n.stats.oversized_dropped for n in nodes.values()) == 0
         for name in ("w2", "late"):
             replica = replicas[name]
-            assert Budget(replica.store("small"), "llm_tokens", limit=10**6).spent == 9000, name
+            assert Budget(replica.store("small"), "llm_tokens", limit=10**6).spent == 13_000, name
             for tenant in written:
                 assert replica.store(tenant).snapshot() == writer.store(tenant).snapshot(), (name, tenant)
-        assert late.digest() == writer.digest()
+        assert late.digest() == writer.digest() == others[0].digest()
 
     asyncio.run(scenario())
