@@ -359,7 +359,9 @@ class KindRunner:
 
     async def _refuse(self, slot: Slot, refusal: Refusal) -> None:
         reason, task_id, detail = refusal
-        await self._dead_letter(slot.msg, slot.tenant, task_id, reason, detail, slot.attempt, kind=slot.kind)
+        # a tenant not on the allowlist gets no DLQ subject, metric label or state of its own
+        tenant = INVALID_TOKEN if reason is DlqReason.UNKNOWN_TENANT else slot.tenant
+        await self._dead_letter(slot.msg, tenant, task_id, reason, detail, slot.attempt, kind=slot.kind)
 
     async def _settle(self, slot: Slot, output: Any, error: BaseException | None) -> None:
         """The fate of an admitted task whose handler returned ``output`` or raised ``error``."""

@@ -55,7 +55,7 @@ from state.persistence import SnapshotStore, SnapshotWriter
 from state.replica import ReplicaState
 from state.wire import SYSTEM_TENANT
 
-__all__ = ["SharedState"]
+__all__ = ["MAX_REPORT_TENANTS", "SharedState"]
 
 log = logging.getLogger("agentbus.state")
 
@@ -63,11 +63,18 @@ SNAPSHOT_INTERVAL_S = 1.0
 """How often changed tenants are written to Redis (what a kill -9 can lose from Redis, not from peers)."""
 REDIS_TIMEOUT_S = 2.0
 """Bound on one Redis round trip; a drain waits at most a few of these for the last flush."""
+IDLE_TENANT_S = 3600.0
+"""A tenant without state whose store nobody asked for this long is forgotten (far longer than
+any task's timeout: a handler holding its store must not write into a forgotten one)."""
 COLLECT_EVERY_S = 5.0
 """How often expired entries (rate windows, past budget periods) are dropped."""
 LOAD_RETRY_MAX_S = 30.0
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _query_decoder = msgspec.json.Decoder(StateQuery)
+MAX_REPORT_TENANTS = 1000
+"""Tenants in one status answer at most, whatever the query asks: the answer stays far below
+NATS's max_payload, and one query cannot make a worker serialise every tenant it knows."""
+MAX_REPORT_AGENTS = 1000
 _COUNTED = {Outcome.OK: True, Outcome.DEAD_LETTERED: False}
 """Outcomes that end a task, and whether they count as completed (retries and hand-backs do not end it)."""
 
@@ -82,7 +89,7 @@ class SharedState:
         self.name = name
         self.replica = ReplicaState(name)
         preset = GossipConfig.for_tests if config.gossip_preset == "test" else GossipConfig.lan
-        self.gossip_config = preset()
+        self.gossip_config = preset(key=config.cluster_key)
         self.gossip: Gossip | None = None
         self.snapshots: SnapshotStore | None = None
         self.writer: SnapshotWriter | None = None
@@ -110,7 +117,9 @@ class SharedState:
     async def start(self, nc: Client) -> None:
         """Load snapshots (if Redis is configured and up), join gossip, start writing and answering."""
         if self.config.redis_url is not None:
-            self.snapshots = SnapshotStore.from_url(self.config.redis_url, timeout_s=REDIS_TIMEOUT_S)
+            self.snapshots = SnapshotStore.from_url(
+                self.config.redis_url, timeout_s=REDIS_TIMEOUT_S, key=self.config.cluster_key
+            )
             self.writer = SnapshotWriter(self.snapshots, self.replica, interval_s=SNAPSHOT_INTERVAL_S)
             if not await self._load():
                 self._spawn(self._load_until_done(), "agentbus-state-load")
@@ -212,6 +221,7 @@ class SharedState:
                 if time.monotonic() >= next_collect:
                     next_collect = time.monotonic() + COLLECT_EVERY_S
                     self.replica.collect_expired()
+                    self.replica.evict_idle(idle_s=IDLE_TENANT_S)
             except Exception:  # one bad round must not end the upkeep
                 log.exception("shared state upkeep failed")
 
@@ -249,6 +259,7 @@ class SharedState:
 
     def report(self, max_tenants: int = 1000) -> StateReport:
         """This replica's view: usage per tenant (the busiest ``max_tenants``) and the live agents."""
+        max_tenants = max(0, min(max_tenants, MAX_REPORT_TENANTS))
         names = self.replica.tenants()
         usage = {t: TenantUsage(**self.replica.usage(t)) for t in names}
         if len(usage) > max_tenants:
@@ -261,7 +272,7 @@ class SharedState:
             peers=len(self.gossip.live_peers()) if self.gossip is not None else 0,
             tenants=usage,
             tenants_total=len(names),
-            live_agents=self.live_agents(),
+            live_agents=self.live_agents()[:MAX_REPORT_AGENTS],
         )
 
     def live_agents(self) -> list[str]:

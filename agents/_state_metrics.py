@@ -19,7 +19,18 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from agents._shared_state import SharedState
 from state.gossip.membership import MemberState
 
-__all__ = ["StateCollector"]
+__all__ = ["REJECT_REASONS", "StateCollector"]
+
+REJECT_REASONS = (
+    "bad_mac",
+    "wrong_origin",
+    "forged_slot",
+    "forged_marker",
+    "future_stamp",
+    "over_limit",
+    "member_limit",
+)
+"""Every reason of ``agentbus_gossip_rejected_total`` (a fixed set: labels stay bounded)."""
 
 
 class StateCollector(Collector):
@@ -80,7 +91,17 @@ class StateCollector(Collector):
             ("send_error", s.send_errors),
         ):
             errors.add_metric([reason], n)
-        yield from (members, packets, merges, errors)
+        rejected = CounterMetricFamily(
+            "agentbus_gossip_rejected",
+            "Gossip packets or parts of them refused as not authentic or not believable, by reason",
+            labels=["reason"],
+        )
+        reasons = dict(s.rejected)
+        for reason, n in self._state.replica.refused.items():
+            reasons[reason] = reasons.get(reason, 0) + n
+        for reason in REJECT_REASONS:
+            rejected.add_metric([reason], reasons.get(reason, 0))
+        yield from (members, packets, merges, errors, rejected)
 
     def _redis(self) -> Iterator[Metric]:
         state = self._state
@@ -94,4 +115,12 @@ class StateCollector(Collector):
             "agentbus_state_redis_write_ok", "1 while the last snapshot write to Redis succeeded"
         )
         written.add_metric([], 1.0 if state.writer.last_error is None else 0.0)
-        yield from (loaded, written)
+        refused = CounterMetricFamily(
+            "agentbus_state_snapshots_rejected",
+            "Redis snapshots refused at load, never merged: bad_mac, no_key or corrupt",
+            labels=["reason"],
+        )
+        found = state.snapshots.rejected if state.snapshots is not None else {}
+        for reason in ("bad_mac", "no_key", "corrupt"):
+            refused.add_metric([reason], found.get(reason, 0))
+        yield from (loaded, written, refused)

@@ -24,6 +24,7 @@ from bus.admission import DEFAULT_REPLY_PREFIXES, check_reply_prefix
 from bus.connection import NatsAuth
 from bus.records import RecordLimits
 from bus.topology import StreamLimits
+from state.mac import ClusterKey
 
 __all__ = [
     "DEFAULT_NATS_URL",
@@ -108,6 +109,9 @@ class WorkerConfig:
     gossip: bool = True  # replicate shared state to the other workers; off: this process's state only
     gossip_preset: str = "lan"  # one of GOSSIP_PRESETS
     redis_url: str | None = None  # snapshots of shared state in Redis; None: gossip only
+    # tags gossip packets and Redis snapshots (AGENTBUS_CLUSTER_KEY_FILE, 64 hex characters);
+    # None: neither is authenticated (one user's laptop), docs/state.md "Security"
+    cluster_key: ClusterKey | None = field(default=None, repr=False)
     gc_gen0_threshold: int = 50_000  # the worker process's gen-0 GC threshold; 0: Python's (700)
 
     def __post_init__(self) -> None:
@@ -182,6 +186,8 @@ class WorkerConfig:
             "nats_fast_path": env.flag("AGENTBUS_NATS_FAST_PATH"),
             "reply_prefixes": env.items("AGENTBUS_REPLY_PREFIXES"),  # set but empty: no reply is allowed
         }
+        if key_file := env.file("AGENTBUS_CLUSTER_KEY_FILE"):
+            out["cluster_key"] = ClusterKey.from_file(key_file)
         if tenants := env.items("AGENTBUS_TENANTS"):
             out["tenants"] = frozenset(tenants)
         replicas = env.integer("AGENTBUS_STREAM_REPLICAS")  # R3 on a NATS cluster (the Helm chart sets it)

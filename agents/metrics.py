@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -21,7 +21,53 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-__all__ = ["LATENCY_BUCKETS_S", "KindStats", "Outcome", "StatsCollector", "WorkerStats"]
+__all__ = [
+    "LATENCY_BUCKETS_S",
+    "MAX_TENANT_LABELS",
+    "OTHER_TENANT",
+    "KindStats",
+    "Outcome",
+    "StatsCollector",
+    "TenantLabels",
+    "WorkerStats",
+    "summed",
+]
+
+MAX_TENANT_LABELS = 500
+"""Tenants with a ``tenant`` label of their own in one collector's series."""
+OTHER_TENANT = "other"
+"""The ``tenant`` label of everything past ``MAX_TENANT_LABELS`` (a tenant named so adds up with them)."""
+
+
+class TenantLabels:
+    """Bounded ``tenant`` labels: the first ``cap`` tenants seen keep theirs, the rest are
+    ``other`` (first come, first served, so every series stays monotonic)."""
+
+    __slots__ = ("_cap", "_seen")
+
+    def __init__(self, cap: int = MAX_TENANT_LABELS) -> None:
+        self._cap = cap
+        self._seen: dict[str, None] = {}
+
+    def __call__(self, tenant: str) -> str:
+        if tenant in self._seen:
+            return tenant
+        if len(self._seen) < self._cap:
+            self._seen[tenant] = None
+            return tenant
+        return OTHER_TENANT
+
+
+def summed(
+    items: Iterable[tuple[tuple[str, str], int]], label: TenantLabels
+) -> list[tuple[tuple[str, str], int]]:
+    """``((tenant, x), n)`` items with tenants relabelled by ``label`` and equal keys added up."""
+    out: dict[tuple[str, str], int] = {}
+    for (tenant, x), n in items:
+        key = (label(tenant), x)
+        out[key] = out.get(key, 0) + n
+    return sorted(out.items())
+
 
 LATENCY_BUCKETS_S = (
     0.0005,
@@ -110,6 +156,7 @@ class StatsCollector(Collector):
 
     def __init__(self, stats: WorkerStats, registry: CollectorRegistry) -> None:
         self._stats = stats
+        self._tenants = TenantLabels()
         registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
@@ -148,9 +195,9 @@ class StatsCollector(Collector):
             "agentbus_handler_seconds", "Handler run time of one attempt", labels=["kind"], unit="seconds"
         )
         for kind, k in sorted(s.kinds.items()):
-            for (tenant, outcome), n in sorted(k.tasks.items()):
+            for (tenant, outcome), n in summed(k.tasks.items(), self._tenants):
                 tasks.add_metric([tenant, kind, outcome], n)
-            for (tenant, reason), n in sorted(k.dead_letters.items()):
+            for (tenant, reason), n in summed(k.dead_letters.items(), self._tenants):
                 dlq.add_metric([tenant, kind, reason], n)
             fetched.add_metric([kind], k.fetched)
             redelivered.add_metric([kind], k.redelivered)

@@ -65,6 +65,11 @@ def _ours(n: int) -> dict[str, float]:
         big.store(f"t{i % 10}").counter(f"c{i}").increment(i)
     full = big.full_state()
     out["delegate_merge_full_100_counters_us"] = _us(lambda: peer.merge(full), n // 100)
+    # what gossip calls: the merge rules of state._guard on top (issue 18)
+    out["guarded_merge_delta_us"] = _us(lambda: peer.merge_from(blob, src.replica_id, delta=True), n // 10)
+    out["guarded_merge_full_100_counters_us"] = _us(
+        lambda: peer.merge_from(full, big.replica_id, delta=False), n // 100
+    )
     return out
 
 

@@ -16,12 +16,23 @@ from typing import TypeVar
 
 from agentbus.errors import StateLimitError, StateTypeError
 from state import wire
-from state.counters import GCounter, PNCounter
+from state.counters import MAX_COUNT, GCounter, PNCounter
 from state.lww import LWWRegister
 from state.orset import ORSet
 from state.wire import Crdt, Entry
 
-__all__ = ["KIND", "RESERVED", "C", "Folded", "StoreLimits", "TenantState", "new_replica_id"]
+__all__ = [
+    "KIND",
+    "MAX_RESERVED",
+    "MERGE_SLACK",
+    "RESERVED",
+    "Admit",
+    "C",
+    "Folded",
+    "StoreLimits",
+    "TenantState",
+    "new_replica_id",
+]
 
 KIND: dict[type, str] = {GCounter: "counter", PNCounter: "pncounter", ORSet: "set", LWWRegister: "register"}
 """What each CRDT class is called in errors and in ``Store.names()``."""
@@ -39,6 +50,14 @@ counted, nor escape its budget by leaving no room for the budget's counter."""
 Folded = dict[str, tuple[int, int]]
 """What a prune folded away, per counter name: ``(increments, decrements)`` of the pruned slot."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+MERGE_SLACK = 2
+"""Merged state may reach this many times a tenant's limits: each replica checks its own writes
+against the limits, and writes on several replicas at once may add up past them."""
+MAX_RESERVED = 64
+"""Agentbus's own ``~`` names per tenant that a merge accepts (usage, budget periods, rate
+windows: a handful by construction)."""
+Admit = Callable[[str, Crdt, "Crdt | None"], "Crdt | None"]
+"""Reduces a peer's entry to what its sender may say (``state._guard.admit``), or drops it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,8 +73,10 @@ class StoreLimits:
     """Length of one set member."""
     max_value_bytes: int = 64 * 1024
     """One register value, MessagePack-encoded."""
-    max_tenant_bytes: int = 4 * 1024 * 1024
-    """Approximate encoded size of the tenant's whole state: bounds snapshots and full-state gossip."""
+    max_tenant_bytes: int = 128 * 1024
+    """Approximate encoded size of the tenant's whole state. Merged state may reach ``MERGE_SLACK``
+    times it, and that stays well under one gossip packet (512 KiB), so a tenant never needs
+    more than one packet and never crowds another tenant's entries out of one."""
 
 
 def new_replica_id(node: str = "replica") -> str:
@@ -163,10 +184,15 @@ class TenantState:
 
     # -- gossip and persistence --
 
-    def drain(self, limit: int) -> dict[str, Entry]:
-        """Up to ``limit`` deltas of local changes, removed from the buffer."""
+    def drain(self, limit: int, max_bytes: int = 1 << 62) -> dict[str, Entry]:
+        """Up to ``limit`` deltas of local changes, about ``max_bytes`` at most (at least one),
+        removed from the buffer."""
         out: dict[str, Entry] = {}
+        used = 0
         for name in list(self.dirty)[:limit]:
+            used += self.sizes.get(name, 0)
+            if used > max_bytes and out:
+                break
             del self.dirty[name]
             crdt = self.entries.get(name)
             delta = self.set_deltas.pop(name, None)
@@ -184,17 +210,29 @@ class TenantState:
         """Every entry in wire form."""
         return {name: wire.to_wire(crdt) for name, crdt in self.entries.items()}
 
-    def merge(self, incoming: dict[str, Crdt]) -> int:
+    def merge(
+        self, incoming: dict[str, Crdt], admit: Admit | None = None, refused: dict[str, int] | None = None
+    ) -> int:
         """Join entries from a peer or a snapshot; returns how many clashed in kind and were skipped.
 
-        Limits are not applied: each replica enforces them on its own writes, and
-        refusing a peer's entries would stop the replicas from converging.
+        ``admit`` first reduces each entry to what its sender may say (``state._guard``).
+        Limits apply ``MERGE_SLACK`` times over: each replica enforces them on its own
+        writes, concurrent writes on several replicas may add up past them, and past the
+        slack an entry is dropped (``refused["over_limit"]``), so no peer can grow a tenant
+        without bound.
         """
         clashes = 0
-        for name, theirs in incoming.items():
+        refused = {} if refused is None else refused
+        for name, entry in incoming.items():
+            mine = self.entries.get(name)
+            theirs = entry if admit is None else admit(name, entry, mine)
+            if theirs is None:
+                continue
+            if not self._fits(name, theirs, mine):
+                refused["over_limit"] = refused.get("over_limit", 0) + 1
+                continue
             if self.pruned and isinstance(theirs, GCounter | PNCounter):
                 _drop_slots(theirs, self.pruned)  # a stale copy must not count a folded slot again
-            mine = self.entries.get(name)
             if mine is None:
                 self.entries[name] = theirs
                 self.sizes[name] = 0
@@ -210,6 +248,37 @@ class TenantState:
             self.version += 1
         return clashes
 
+    def _fits(self, name: str, theirs: Crdt, mine: Crdt | None) -> bool:
+        """Whether merging ``theirs`` keeps the tenant within its limits times ``MERGE_SLACK``."""
+        if (
+            isinstance(theirs, GCounter)
+            and isinstance(mine, GCounter)
+            and theirs.slots.keys() <= mine.slots.keys()
+        ):
+            return True  # the common case, a counter that gains no slot: it cannot grow
+        limits = self.limits
+        if isinstance(theirs, LWWRegister) and len(theirs.value) > limits.max_value_bytes:
+            return False
+        if isinstance(theirs, ORSet) and (
+            len(theirs.entries) > MERGE_SLACK * limits.max_set_elements
+            or any(len(e) > limits.max_element_chars for e in theirs.entries)
+        ):
+            return False
+        if mine is None:
+            if len(name) > limits.max_name_chars:
+                return False
+            if name.startswith(RESERVED):
+                if sum(1 for n in self.entries if n.startswith(RESERVED)) >= MAX_RESERVED:
+                    return False
+            elif len(self.entries) >= MERGE_SLACK * limits.max_entries:
+                return False
+        if name.startswith(RESERVED) and isinstance(theirs, GCounter | PNCounter):
+            return True  # usage and budgets: a tenant that fills its store must not stop them counting
+        # a join is usually about the larger side; past the cap, even a join that adds nothing is refused
+        have = self.sizes.get(name, 0)
+        after = self.size - have + max(have, size_of(theirs) + len(name))
+        return after <= MERGE_SLACK * limits.max_tenant_bytes
+
     def fold(self, node: str) -> Folded:
         """Move ``node``'s counter slots into this replica's own (the pruning owner's step).
 
@@ -221,13 +290,15 @@ class TenantState:
             if isinstance(crdt, GCounter):
                 p = crdt.slots.pop(node, None)
                 if p is not None:
-                    crdt.slots[self.replica] = crdt.slots.get(self.replica, 0) + p
+                    crdt.slots[self.replica] = min(MAX_COUNT, crdt.slots.get(self.replica, 0) + p)
+                    crdt.total = sum(crdt.slots.values())
                     folded[name] = (p, 0)
             elif isinstance(crdt, PNCounter):
                 p, n = crdt.p.pop(node, None), crdt.n.pop(node, None)
                 for slots, value in ((crdt.p, p), (crdt.n, n)):
                     if value is not None:
-                        slots[self.replica] = slots.get(self.replica, 0) + value
+                        slots[self.replica] = min(MAX_COUNT, slots.get(self.replica, 0) + value)
+                crdt.ptotal, crdt.ntotal = sum(crdt.p.values()), sum(crdt.n.values())
                 if p is not None or n is not None:
                     folded[name] = (p or 0, n or 0)
             else:

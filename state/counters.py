@@ -23,7 +23,16 @@ top, otherwise the later time wins.
 
 from __future__ import annotations
 
-__all__ = ["GCounter", "PNCounter", "join_expiry"]
+__all__ = ["MAX_COUNT", "GCounter", "PNCounter", "join_expiry"]
+
+MAX_COUNT = (1 << 62) - 1
+"""Largest value of one slot (and of any stamp or sequence number on the wire).
+
+Far below 2^63, so no sum of a few slots, no fold and no ``+ 1`` ever leaves the
+signed 64-bit range MessagePack and every peer accept: a slot at the bound must not
+stop digests, push-pull or snapshots (an unbounded 2^64-1 slot once did). A local
+increment past it raises ``ValueError``; a peer's value past it is refused at decode.
+"""
 
 
 def join_expiry(a: int, b: int) -> int:
@@ -37,6 +46,12 @@ def _check_amount(n: int) -> None:
     # bool is an int; a float would decode as an error on every peer, so refuse it here
     if type(n) is not int or n < 0:
         raise ValueError(f"amount must be an int >= 0, got {n!r}")
+
+
+def _checked(value: int) -> int:
+    if value > MAX_COUNT:
+        raise ValueError(f"a counter slot cannot pass {MAX_COUNT} (2^62 - 1)")
+    return value
 
 
 def _merge_slots(mine: dict[str, int], theirs: dict[str, int]) -> int:
@@ -69,7 +84,7 @@ class GCounter:
     def increment(self, replica: str, n: int = 1) -> GCounter:
         """Add ``n >= 0`` to ``replica``'s slot; returns the delta."""
         _check_amount(n)
-        value = self.slots.get(replica, 0) + n
+        value = _checked(self.slots.get(replica, 0) + n)
         self.slots[replica] = value
         self.total += n
         return _gcounter({replica: value}, value, self.expires_at)
@@ -81,7 +96,7 @@ class GCounter:
         """
         _check_amount(n)
         old = self.slots.get(replica)
-        self.slots[replica] = n if old is None else old + n
+        self.slots[replica] = _checked(n if old is None else old + n)
         self.total += n
         return old is None
 
@@ -143,7 +158,7 @@ class PNCounter:
     def increment(self, replica: str, n: int = 1) -> PNCounter:
         """Add ``n >= 0``; returns the delta."""
         _check_amount(n)
-        value = self.p.get(replica, 0) + n
+        value = _checked(self.p.get(replica, 0) + n)
         self.p[replica] = value
         self.ptotal += n
         return PNCounter({replica: value}, expires_at=self.expires_at)
@@ -151,7 +166,7 @@ class PNCounter:
     def decrement(self, replica: str, n: int = 1) -> PNCounter:
         """Subtract ``n >= 0``; returns the delta."""
         _check_amount(n)
-        value = self.n.get(replica, 0) + n
+        value = _checked(self.n.get(replica, 0) + n)
         self.n[replica] = value
         self.ntotal += n
         return PNCounter(None, {replica: value}, expires_at=self.expires_at)
@@ -163,7 +178,7 @@ class PNCounter:
         slots = self.p if n >= 0 else self.n
         amount = n if n >= 0 else -n
         old = slots.get(replica)
-        slots[replica] = amount if old is None else old + amount
+        slots[replica] = _checked(amount if old is None else old + amount)
         if n >= 0:
             self.ptotal += amount
         else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Delegate", "Pruning", "Transport"]
+__all__ = ["Delegate", "GuardedDelegate", "PeerView", "Pruning", "Transport"]
 
 
 class Delegate(Protocol):
@@ -58,6 +58,41 @@ class Pruning(Protocol):
         that merges a marker naming *itself* (it was paused or cut off longer than
         ``prune_after_s``) must move to a new replica id before writing again.
         """
+        ...
+
+
+class PeerView(Protocol):
+    """How gossip sees the cluster, for a delegate that vets what peers say (``state._guard``)."""
+
+    def is_live(self, node: str) -> bool:
+        """Whether ``node`` is alive or suspect here (then it speaks for itself)."""
+        ...
+
+    def may_prune(self, node: str) -> bool:
+        """Whether a prune marker naming ``node`` is believable: ``node`` has been dead or gone
+        long enough here, or, for this replica itself, it was cut off long enough."""
+        ...
+
+
+@runtime_checkable
+class GuardedDelegate(Protocol):
+    """Optional extra for a :class:`Delegate` that does not take a peer's word for everything.
+
+    Gossip then calls :meth:`merge_from` with the packet's authenticated sender instead of
+    ``merge``, and sends full states in parts that each fit a packet.
+    """
+
+    def watch(self, peers: PeerView) -> None:
+        """Use ``peers`` to vet what is merged from now on."""
+        ...
+
+    def merge_from(self, data: bytes, sender: str, *, delta: bool) -> None:
+        """Merge what ``sender`` may say: a delta batch only its own writes (``delta``), a full
+        state also what it relays of replicas that cannot speak for themselves."""
+        ...
+
+    def full_state_parts(self, max_bytes: int) -> list[bytes]:
+        """The whole state as payloads of at most about ``max_bytes`` each (each merges alone)."""
         ...
 
 

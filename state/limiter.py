@@ -54,9 +54,19 @@ class Budget:
 
     @property
     def spent(self) -> int:
-        """What the cluster spent (this period), as this replica sees it."""
+        """What the cluster spent (this period), as this replica sees it.
+
+        Each replica's refunds give back only what that replica charged (a refund follows
+        its own charge), so its part counts ``max(0, charged - refunded)``: a replica whose
+        refunds exceed its charges (a bug, or a forged slot) cannot cancel the others' spending.
+        """
         crdt = self._t.get(self._counter_name(), PNCounter)
-        return 0 if crdt is None else max(0, crdt.value)
+        if crdt is None:
+            return 0
+        n = crdt.n
+        if not n:
+            return crdt.ptotal
+        return sum(max(0, p - n.get(r, 0)) for r, p in crdt.p.items())
 
     @property
     def remaining(self) -> int:

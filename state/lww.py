@@ -22,6 +22,8 @@ through one clock uuid, has no expiry, and packs/unpacks the value on every read
 
 from __future__ import annotations
 
+from state.counters import MAX_COUNT
+
 __all__ = ["LWWRegister"]
 
 
@@ -45,7 +47,7 @@ class LWWRegister:
 
     def write(self, replica: str, value: bytes, now_ns: int, *, expires_at: int = 0) -> LWWRegister:
         """Set the encoded ``value`` (``b""`` clears); returns the delta."""
-        self.ts = max(now_ns, self.ts + 1)
+        self.ts = min(MAX_COUNT, max(now_ns, self.ts + 1))
         self.writer = replica
         self.value = value
         self.expires_at = expires_at

@@ -28,6 +28,8 @@ caveat); gossip's periodic full-state push-pull repairs any gap.
 
 from __future__ import annotations
 
+from state.counters import MAX_COUNT
+
 __all__ = ["Dot", "ORSet"]
 
 Dot = tuple[str, int]
@@ -73,6 +75,8 @@ class ORSet:
         """Add ``element`` with a fresh dot of ``replica``; returns the delta."""
         # own dots are made in order and all kept in the context, so vv[replica] is the last one
         dot = (replica, self.vv.get(replica, 0) + 1)
+        if dot[1] > MAX_COUNT:
+            raise ValueError(f"replica {replica!r} has no sequence numbers left")
         delta = ORSet()
         old = self.entries.get(element)
         if old:

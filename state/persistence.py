@@ -11,6 +11,13 @@ overwrites newer state. A blob with a bad checksum, a truncation, a foreign
 version, or a tenant or replica that does not match its key is rejected whole,
 logged with the reason and listed in the report.
 
+Authenticity: with a cluster key (``state.mac``), every blob is written as
+``"ABM" | HMAC-SHA256(key, "agentbus-snapshot", redis key, frame) | frame``, so a
+blob written by anyone without the key, or copied from another key, is refused
+(``bad_mac``, logged and counted in ``SnapshotStore.rejected``) and never merged.
+Without a key blobs are the bare frame, and a tagged blob is refused (``no_key``):
+a worker never merges what it cannot check.
+
 Replica identity: the restoring replica has a NEW replica id (``ReplicaState``
 takes one on every start). If it kept its old id and the snapshot were stale (the
 crash came after increments that reached peers but not Redis), it would count on
@@ -42,6 +49,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
 from agentbus.errors import CorruptStateError, PersistenceError
+from state.mac import TAG_BYTES, ClusterKey
 from state.replica import ReplicaState
 
 __all__ = ["KEY_PREFIX", "LoadReport", "SnapshotStore", "SnapshotWriter"]
@@ -49,6 +57,8 @@ __all__ = ["KEY_PREFIX", "LoadReport", "SnapshotStore", "SnapshotWriter"]
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "agentbus:state"
+_SEALED = b"ABM"
+_DOMAIN = b"agentbus-snapshot"
 
 
 @dataclass
@@ -63,19 +73,50 @@ class LoadReport:
 class SnapshotStore:
     """Reads and writes tenant snapshots in Redis (``redis.asyncio``)."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str = KEY_PREFIX, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = KEY_PREFIX,
+        timeout_s: float = 5.0,
+        key: ClusterKey | None = None,
+    ) -> None:
         self.client = client
         self.prefix = prefix
+        self.cluster_key = key
+        self.rejected: dict[str, int] = {}
+        """Snapshots refused at load, by reason: ``bad_mac``, ``no_key``, ``corrupt``."""
         self.timeout_s = timeout_s
         """Bound on one Redis round trip (a write pipeline, a scan page, a get batch)."""
         self._loaded: dict[str, bytes] = {}
         # other replicas' keys merged at load, with the bytes seen, for compact()
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = KEY_PREFIX, timeout_s: float = 5.0) -> SnapshotStore:
+    def from_url(
+        cls, url: str, *, prefix: str = KEY_PREFIX, timeout_s: float = 5.0, key: ClusterKey | None = None
+    ) -> SnapshotStore:
         """A store on a new client for ``url`` (``redis://host:port/db``)."""
         client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        return cls(client, prefix=prefix, timeout_s=timeout_s)
+        return cls(client, prefix=prefix, timeout_s=timeout_s, key=key)
+
+    def seal(self, key: str, frame: bytes) -> bytes:
+        """The blob stored under ``key``: the frame, tagged when there is a cluster key."""
+        if self.cluster_key is None:
+            return frame
+        return _SEALED + self.cluster_key.tag(_DOMAIN, key.encode(), frame) + frame
+
+    def open(self, key: str, blob: bytes) -> bytes:
+        """The frame inside a stored blob; CorruptStateError (reason ``bad_mac``/``no_key``) if its tag
+        does not verify."""
+        sealed = blob.startswith(_SEALED)
+        if self.cluster_key is None:
+            if sealed:
+                raise CorruptStateError("no_key: a tagged snapshot, and this worker has no cluster key")
+            return blob
+        tag, frame = blob[len(_SEALED) : len(_SEALED) + TAG_BYTES], blob[len(_SEALED) + TAG_BYTES :]
+        if not sealed or not self.cluster_key.verify(tag, _DOMAIN, key.encode(), frame):
+            raise CorruptStateError("bad_mac: the snapshot's tag does not verify with the cluster key")
+        return frame
 
     def key(self, tenant: str, replica: str) -> str:
         """Where ``replica`` keeps ``tenant``'s snapshot."""
@@ -83,7 +124,8 @@ class SnapshotStore:
 
     async def write(self, replica: ReplicaState, tenants: list[str]) -> int:
         """Write ``tenants``' snapshots of ``replica`` in one pipeline; returns the bytes written."""
-        blobs = {self.key(t, replica.replica_id): replica.tenant_snapshot(t) for t in tenants}
+        keys = {t: self.key(t, replica.replica_id) for t in tenants}
+        blobs = {k: self.seal(k, replica.tenant_snapshot(t)) for t, k in keys.items()}
         if not blobs:
             return 0
         async with asyncio.timeout(self.timeout_s):
@@ -115,10 +157,12 @@ class SnapshotStore:
         try:
             if owner == replica.replica_id:
                 raise CorruptStateError("a key of this very replica id (ids are never reused)")
-            replica.restore(blob, tenant=tenant, replica=owner)
+            replica.restore(self.open(key, blob), tenant=tenant, replica=owner)
         except (CorruptStateError, ValueError) as e:
             reason = e.reason if isinstance(e, CorruptStateError) else str(e)
             report.rejected[key] = reason
+            kind = reason.split(":", 1)[0] if reason.startswith(("bad_mac", "no_key")) else "corrupt"
+            self.rejected[kind] = self.rejected.get(kind, 0) + 1
             log.warning("snapshot %s rejected, not merged: %s", key, reason)
             return
         report.merged.append(key)

@@ -43,9 +43,13 @@ import logging
 import time
 from collections.abc import Callable
 
+import msgspec
+
 from agentbus.errors import CorruptStateError
 from state import wire
+from state._guard import Source, admit
 from state._tenant import Folded, StoreLimits, TenantState, new_replica_id
+from state.delegate import PeerView
 from state.orset import ORSet
 from state.store import CounterView, SetView, Store, check_tenant
 from state.wire import SYSTEM_TENANT, Crdt, StateMessage, TenantSnapshot
@@ -73,6 +77,7 @@ class ReplicaState:
         limits: StoreLimits | None = None,
         clock: Callable[[], int] = time.time_ns,
         max_delta_entries: int = 500,
+        max_payload_bytes: int = 256 * 1024,
         marker_recent_s: float = 3600.0,
         fold_keep_s: float = 3600.0,
     ) -> None:
@@ -85,12 +90,20 @@ class ReplicaState:
         self.clock = clock
         self.max_delta_entries = max_delta_entries
         """Entries per ``pending()`` batch (Akka's max-delta-elements is 500); the rest waits a round."""
+        self.max_payload_bytes = max_payload_bytes
+        """Rough bound on one ``pending()`` batch and one part of ``full_state_parts()``."""
         self.rejected = 0
         """Gossip payloads refused as corrupt."""
+        self.refused: dict[str, int] = {}
+        """Parts of peers' payloads dropped by the merge rules, by reason (``state._guard``):
+        ``forged_slot``, ``forged_marker``, ``wrong_origin``, ``future_stamp``, ``over_limit``."""
+        self._peers: PeerView | None = None
         self.clashes = 0
         """Incoming entries skipped because the name holds another kind here."""
         self._tenants: dict[str, TenantState] = {}
         self._stores: dict[str, Store] = {}
+        self._used: dict[str, int] = {}
+        # tenant -> when its store was last handed out (idle tenants are evicted, ``evict_idle``)
         self._usage: dict[str, tuple[CounterView, CounterView, CounterView]] = {}
         self.marker_recent_s = marker_recent_s
         """Deltas carry prune markers this young (full states and snapshots carry all of them)."""
@@ -109,6 +122,7 @@ class ReplicaState:
         store = self._stores.get(tenant)
         if store is None:
             store = self._stores[check_tenant(tenant)] = Store._bind(self._tenant(tenant))
+        self._used[tenant] = self.clock()
         return store
 
     @property
@@ -164,6 +178,35 @@ class ReplicaState:
             del self._folded[node]
         return sum(t.collect(horizon) for t in self._tenants.values())
 
+    def evict_idle(self, *, idle_s: float = 3600.0) -> int:
+        """Forget tenants that hold no state and whose store nobody asked for in ``idle_s``.
+
+        Their views, usage handles and empty entry maps go; the next task of the tenant
+        makes new ones. ``idle_s`` must exceed the longest a handler keeps a store (a task's
+        timeout): a write through a store handed out before its eviction would be lost.
+        Tenants with state (usage counters, a live budget period) stay: that is replicated
+        data, bounded by the tenant allowlist, not a cache. Returns how many were evicted.
+        """
+        horizon = self.clock() - int(idle_s * 1e9)
+        idle = [
+            name
+            for name, at in self._used.items()
+            if at < horizon and not ((t := self._tenants.get(name)) and (t.entries or t.dirty))
+        ]
+        idle += [n for n, t in self._tenants.items() if n not in self._used and not t.entries and not t.dirty]
+        for name in idle:
+            self._used.pop(name, None)
+            self._stores.pop(name, None)
+            self._usage.pop(name, None)
+            self._tenants.pop(name, None)
+        if idle:
+            self._digest = ((), b"")
+        return len(idle)
+
+    def cached_tenants(self) -> int:
+        """Tenants with anything in this replica's per-tenant maps (for tests and metrics)."""
+        return len(self._tenants.keys() | self._stores.keys() | self._usage.keys() | self._used.keys())
+
     @property
     def pruned(self) -> frozenset[str]:
         """Replica ids whose counter slots have been folded away."""
@@ -174,17 +217,20 @@ class ReplicaState:
     def pending(self) -> bytes | None:
         """Deltas of local changes since the last call, at most ``max_delta_entries`` of them.
 
-        Right after a prune, everything pending goes at once with the marker, so no
-        peer sees the folded slots without the marker (which would count them twice).
+        and about ``max_payload_bytes``. Prune markers younger than ``marker_recent_s``
+        ride along in every batch, so no peer merges a fold without its marker (which
+        would count the folded slots twice).
         """
-        budget = 1 << 62 if self._prune_pending else self.max_delta_entries
+        budget = self.max_delta_entries
+        room = self.max_payload_bytes
         out: dict[str, dict[str, wire.Entry]] = {}
         for name, t in list(self._tenants.items()):
-            if budget <= 0:
+            if budget <= 0 or room <= 0:
                 break
             if t.dirty:
-                deltas = t.drain(budget)
+                deltas = t.drain(budget, room)
                 budget -= len(deltas)
+                room -= sum(t.sizes.get(n, 0) for n in deltas)
                 if deltas:
                     out[name] = deltas
                 # fairness: a tenant that was served waits behind the others next time
@@ -214,10 +260,83 @@ class ReplicaState:
         self._apply_markers(msg.pruned)
         self._apply(decoded)
 
+    def merge_from(self, data: bytes, sender: str, *, delta: bool) -> None:
+        """Merge what ``sender`` may say (``state._guard``): gossip calls this, not :meth:`merge`.
+
+        The payload must be the sender's own (``origin``); prune markers are applied only
+        for replicas the gossip view says may be pruned (``PeerView.may_prune``); every
+        entry is reduced to what the sender may say about whom, and kept within limits.
+        """
+        try:
+            msg = wire.decode(data)
+            if not isinstance(msg, StateMessage):
+                raise CorruptStateError("a snapshot is not a gossip message")
+            if msg.origin != sender:
+                self._refuse("wrong_origin")
+                raise CorruptStateError(f"payload of {msg.origin!r} sent by {sender!r}")
+            decoded = _from_wire(msg.tenants)
+        except CorruptStateError as e:
+            self.rejected += 1
+            log.warning("gossip payload rejected: %s", e.reason)
+            raise
+        peers = self._peers
+        markers = msg.pruned
+        if peers is not None:
+            markers = {}
+            for node, at in msg.pruned.items():
+                if node in self._pruned or peers.may_prune(node):
+                    markers[node] = at
+                else:
+                    self._refuse("forged_marker")
+        for node, tenants in msg.folded.items():
+            if node in markers:
+                self._join_folded(node, tenants)
+        self._apply_markers(markers)
+        live = peers.is_live if peers is not None else _nobody
+        src = Source(sender, self.replica_id, delta, live, self.clock())
+        refused = self.refused
+
+        def guard(name: str, theirs: Crdt, mine: Crdt | None) -> Crdt | None:
+            return admit(name, theirs, mine, src, refused)
+
+        for tenant, entries in decoded.items():
+            self.clashes += self._tenant(tenant).merge(entries, guard, refused)
+
+    def watch(self, peers: PeerView) -> None:
+        """Vet markers and relayed entries with gossip's view of the cluster from now on."""
+        self._peers = peers
+
     def full_state(self) -> bytes:
         """The whole state for push-pull."""
         folded = {node: dict(f) for node, f in self._folded.items()}
         return wire.encode(StateMessage(self.replica_id, True, self._full(), dict(self._pruned), folded))
+
+    def full_state_parts(self, max_bytes: int) -> list[bytes]:
+        """The whole state in payloads of about ``max_bytes`` or less, whole tenants where they fit.
+
+        Every part carries the prune markers (and what they folded), so each merges alone;
+        a tenant is bounded well under one packet (``StoreLimits``), so parts are packed
+        tenant by tenant, and only a tenant over the bound is split by entry.
+        """
+        pruned = dict(self._pruned)
+        folded = {node: dict(f) for node, f in self._folded.items()}
+        fixed = len(_encoder.encode((pruned, folded))) + 64
+        room = max(1024, max_bytes - fixed)
+        parts: list[dict[str, dict[str, wire.Entry]]] = [{}]
+        used = 0
+        for name, t in self._tenants.items():
+            if not t.entries:
+                continue
+            full = t.full()
+            size = len(_encoder.encode(full)) + len(name) + 8
+            chunks = [(full, size)] if size <= room else _split(full, room)
+            for chunk, n in chunks:
+                if used + n > room and parts[-1]:
+                    parts.append({})
+                    used = 0
+                parts[-1].setdefault(name, {}).update(chunk)
+                used += n
+        return [wire.encode(StateMessage(self.replica_id, True, p, pruned, folded)) for p in parts]
 
     def digest(self) -> bytes:
         """16 bytes, equal on replicas whose states are equal (cached until something changes)."""
@@ -343,8 +462,32 @@ class ReplicaState:
         for tenant, entries in decoded.items():
             self.clashes += self._tenant(tenant).merge(entries)
 
+    def _refuse(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+
     def __repr__(self) -> str:
         return f"<ReplicaState {self.replica_id} tenants={len(self._tenants)}>"
+
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def _nobody(_node: str) -> bool:
+    return False
+
+
+def _split(full: dict[str, wire.Entry], room: int) -> list[tuple[dict[str, wire.Entry], int]]:
+    """One tenant's entries in chunks of about ``room`` bytes (a tenant past its bound)."""
+    chunks: list[tuple[dict[str, wire.Entry], int]] = [({}, 0)]
+    for name, entry in full.items():
+        n = len(_encoder.encode(entry)) + len(name) + 8
+        chunk, used = chunks[-1]
+        if used + n > room and chunk:
+            chunks.append(({}, 0))
+            chunk, used = chunks[-1]
+        chunk[name] = entry
+        chunks[-1] = (chunk, used + n)
+    return chunks
 
 
 def _from_wire(tenants: dict[str, dict[str, wire.Entry]]) -> dict[str, dict[str, Crdt]]:

@@ -26,7 +26,7 @@ from typing import Annotated
 import msgspec
 
 from agentbus.errors import CorruptStateError
-from state.counters import GCounter, PNCounter
+from state.counters import MAX_COUNT, GCounter, PNCounter
 from state.lww import LWWRegister
 from state.orset import ORSet
 
@@ -62,9 +62,9 @@ TENANT_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 Tenant = Annotated[str, msgspec.Meta(pattern=r"^(?:[A-Za-z0-9_-]{1,64}|\$system)$")]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 ReplicaId = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-Count = Annotated[int, msgspec.Meta(ge=0)]
-Seq = Annotated[int, msgspec.Meta(ge=1)]
-Ns = Annotated[int, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
+Seq = Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)]
+Ns = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
 FoldedSlots = dict[Name, tuple[Count, Count]]
 """Per counter name: the ``(increments, decrements)`` a prune folded away from one replica's slot."""
 

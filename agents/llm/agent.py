@@ -42,7 +42,7 @@ from agents.llm._attempt import Events, fate
 from agents.llm.budget import LocalLimits, TenantLimits
 from agents.llm.client import ChatClient
 from agents.llm.config import LLMConfig
-from agents.llm.metrics import LLMCollector, LLMStats
+from agents.llm.metrics import OTHER, LLMCollector, LLMStats
 from agents.llm.planner import Brain, ModelBrain, Plan, PlannedCall, Run, Turn
 from agents.llm.shared_limits import SharedLimits
 from agents.llm.tools import Toolbox, ToolOutcome
@@ -272,7 +272,7 @@ class TaskAgent:
                 outcome = await self._call(ctx, call, turn, index)
         else:
             outcome = await self._call(ctx, call, turn, index)
-        key = (call.tool, outcome.ok)
+        key = (call.tool if call.tool in self.tools else OTHER, outcome.ok)  # the model names any tool
         self.tool_calls[key] = self.tool_calls.get(key, 0) + 1
         return outcome, round((time.perf_counter() - started) * 1000, 3)
 

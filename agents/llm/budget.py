@@ -25,7 +25,10 @@ from typing import Protocol
 from agentbus.errors import BudgetExceededError, RateLimitedError
 from agents.llm.config import LimitsConfig
 
-__all__ = ["LocalLimits", "TenantLimits"]
+__all__ = ["MAX_BUCKETS", "LocalLimits", "TenantLimits"]
+
+MAX_BUCKETS = 4096
+"""Rate buckets kept before the refilled ones are dropped (idle tenants leave no trace)."""
 
 
 class TenantLimits(Protocol):
@@ -84,6 +87,8 @@ class LocalLimits:
         if rate is not None:
             bucket = self._buckets.get(tenant)
             if bucket is None:
+                if len(self._buckets) >= MAX_BUCKETS:
+                    self._forget_full(now)
                 bucket = self._buckets[tenant] = _Bucket(float(cfg.burst), now)
             bucket.level = min(float(cfg.burst), bucket.level + (now - bucket.stamp) * rate)
             bucket.stamp = now
@@ -91,6 +96,13 @@ class LocalLimits:
                 self._refused(tenant, "rate")
                 raise RateLimitedError(tenant, rate, (1.0 - bucket.level) / rate)
             bucket.level -= 1.0
+
+    def _forget_full(self, now: float) -> None:
+        """Drop the buckets that have refilled: a full bucket is what a new one would be."""
+        rate, burst = self.config.requests_per_s or 0.0, float(self.config.burst)
+        full = [t for t, b in self._buckets.items() if b.level + (now - b.stamp) * rate >= burst]
+        for tenant in full:
+            del self._buckets[tenant]
 
     def charge(self, tenant: str, tokens: int) -> None:
         """Add ``tokens`` to the tenant's use in this window."""

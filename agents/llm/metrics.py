@@ -15,6 +15,10 @@ is the endpoint's URL without user info or query (:func:`~agents.llm._failure.re
 ``agentbus_llm_limited_total{tenant,limit}``     model calls refused: ``budget`` or ``rate``
 ``agentbus_llm_tool_calls_total{tool,outcome}``  tool calls: ``ok`` or ``error``
 ==============================================  =========================================
+
+Labels are bounded whatever the wire brings: a tool name the agent does not have (a model
+can name any) counts as ``other``, and past ``agents.metrics.MAX_TENANT_LABELS`` tenants (the first ones
+seen keep theirs, so every series stays monotonic) the rest add up under ``tenant="other"``.
 """
 
 from __future__ import annotations
@@ -25,10 +29,15 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agents.metrics import OTHER_TENANT, TenantLabels, summed
+
 if TYPE_CHECKING:
     from agents.llm.client import Endpoint
 
-__all__ = ["LLMCollector", "LLMStats"]
+__all__ = ["OTHER", "LLMCollector", "LLMStats"]
+
+OTHER = OTHER_TENANT
+"""The label of tool names the agent does not have (and of tenants past ``MAX_TENANT_LABELS``)."""
 
 
 class LLMStats:
@@ -49,6 +58,7 @@ class LLMCollector(Collector):
     def __init__(self, kind: str, stats: LLMStats) -> None:
         self._kind = kind
         self._stats = stats
+        self._tenants = TenantLabels()
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
@@ -72,14 +82,14 @@ class LLMCollector(Collector):
         tokens = CounterMetricFamily(
             "agentbus_llm_tokens", "Model tokens spent, by tenant", labels=["kind", "tenant"]
         )
-        for tenant, n in sorted(stats.tokens.items()):
+        for (tenant, _), n in summed((((t, ""), n) for t, n in stats.tokens.items()), self._tenants):
             tokens.add_metric([kind, tenant], n)
         limited = CounterMetricFamily(
             "agentbus_llm_limited",
             "Model calls refused by a tenant limit",
             labels=["kind", "tenant", "limit"],
         )
-        for (tenant, why), n in sorted(stats.refused.items()):
+        for (tenant, why), n in summed(stats.refused.items(), self._tenants):
             limited.add_metric([kind, tenant, why], n)
         tools = CounterMetricFamily(
             "agentbus_llm_tool_calls", "Tool calls by outcome", labels=["kind", "tool", "outcome"]

@@ -29,6 +29,8 @@ The counters are the tenant's reserved ``~budget.llm_tokens.<period>`` and
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from agentbus.errors import BudgetExceededError, RateLimitedError
 from agents.api import Stores
 from agents.llm.config import LimitsConfig
@@ -59,16 +61,17 @@ class SharedLimits:
 
     def budget(self, tenant: str) -> Budget | None:
         """The tenant's shared token budget (None: unlimited)."""
-        try:
-            return self._budgets[tenant]
-        except KeyError:
-            pass
+        store = self._store(tenant)
+        if tenant in self._budgets:
+            cached = self._budgets[tenant]
+            if cached is None or cached._store is store:  # the replica evicted an idle tenant: rebuild
+                return cached
         limit = self.config.tenant_budgets.get(tenant, self.config.token_budget)
         budget = None
         if limit is not None:
             window_s = self.config.budget_window_s
-            budget = Budget(self._store(tenant), "llm_tokens", limit=limit, period_s=window_s)
-        self._budgets[tenant] = budget
+            budget = Budget(store, "llm_tokens", limit=limit, period_s=window_s)
+        _bounded(self._budgets)[tenant] = budget
         return budget
 
     def rate(self, tenant: str) -> RateLimiter | None:
@@ -76,10 +79,11 @@ class SharedLimits:
         rate = self.config.requests_per_s
         if rate is None:
             return None
+        store = self._store(tenant)
         limiter = self._rates.get(tenant)
-        if limiter is None:
-            limiter = self._rates[tenant] = RateLimiter(
-                self._store(tenant), "llm_requests", rate_per_s=rate, window_s=self.rate_window_s
+        if limiter is None or limiter._store is not store:
+            limiter = _bounded(self._rates)[tenant] = RateLimiter(
+                store, "llm_requests", rate_per_s=rate, window_s=self.rate_window_s
             )
         return limiter
 
@@ -104,3 +108,16 @@ class SharedLimits:
     def _refused(self, tenant: str, why: str) -> None:
         key = (tenant, why)
         self.refused[key] = self.refused.get(key, 0) + 1
+
+
+MAX_CACHED = 4096
+"""Tenants whose budget and rate views are kept (views only: the counts are in the store)."""
+
+_V = TypeVar("_V")
+
+
+def _bounded(cache: dict[str, _V]) -> dict[str, _V]:
+    """``cache`` with room for one more: the oldest view goes first (it is rebuilt on demand)."""
+    while len(cache) >= MAX_CACHED:
+        del cache[next(iter(cache))]
+    return cache

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agentbus.errors import ConfigError
+from state.mac import ClusterKey
 
 __all__ = ["GossipConfig"]
 
@@ -63,12 +64,22 @@ class GossipConfig:
     """Half of nats-server's default max_payload (1 MiB): room for headers and growth."""
     max_piggyback_updates: int = 64
     """Membership updates carried per packet; the rest wait for the next one."""
+    max_members: int = 1024
+    """Entries in the membership table: news of more members is dropped (dead and departed
+    ones make room first), so a flood of forged members cannot grow it without bound."""
+    delta_fanout: int = 8
+    """Peers each round's own delta batch goes to. Batches are not forwarded (a relayed batch
+    could carry anyone's writes), so a replica reaches its peers itself: in clusters up to
+    ``delta_fanout + 1`` replicas, every peer in one round; beyond, push-pull fills in."""
+    key: ClusterKey | None = field(default=None, repr=False, compare=False)
+    """The cluster key (``state.mac``): every packet is tagged with it and a packet whose tag
+    does not verify is dropped (``bad_mac``). None: packets are not authenticated."""
 
     def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
-                raise ConfigError(f"GossipConfig.{field.name} must be > 0, got {value!r}")
+                raise ConfigError(f"GossipConfig.{f.name} must be > 0, got {value!r}")
         if self.probe_timeout_s >= self.probe_interval_s:
             raise ConfigError("GossipConfig.probe_timeout_s must be shorter than probe_interval_s")
 

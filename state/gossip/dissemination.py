@@ -3,9 +3,10 @@
 ``Delegate.pending()`` drains the state's delta buffer, so a batch that one lossy
 send dropped would be gone; gossip keeps each batch for
 ``retransmit_mult x ceil(log10(n+1))`` rounds (memberlist's ``TransmitLimitedQueue``),
-each round sending it to ``gossip_nodes`` random live peers, and a replica that
-receives a batch it has not seen forwards it the same way (epidemic spread, as Serf
-re-broadcasts user events). Membership updates use the same queue counted per
+each round sending it to ``delta_fanout`` random live peers. A batch is never
+forwarded by a replica that received it (Serf re-broadcasts user events; here a
+relayed batch could carry writes its relay made up, so every batch comes first-hand
+from its origin, ``state._guard``). Membership updates use the same queue counted per
 packet, as memberlist does. What
 still gets lost is repaired by push-pull: every few seconds a replica sends its
 digest to one random peer; on a mismatch the peer answers with its full state and
@@ -96,16 +97,12 @@ class DeltaLog:
         return batch
 
     def first_sight(self, batch: Deltas) -> bool:
-        """True the first time ``batch`` arrives (then merge and :meth:`forward` it), False after."""
+        """True the first time ``batch`` arrives (then merge it), False after."""
         key = (batch.origin, batch.seq)
         if key in self._seen:
             return False
         self._remember(key)
         return True
-
-    def forward(self, batch: Deltas) -> None:
-        """Queue a received batch for sending on: the epidemic half of dissemination."""
-        self.queue.put((batch.origin, batch.seq), batch)
 
     def _remember(self, key: tuple[str, int]) -> None:
         self._seen[key] = None

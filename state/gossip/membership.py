@@ -108,6 +108,7 @@ class _Relay:
 
 
 Send = Callable[[str, Message], None]
+_MAX_RELAYS = 256
 
 
 class Membership:
@@ -138,6 +139,8 @@ class Membership:
         self._next_probe_at = 0.0
         self._probe_order: list[str] = []
         self._relays: dict[int, _Relay] = {}
+        self.on_limit: Callable[[], None] = lambda: None
+        """Called for each new member refused because the table is full (``max_members``)."""
 
     # -- views --
 
@@ -215,6 +218,9 @@ class Membership:
             return
         m = self.members.get(a.node)
         if m is None:
+            if not self._room():
+                self.on_limit()
+                return
             self._set(now, Member(a.node, a.incarnation, MemberState.ALIVE, now))
             self._broadcast(a)
             return
@@ -266,6 +272,16 @@ class Membership:
         self._set(now, m, MemberState.LEFT if d.source == d.node else MemberState.DEAD)
         self._broadcast(d)
 
+    def _room(self) -> bool:
+        """Whether a new member fits: the table is bounded, the longest-gone member makes room."""
+        if len(self.members) < self.config.max_members:
+            return True
+        gone = [m for m in self.members.values() if m.state in (MemberState.DEAD, MemberState.LEFT)]
+        if not gone:
+            return False
+        del self.members[min(gone, key=lambda m: m.since).node]
+        return True
+
     def _refute(self, accused_incarnation: int) -> None:
         self.incarnation = max(self.incarnation, accused_incarnation) + 1
         self.refuted += 1
@@ -293,6 +309,8 @@ class Membership:
         """Probe ``req.target`` for ``sender`` and relay the ack."""
         if req.target == self.node:
             self._send(sender, Ack(req.seq, self.node))
+            return
+        if len(self._relays) >= _MAX_RELAYS:  # a flood of probe requests: each costs a ping
             return
         self._seq += 1
         self._relays[self._seq] = _Relay(sender, req.seq, req.target, now + self.config.probe_interval_s)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import re
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from agentbus.errors import AgentbusError, ConfigError
-from state.delegate import Delegate, Pruning, Transport
+from state.delegate import Delegate, GuardedDelegate, Pruning, Transport
 from state.gossip.config import GossipConfig
 from state.gossip.dissemination import DeltaLog
 from state.gossip.membership import Member, Membership, MemberState
@@ -45,6 +46,19 @@ __all__ = ["Gossip", "GossipStats"]
 log = logging.getLogger("agentbus.gossip")
 
 _NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_UNICAST, _BROADCAST = b"\x01", b"\x02"
+_DOMAIN = b"agentbus-gossip"
+_TAG = 32
+_MAX_PARTS_TRACKED = 256
+
+
+@functools.cache
+def _warn_unkeyed() -> None:
+    """Once per process: gossip between processes without a cluster key."""
+    log.warning(
+        "gossip between replicas is not authenticated (no cluster key, AGENTBUS_CLUSTER_KEY_FILE):"
+        " any client that may publish on the gossip subjects can change shared state"
+    )
 
 
 @dataclass
@@ -62,6 +76,14 @@ class GossipStats:
     full_states_merged: int = 0
     oversized_dropped: int = 0
     send_errors: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    """Packets and messages dropped as not authentic or not believable, by reason: ``bad_mac``
+    (tag missing or wrong), ``wrong_origin`` (a delta batch relayed for another replica),
+    ``member_limit`` (membership news past ``max_members``)."""
+
+    def reject(self, reason: str) -> None:
+        """Count one rejection."""
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
 
 @dataclass
@@ -96,6 +118,7 @@ class Gossip:
         self._next_gossip_at = 0.0
         self._next_push_pull_at = 0.0
         self._next_announce_at = 0.0
+        self._parts: dict[tuple[str, int], set[int]] = {}
 
     def _become(self, node: str) -> None:
         """Take ``node`` as this replica's identity: a fresh membership view, delta log and pruner."""
@@ -103,9 +126,46 @@ class Gossip:
             raise ConfigError(f"gossip node id {node!r}: use 1-64 of [A-Za-z0-9_-]")
         self.node = node
         self.membership = Membership(node, self.config, send=self._send_later, rng=self._rng)
+        self.membership.on_limit = lambda: self.stats.reject("member_limit")
         self._deltas = DeltaLog(node, self._rng)
         prune = self._delegate.prune if isinstance(self._delegate, Pruning) else None
         self.pruner = Pruner(self.config, self.membership, prune=prune, pull=self._pull)
+        self._last_heard = self._clock()
+        self._heard: dict[str, float] = {}
+        """Peers we received a valid packet from (sender -> when), bounded by ``max_members``."""
+        self._long_silence_ended = float("-inf")
+        # when this node last heard from peers again after at least half of prune_after_s without a
+        # packet (paused or cut off): only then may a prune marker naming itself be believed
+        if isinstance(self._delegate, GuardedDelegate):
+            self._delegate.watch(self)
+
+    # -- PeerView (what the delegate asks before it believes a peer) --
+
+    def is_live(self, node: str) -> bool:
+        """Whether ``node`` is alive or suspect in our view (then it speaks for itself)."""
+        m = self.membership.members.get(node)
+        return m is not None and m.state in (MemberState.ALIVE, MemberState.SUSPECT)
+
+    def may_prune(self, node: str) -> bool:
+        """Whether a prune marker naming ``node`` is believable.
+
+        Another replica: not alive or suspect here, and if known dead or departed, for at
+        least half of ``prune_after_s`` (the owner waits all of it). This replica: only if it
+        heard nothing for at least half of ``prune_after_s`` (paused or cut off), the only
+        way peers could have declared it dead that long, and that silence ended recently
+        (within ``prune_after_s``: the owner's marker arrives with the first rounds after).
+        """
+        half = self.config.prune_after_s / 2
+        now = self._clock()
+        if node == self.node:
+            silent = now - self._last_heard >= half
+            return silent or now - self._long_silence_ended <= self.config.prune_after_s
+        m = self.membership.members.get(node)
+        if m is None:
+            return True  # pruned and forgotten before we joined, or never met
+        if m.state in (MemberState.ALIVE, MemberState.SUSPECT):
+            return False
+        return now - m.since >= half
 
     # -- views --
 
@@ -135,6 +195,7 @@ class Gossip:
         self._next_push_pull_at = now + self._rng.uniform(0.5, 1.0) * c.push_pull_interval_s
         self._next_announce_at = now + c.announce_interval_s
         self.membership.join(now)
+        self._last_heard = now
         await self._broadcast(Packet(c.cluster, [Announce(self.membership.incarnation)], []))
         if autotick:
             self._task = asyncio.create_task(self._run(), name=f"gossip-{self.node}")
@@ -219,7 +280,7 @@ class Gossip:
         pending = self._delegate.pending()
         if pending:
             self._deltas.add_local(pending)
-        peers = self.membership.gossip_peers(now)
+        peers = self._heard_first(self.membership.gossip_peers(now))
         if not peers:
             return
         limit = self.config.retransmit_limit(self.membership.cluster_size())
@@ -228,7 +289,9 @@ class Gossip:
         # peer, which suits membership news that push-pull re-syncs anyway; a delta batch is the
         # only copy of a write until the next push-pull, so it gets k x limit sends
         batches = self._deltas.queue.take(limit=limit, max_items=10_000, max_bytes=budget)
-        for peer in self._rng.sample(peers, min(self.config.gossip_nodes, len(peers))):
+        c = self.config
+        fanout = max(c.gossip_nodes, c.delta_fanout) if batches else c.gossip_nodes
+        for peer in self._rng.sample(peers, min(fanout, len(peers))):
             if batches or len(self.membership.updates):  # membership news rides along in _flush
                 self._outbox.setdefault(peer, _Outgoing()).messages.extend(batches)
 
@@ -237,17 +300,29 @@ class Gossip:
         if pending:
             self._deltas.add_local(pending)
         batches = self._deltas.queue.take(limit=1, max_items=10_000, max_bytes=self.config.max_packet_bytes)
-        peers = self.membership.alive_peers()
+        peers = self._heard_first(self.membership.alive_peers())
         if not peers:
             return
-        state, digest = self._delegate.full_state(), self._delegate.digest()
+        parts, digest = self._full_parts(), self._delegate.digest()
         for peer in self._rng.sample(peers, min(self.config.gossip_nodes, len(peers))):
             out = self._outbox.setdefault(peer, _Outgoing())
             out.messages.extend(batches)
-            out.messages.append(PushPull(digest, state, False))
+            n = len(parts)
+            out.messages.extend(PushPull(digest, part, False, 0, i, n) for i, part in enumerate(parts))
+
+    def _heard_first(self, peers: list[str]) -> list[str]:
+        """The peers we received a packet from ourselves, if any; else ``peers``.
+
+        Membership news is second-hand and a peer holding the key can make up members
+        (``max_members`` bounds them): a made-up member never speaks, so it must not take
+        the fan-out of deltas and push-pull from real ones while probes declare it dead.
+        """
+        heard = self._heard
+        direct = [p for p in peers if p in heard]
+        return direct or peers
 
     def _start_push_pull(self) -> None:
-        peers = self.membership.alive_peers()
+        peers = self._heard_first(self.membership.alive_peers())
         if peers:
             self.stats.push_pulls_started += 1
             self._pull(self._rng.choice(peers), 0)
@@ -262,6 +337,12 @@ class Gossip:
     async def _on_message(self, sender: str, data: bytes) -> None:
         if sender == self.node or not self._running:
             return  # our own broadcast echoed back
+        if self.config.key is not None:
+            opened = self._open(sender, data)
+            if opened is None:
+                self.stats.reject("bad_mac")
+                return
+            data = opened
         try:
             packet = decode_packet(data)
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -271,21 +352,49 @@ class Gossip:
             self.stats.foreign_packets += 1
             return
         self.stats.packets_received += 1
+        if self.config.key is None:
+            _warn_unkeyed()  # one user's laptop needs no key; several processes should have one
         now = self._clock()
+        if now - self._last_heard >= self.config.prune_after_s / 2:
+            self._long_silence_ended = now
+        self._last_heard = now
+        if sender not in self._heard and len(self._heard) >= 2 * self.config.max_members:
+            self._heard = {n: t for n, t in self._heard.items() if n in self.membership.members}
+        self._heard[sender] = now
         for update in packet.updates:
-            self.membership.apply(now, update)
+            self._apply(now, update)
         for message in packet.messages:
             self._handle(now, sender, message)
         await self._flush()
 
+    def _apply(self, now: float, update: Update) -> None:
+        """Apply membership news; a replica met for the first time is pulled from at once.
+
+        A live replica speaks for itself (``state._guard``): its state reaches us from it,
+        not relayed, so a new worker pulls from each peer it meets instead of waiting for a
+        random push-pull to pick it (a scale-up would otherwise see a budget spent as 0).
+        """
+        members = self.membership.members
+        new = update.node not in members and update.node != self.node
+        self.membership.apply(now, update)
+        m = members.get(update.node)
+        if (
+            new
+            and m is not None
+            and m.state is MemberState.ALIVE
+            and isinstance(self._delegate, GuardedDelegate)
+        ):
+            self._pull(update.node, 0)
+
     def _handle(self, now: float, sender: str, msg: Message) -> None:
         m = self.membership
         if isinstance(msg, Deltas):
-            if not self._deltas.first_sight(msg):
+            if msg.origin != sender:  # first-hand only: a relayed batch could carry anyone's writes
+                self.stats.reject("wrong_origin")
+            elif not self._deltas.first_sight(msg):
                 self.stats.duplicate_batches += 1
-            elif self._merge(msg.data, sender):
+            elif self._merge(msg.data, sender, delta=True):
                 self.stats.delta_batches_merged += 1
-                self._deltas.forward(msg)
         elif isinstance(msg, Ping):
             m.on_ping(sender, msg)
         elif isinstance(msg, Ack):
@@ -294,19 +403,25 @@ class Gossip:
             m.on_ping_req(now, sender, msg)
         elif isinstance(msg, Digest):
             ours = self._delegate.digest()
-            state = None if ours == msg.digest else self._delegate.full_state()
-            out = self._queue(sender, PushPull(ours, state, True, msg.round))
+            if ours == msg.digest:
+                out = self._queue(sender, PushPull(ours, None, True, msg.round))
+            else:
+                parts = self._full_parts()
+                for i, part in enumerate(parts):
+                    out = self._queue(sender, PushPull(ours, part, True, msg.round, i, len(parts)))
             out.updates.extend(m.snapshot())
         elif isinstance(msg, PushPull):
-            if msg.state is not None and self._merge(msg.state, sender):
+            if msg.state is not None and self._merge(msg.state, sender, delta=False):
                 self.stats.full_states_merged += 1
-            if msg.reply:
+            if msg.reply and self._last_part(sender, msg):
                 if msg.state is not None and self._delegate.digest() != msg.digest:
-                    self._queue(sender, PushPull(b"", self._delegate.full_state(), False, msg.round))
+                    parts = self._full_parts()
+                    for i, part in enumerate(parts):
+                        self._queue(sender, PushPull(b"", part, False, msg.round, i, len(parts)))
                 if msg.round:
                     self.pruner.on_reply(sender, msg.round)
         elif isinstance(msg, Announce):
-            m.apply(now, Alive(sender, msg.incarnation))
+            self._apply(now, Alive(sender, msg.incarnation))
             seen = m.members.get(sender)
             if msg.want_reply:
                 self._queue(sender, Announce(m.incarnation, False)).updates.extend(m.snapshot())
@@ -314,9 +429,31 @@ class Gossip:
                 # it thinks it is alive, we think not: tell it, so it refutes (memberlist#311)
                 self._outbox.setdefault(sender, _Outgoing()).updates.append(seen.update())
 
-    def _merge(self, data: bytes, sender: str) -> bool:
+    def _last_part(self, sender: str, msg: PushPull) -> bool:
+        """Whether every part of this reply has arrived (a lost part: the round does not count)."""
+        if msg.parts <= 1:
+            return True
+        key = (sender, msg.round)
+        if key not in self._parts and len(self._parts) >= _MAX_PARTS_TRACKED:
+            self._parts.clear()
+        seen = self._parts.setdefault(key, set())
+        seen.add(msg.part)
+        if len(seen) < msg.parts:
+            return False
+        del self._parts[key]
+        return True
+
+    def _full_parts(self) -> list[bytes]:
+        if isinstance(self._delegate, GuardedDelegate):
+            return self._delegate.full_state_parts(self.config.max_packet_bytes - 16 * 1024)
+        return [self._delegate.full_state()]
+
+    def _merge(self, data: bytes, sender: str, *, delta: bool) -> bool:
         try:
-            self._delegate.merge(data)
+            if isinstance(self._delegate, GuardedDelegate):
+                self._delegate.merge_from(data, sender, delta=delta)
+            else:
+                self._delegate.merge(data)
         except AgentbusError as e:
             self.stats.merge_errors += 1
             log.warning("gossip: rejected state from %s: %s", sender, e)
@@ -356,7 +493,29 @@ class Gossip:
             if updates:
                 await self._send(node, encode_packet(Packet(cluster, [], updates)))
 
+    def _seal(self, dest: str, data: bytes) -> bytes:
+        """Tag ``data`` for ``dest`` (``*``: a broadcast) from this node with the cluster key."""
+        key = self.config.key
+        if key is None:
+            return data
+        kind = _BROADCAST if dest == "*" else _UNICAST
+        tag = key.tag(_DOMAIN, self.config.cluster.encode(), self.node.encode(), dest.encode(), data)
+        return kind + tag + data
+
+    def _open(self, sender: str, data: bytes) -> bytes | None:
+        """The packet inside a sealed datagram, or None if the tag does not verify."""
+        key = self.config.key
+        assert key is not None
+        if len(data) < 1 + _TAG or data[:1] not in (_UNICAST, _BROADCAST):
+            return None
+        dest = "*" if data[:1] == _BROADCAST else self.node
+        tag, body = data[1 : 1 + _TAG], data[1 + _TAG :]
+        if not key.verify(tag, _DOMAIN, self.config.cluster.encode(), sender.encode(), dest.encode(), body):
+            return None
+        return body
+
     async def _send(self, node: str, data: bytes) -> None:
+        data = self._seal(node, data)
         try:
             await self._transport.send(node, data)
             self.stats.packets_sent += 1
@@ -366,7 +525,7 @@ class Gossip:
 
     async def _broadcast(self, packet: Packet) -> None:
         try:
-            await self._transport.broadcast(encode_packet(packet))
+            await self._transport.broadcast(self._seal("*", encode_packet(packet)))
             self.stats.packets_sent += 1
         except Exception as e:
             self.stats.send_errors += 1

@@ -9,6 +9,8 @@ receiver (gossip is lossy anyway), never half-applied.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 __all__ = [
@@ -30,30 +32,35 @@ __all__ = [
 ]
 
 
+NodeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+"""A gossip node id (a replica id): a NATS subject token."""
+Source = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,64}$")]
+
+
 # -- membership updates (piggybacked; memberlist's alive/suspect/dead broadcasts) --
 
 
 class Alive(msgspec.Struct, tag="alive", frozen=True):
     """``node`` is alive at ``incarnation`` (only the node itself raises its incarnation)."""
 
-    node: str
+    node: NodeId
     incarnation: int
 
 
 class Suspect(msgspec.Struct, tag="suspect", frozen=True):
     """``source`` suspects ``node`` at ``incarnation``."""
 
-    node: str
+    node: NodeId
     incarnation: int
-    source: str
+    source: Source
 
 
 class Dead(msgspec.Struct, tag="dead", frozen=True):
     """``source`` declares ``node`` dead; ``source == node`` means it left on purpose."""
 
-    node: str
+    node: NodeId
     incarnation: int
-    source: str
+    source: Source
 
 
 Update = Alive | Suspect | Dead
@@ -108,6 +115,9 @@ class PushPull(msgspec.Struct, tag="push_pull", frozen=True):
     state: bytes | None
     reply: bool
     round: int = 0
+    part: Annotated[int, msgspec.Meta(ge=0, lt=4096)] = 0
+    """A full state too big for one packet goes in ``parts`` payloads, each merged alone."""
+    parts: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 1
 
 
 class Announce(msgspec.Struct, tag="announce", frozen=True):

@@ -12,6 +12,8 @@ CHART = Path(__file__).resolve().parents[2] / "helm" / "agentbus"
 ALL_FEATURES = CHART / "ci" / "all-features-values.yaml"
 RELEASE, NAMESPACE = "ab", "agents"
 NOTES = "agentbus/templates/NOTES.txt"
+DEFAULT_VALUES: dict[str, Any] = {"tenants": {"allowAnyTenant": True}}
+"""The least an install must say: which tenants are served (here: any; values.yaml requires a choice)."""
 
 
 @dataclass

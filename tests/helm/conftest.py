@@ -14,7 +14,7 @@ from typing import Any
 import helm_python as helm
 import pytest
 
-from ._chart import CHART, NAMESPACE, RELEASE, Rendered, all_features_values
+from ._chart import CHART, DEFAULT_VALUES, NAMESPACE, RELEASE, Rendered, all_features_values
 
 
 @pytest.fixture(scope="session")
@@ -25,10 +25,11 @@ def chart() -> Iterator[helm.Chart]:
 
 @pytest.fixture(scope="session")
 def render(chart: helm.Chart) -> Callable[..., Rendered]:
-    """Render with user values merged over values.yaml (the schema is enforced)."""
+    """Render with user values merged over ``DEFAULT_VALUES`` and values.yaml (the schema is enforced)."""
 
     def _render(values: dict[str, Any] | None = None, *, name: str = RELEASE) -> Rendered:
-        return Rendered.of(chart.render(values or {}, name=name, namespace=NAMESPACE))
+        merged = {**DEFAULT_VALUES, **(values or {})}
+        return Rendered.of(chart.render(merged, name=name, namespace=NAMESPACE))
 
     return _render
 

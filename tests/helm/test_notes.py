@@ -67,7 +67,10 @@ def test_defaults_warn_only_that_the_scaler_is_off(default: Rendered) -> None:
             },
             "WARNING: the scaler reads Prometheus, but no ServiceMonitor or PodMonitor is enabled.",
         ),
-        ({"agents": {"tenants": ["acme"]}}, "WARNING: agents.tenants does not list tests.tenant (helm-test)"),
+        (
+            {"tenants": {"allowlist": ["acme"]}},
+            "WARNING: tenants.allowlist does not list tests.tenant (helm-test)",
+        ),
     ],
 )
 def test_unsafe_settings_are_warned_about(render: Render, values: dict[str, object], expected: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import helm_python as helm
 import pytest
-from helm._chart import CHART, NAMESPACE, RELEASE, Rendered
+from helm._chart import CHART, DEFAULT_VALUES, NAMESPACE, RELEASE, Rendered
 
 from ._container import LOADTEST, RUNTIME, Container, Image, build
 
@@ -65,6 +65,7 @@ def render(chart: helm.Chart) -> Callable[[dict[str, Any]], Rendered]:
     """Render the chart with these values over IMAGE_VALUES (so it names the built images)."""
 
     def _render(values: dict[str, Any]) -> Rendered:
-        return Rendered.of(chart.render({**values, **IMAGE_VALUES}, name=RELEASE, namespace=NAMESPACE))
+        merged = {**DEFAULT_VALUES, **values, **IMAGE_VALUES}
+        return Rendered.of(chart.render(merged, name=RELEASE, namespace=NAMESPACE))
 
     return _render

@@ -263,6 +263,9 @@ values), failing the render with a message that names the key.
 {{- if and .Values.scaler.admissionPolicy.enabled .Values.scaler.admissionPolicy.required (not (include "agentbus.hasAdmissionPolicy" .)) }}
 {{- fail (printf "scaler.admissionPolicy.required: Kubernetes %s has no ValidatingAdmissionPolicy (admissionregistration.k8s.io/v1 needs >= 1.30)" .Capabilities.KubeVersion.Version) }}
 {{- end }}
+{{- if not (or (include "agentbus.tenants" .) .Values.tenants.allowAnyTenant) }}
+{{- fail "tenants.allowlist: list the tenants these workers serve, or set tenants.allowAnyTenant: true (any subject token then becomes a tenant)" }}
+{{- end }}
 {{- if and .Values.tests.kind (not (hasKey $seen .Values.tests.kind)) }}
 {{- fail (printf "tests.kind %q is not one of agents.kinds" .Values.tests.kind) }}
 {{- end }}
@@ -342,4 +345,8 @@ the workers' cluster key) come from an existing Secret mounted at /etc/agentbus/
 - namespaceSelector:
     matchLabels:
       kubernetes.io/metadata.name: {{ .Values.networkPolicy.monitoringNamespace }}
+{{- end }}
+{{/* The tenant allowlist, comma-separated (tenants.allowlist plus the older agents.tenants); empty: none. */}}
+{{- define "agentbus.tenants" -}}
+{{- concat (.Values.tenants.allowlist | default list) (.Values.agents.tenants | default list) | uniq | join "," -}}
 {{- end }}
