@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -36,6 +37,8 @@ from agents.llm._attempt import Events, fate
 from agents.llm.budget import LocalLimits, TenantLimits
 from agents.llm.client import ChatClient
 from agents.llm.config import LLMConfig
+from agents.llm.mcp import MCPToolset
+from agents.llm.mcp_config import MCPServerConfig, mcp_servers_from_env
 from agents.llm.metrics import LLMCollector, LLMStats
 from agents.llm.planner import Brain, ModelBrain, Plan, PlannedCall, Run, Turn
 from agents.llm.shared_limits import SharedLimits
@@ -74,10 +77,14 @@ class TaskAgent:
         config: LLMConfig | None = None,
         brain: Brain | None = None,
         limits: TenantLimits | None = None,
+        mcp: Sequence[MCPServerConfig] | None = None,
         max_inflight: int = 256,
         timeout_s: float = 120.0,
     ) -> None:
         self.tools = tools
+        self._mcp_servers = mcp
+        self.mcp: MCPToolset | None = None
+        """The MCP servers' sessions and tools, opened by :meth:`on_start`."""
         self._config = config
         self._brain = brain
         self._limits = limits
@@ -107,6 +114,18 @@ class TaskAgent:
         ConfigError naming it), take the cluster-wide limits and count tokens in the shared usage."""
         self.setup(services)
         services.count_tokens(self.tokens)
+        await self.open_mcp()
+
+    async def open_mcp(self) -> None:
+        """Open the sessions to this agent's MCP servers (given, else ``AGENTBUS_MCP_CONFIG``'s
+        for this kind) and list their tools; a missing ``mcp`` package is a ConfigError."""
+        servers = self._mcp_servers if self._mcp_servers is not None else mcp_servers_from_env()
+        mine = [s for s in servers if s.serves(self.spec.kind)]
+        if mine and self.mcp is None:
+            toolset = MCPToolset(mine)
+            await toolset.open(self.tools.names)
+            self.mcp = toolset
+            self.stats.mcp = toolset.connections
 
     def setup(self, services: Services | None = None) -> None:
         """Resolve configuration (``AGENTBUS_LLM_*`` when none was given), the brain and the limits; once.
@@ -134,9 +153,12 @@ class TaskAgent:
         self.config = cfg
 
     async def aclose(self) -> None:
-        """Close the model client's connections."""
+        """Close the model client's connections and the MCP sessions."""
         if self.client is not None:
             await self.client.aclose()
+        if self.mcp is not None:
+            await self.mcp.close()
+            self.mcp = None
 
     async def handle(self, ctx: Context, task: TaskIn) -> TaskOut:
         """The handler: run the loop, map LLM failures to the task's fate."""
@@ -162,7 +184,8 @@ class TaskAgent:
         deadline = loop.time() + self.spec.timeout_s  # the runner cancels the attempt then
         if ctx.deadline is not None:
             deadline = min(deadline, loop.time() + ctx.deadline - now())
-        run = Run(task.request, ctx.tenant, self.tools, events.token, deadline, streaming=events.on)
+        tools = self.tools if self.mcp is None else self.mcp.toolbox(self.tools, ctx.tenant)
+        run = Run(task.request, ctx.tenant, tools, events.token, deadline, streaming=events.on)
         audit: list[AuditEvent] = []
         tokens = steps = errors = 0
         last_error = ""
@@ -201,9 +224,9 @@ class TaskAgent:
                         f"step bound: {steps} tool calls planned, max_steps is {cfg.max_steps}"
                     )
                 if len(plan.calls) == 1:  # the common case: no gather() machinery
-                    outcomes = [await self._step(ctx, plan.calls[0])]
+                    outcomes = [await self._step(ctx, plan.calls[0], tools)]
                 else:
-                    outcomes = await asyncio.gather(*(self._step(ctx, call) for call in plan.calls))
+                    outcomes = await asyncio.gather(*(self._step(ctx, call, tools) for call in plan.calls))
                 for index, (call, (outcome, ms)) in enumerate(zip(plan.calls, outcomes, strict=True)):
                     step = StepEvent(
                         seq=events.next(),
@@ -238,13 +261,13 @@ class TaskAgent:
                 span.update_name("answer")
             return plan
 
-    async def _step(self, ctx: Context, call: PlannedCall) -> tuple[ToolOutcome, float]:
+    async def _step(self, ctx: Context, call: PlannedCall, tools: Toolbox) -> tuple[ToolOutcome, float]:
         started = time.perf_counter()
         if self._traced:
             with tracing.span("tool", tool=call.tool):
-                outcome = await self.tools.call(ctx, call.tool, call.arguments)
+                outcome = await tools.call(ctx, call.tool, call.arguments)
         else:
-            outcome = await self.tools.call(ctx, call.tool, call.arguments)
+            outcome = await tools.call(ctx, call.tool, call.arguments)
         key = (call.tool, outcome.ok)
         self.tool_calls[key] = self.tool_calls.get(key, 0) + 1
         return outcome, round((time.perf_counter() - started) * 1000, 3)
@@ -258,11 +281,13 @@ def task_agent(
     config: LLMConfig | None = None,
     brain: Brain | None = None,
     limits: TenantLimits | None = None,
+    mcp: Sequence[MCPServerConfig] | None = None,
     max_inflight: int = 256,
     timeout_s: float = 120.0,
 ) -> AgentSpec[TaskIn, TaskOut]:
     """An LLM task agent for ``kind``: the model of ``config`` (default: ``AGENTBUS_LLM_*``,
-    read when the worker starts), else the ``offline`` brain; ``brain`` overrides both."""
+    read when the worker starts), else the ``offline`` brain; ``brain`` overrides both.
+    ``mcp``: the MCP servers whose tools join ``tools`` (default: ``AGENTBUS_MCP_CONFIG``'s)."""
     agent = TaskAgent(
         kind=kind,
         tools=tools,
@@ -270,6 +295,7 @@ def task_agent(
         config=config,
         brain=brain,
         limits=limits,
+        mcp=mcp,
         max_inflight=max_inflight,
         timeout_s=timeout_s,
     )
