@@ -114,6 +114,7 @@ class TaskAgent:
         ConfigError naming it), take the cluster-wide limits and count tokens in the shared usage."""
         self.setup(services)
         services.count_tokens(self.tokens)
+        await self.tools.start()
         await self.open_mcp()
 
     async def open_mcp(self) -> None:
@@ -159,6 +160,7 @@ class TaskAgent:
         if self.mcp is not None:
             await self.mcp.close()
             self.mcp = None
+        await self.tools.stop()
 
     async def handle(self, ctx: Context, task: TaskIn) -> TaskOut:
         """The handler: run the loop, map LLM failures to the task's fate."""

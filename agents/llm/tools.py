@@ -137,6 +137,20 @@ class Toolbox:
         self.specs_json = msgspec.Raw(msgspec.json.encode(self.specs)) if self.specs else None
         """The specs encoded once: every model call sends them."""
 
+    async def start(self) -> None:
+        """Run the ``start()`` of every tool that has one (a tool that opens a store or a client)."""
+        for t in self._tools.values():
+            start = getattr(t, "start", None)
+            if start is not None:
+                await start()
+
+    async def stop(self) -> None:
+        """Run the ``stop()`` of every tool that has one."""
+        for t in self._tools.values():
+            stop = getattr(t, "stop", None)
+            if stop is not None:
+                await stop()
+
     def extended(self, tools: Iterable[AnyTool]) -> Toolbox:
         """A new toolbox with these tools and ``tools`` (a name clash is a ConfigError)."""
         return Toolbox([*self._tools.values(), *tools])
