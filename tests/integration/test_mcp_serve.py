@@ -58,10 +58,10 @@ def serve_argv(nats_url: str, *extra: str) -> list[str]:
 
 async def test_mcp_serve_over_stdio(worker: Worker, nats_url: str) -> None:
     params = StdioServerParameters(command=sys.executable, args=serve_argv(nats_url), env=ENV)
-    progress: list[tuple[float, str | None]] = []
+    seen: list[tuple[float, str | None]] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append((done, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, message))
 
     async with Client(params) as client:
         listed = {t.name: t for t in (await client.list_tools()).tools}
@@ -91,8 +91,8 @@ async def test_mcp_serve_over_stdio(worker: Worker, nats_url: str) -> None:
         assert not order.is_error, order.content
         assert order.structured_content is not None
         assert order.structured_content["answer"].startswith("Order acme-")
-    messages = [m or "" for _, m in progress]
-    assert [n for n, _ in progress] == sorted(n for n, _ in progress)
+    messages = [m or "" for _, m in seen]
+    assert [n for n, _ in seen] == sorted(n for n, _ in seen)
     assert messages[:4] == [
         "turn 0: check_inventory",
         "check_inventory: ok",
