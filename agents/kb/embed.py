@@ -146,8 +146,9 @@ class OpenAIEmbedder:
         dim = self.dim or len(items[0].embedding)
         if not 1 <= dim <= 65_536 or any(len(i.embedding) != dim for i in items):
             raise EmbeddingError(f"embeddings of unequal or unusable length (expected {dim})")
-        if any(not math.isfinite(x) for i in items for x in i.embedding):
-            raise EmbeddingError("an embedding holds a value that is not a finite number")
+        # inf, NaN, or values whose squares overflow: no length to scale by
+        if any(not math.isfinite(sum(x * x for x in i.embedding)) for i in items):
+            raise EmbeddingError("an embedding's length is not a finite number")
         self.dim = dim
         return [normalize(i.embedding) for i in items]
 
