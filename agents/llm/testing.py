@@ -288,7 +288,7 @@ class ScriptedLLM:
         default: Callable[[bytes], Reply] | None = None,
         record: bool = True,
         prefix: str = "/v1",
-        embed_dim: int = 64,
+        embed_dim: int = 512,
     ) -> None:
         self.prefix = prefix
         self.embedder = HashEmbedder(embed_dim)

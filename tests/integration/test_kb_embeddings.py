@@ -24,7 +24,7 @@ async def test_texts_are_embedded_in_batches_in_order(llm: s.ScriptedLLM) -> Non
     assert [r.body["input"] for r in llm.embedding_requests] == [texts[0:3], texts[3:6], texts[6:7]]
     assert {r.body["model"] for r in llm.embedding_requests} == {"embed-small"}
     assert vectors == [pytest.approx(llm.embedder.vector(t)) for t in texts]
-    assert emb.dim == 64
+    assert emb.dim == 512
 
 
 async def test_a_knowledge_base_on_the_embeddings_endpoint(llm: s.ScriptedLLM) -> None:
