@@ -6,9 +6,10 @@ and workers read, transactional (a document is replaced whole or not at all), an
 for one writer and many readers across processes (WAL). Vectors are stored as float32
 blobs; a search scores every chunk of the collection (exact cosine; vectors are unit
 length, so a dot product), with the collection's vectors cached in memory until another
-connection commits (``PRAGMA data_version``). That is exact and fast enough for
-knowledge bases of some ten thousand chunks per tenant; past that, put an approximate
-index behind the same :class:`VectorStore` protocol (sqlite-vec, pgvector, Qdrant).
+connection commits (``PRAGMA data_version``); a sparse query (the hash embedder's)
+multiplies only its non-zero slots. That is exact and fast enough for knowledge bases
+of some thousands of passages per tenant (docs/llm.md has the figures); past that, put an
+approximate index behind the same :class:`VectorStore` protocol (sqlite-vec, pgvector, Qdrant).
 
 Every row carries its tenant, and every statement names it: a tenant reads and writes
 only its own collections, whatever the collection is called.
@@ -226,7 +227,12 @@ class SQLiteStore:
             )
         hits, vectors = self._load(tenant, collection)
         mul = operator.mul
-        scored = ((sum(map(mul, vector, v)), i) for i, v in enumerate(vectors))
+        nonzero = [i for i, x in enumerate(vector) if x]
+        if len(nonzero) * 2 < len(vector):  # a sparse query (the hash embedder's): only its slots count
+            weights = [vector[i] for i in nonzero]
+            scored = ((sum(map(mul, weights, map(v.__getitem__, nonzero))), i) for i, v in enumerate(vectors))
+        else:
+            scored = ((sum(map(mul, vector, v)), i) for i, v in enumerate(vectors))
         best = heapq.nlargest(k, scored)
         return [
             Hit(hits[i].doc_id, hits[i].chunk, hits[i].source, hits[i].text, round(score, 6))

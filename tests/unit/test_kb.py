@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import subprocess
 import sys
+from array import array
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentbus.errors import ConfigError, KnowledgeBaseError
-from agents.kb import Document, HashEmbedder, KBConfig, KnowledgeBase, SQLiteStore, chunk_text
+from agents.kb import (
+    Chunk,
+    Document,
+    HashEmbedder,
+    KBConfig,
+    KnowledgeBase,
+    SQLiteStore,
+    chunk_text,
+    normalize,
+)
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "kb"
 
@@ -161,3 +172,22 @@ def test_any_text_embeds_to_a_unit_or_zero_vector(text: str) -> None:
     assert len(vec) == 64
     norm = sum(x * x for x in vec)
     assert norm == 0.0 or math.isclose(norm, 1.0, rel_tol=1e-9)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32 - 1), st.integers(min_value=1, max_value=32))
+def test_search_ranks_like_brute_force_for_sparse_and_dense_queries(seed: int, nonzero: int) -> None:
+    rng = random.Random(seed)
+    dim = 32
+    vectors = [normalize([rng.uniform(-1, 1) for _ in range(dim)]) for _ in range(30)]
+    store = SQLiteStore(":memory:")
+    store.put("t", "c", "e", [Chunk(f"d{i}", 0, "s", "x") for i in range(30)], vectors)
+    query = [0.0] * dim
+    for i in rng.sample(range(dim), nonzero):  # sparse below 16 slots, dense from 16 on
+        query[i] = rng.uniform(-1, 1)
+    query = normalize(query)
+    stored = [list(array("f", v)) for v in vectors]  # float32, as the store keeps them
+    expected = sorted(range(30), key=lambda i: -sum(a * b for a, b in zip(query, stored[i], strict=True)))[:5]
+    got = [int(h.doc_id[1:]) for h in store.search("t", "c", "e", query, 5)]
+    scores = {i: sum(a * b for a, b in zip(query, stored[i], strict=True)) for i in range(30)}
+    assert [round(scores[i], 5) for i in got] == [round(scores[i], 5) for i in expected]
