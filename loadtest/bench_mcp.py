@@ -157,10 +157,9 @@ async def _tool_calls(n: int, concurrency: int) -> dict[str, Any]:
                 box = toolset.toolbox(Toolbox(), "bench")
                 outcome = await box.call(ctx, "bench__add", '{"a": 1, "b": 2}')
                 assert outcome.ok, outcome.error
-                await _timed(lambda box=box: box.call(ctx, "bench__add", '{"a": 1, "b": 2}'), 20)  # warm
-                out[name] = _ms(
-                    await _timed(lambda box=box: box.call(ctx, "bench__add", '{"a": 1, "b": 2}'), n)
-                )
+                call = partial(box.call, ctx, "bench__add", '{"a": 1, "b": 2}')
+                await _timed(call, 20)  # warm
+                out[name] = _ms(await _timed(call, n))
                 out[f"{name}_over_local_p50"] = round(out[name]["p50_ms"] / out["local"]["p50_ms"], 1)
                 if name == "stdio":
                     out["stdio_concurrent"] = await _concurrent(box, ctx, n, concurrency)
