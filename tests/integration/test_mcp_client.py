@@ -259,3 +259,18 @@ def test_a_worker_with_mcp_servers_but_no_mcp_package_exits_78(tmp_path: Path, n
     )
     assert done.returncode == 78, done.stderr
     assert "pip install 'agentbus[mcp]'" in done.stderr
+
+
+def test_a_worker_whose_mcp_server_does_not_start_exits_1_for_a_restart(
+    tmp_path: Path, nats_url: str
+) -> None:
+    """Not a configuration error (the server may come back): exit 1, which supervisors restart."""
+    config = tmp_path / "mcp.json"
+    config.write_text(json.dumps({"servers": [{"name": "desk", "command": [sys.executable, "-c", "pass"]}]}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AGENTBUS_MCP_CONFIG": str(config)}
+    argv = [sys.executable, "-m", "agentbus", "worker", "--nats-url", nats_url, "--http-port", "-1"]
+    done = subprocess.run(
+        [*argv, "--agents", "agents.builtin.assistant"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1, done.stderr
+    assert "MCP server desk (stdio) could not be opened" in done.stderr

@@ -191,3 +191,30 @@ def test_search_ranks_like_brute_force_for_sparse_and_dense_queries(seed: int, n
     got = [int(h.doc_id[1:]) for h in store.search("t", "c", "e", query, 5)]
     scores = {i: sum(a * b for a, b in zip(query, stored[i], strict=True)) for i in range(30)}
     assert [round(scores[i], 5) for i in got] == [round(scores[i], 5) for i in expected]
+
+
+def test_the_kb_command_adds_searches_and_lists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agentbus.cli import main
+
+    db = str(tmp_path / "kb.sqlite3")
+    assert main(["kb", "add", "--db", db, "--tenant", "acme", "--collection", "handbook", str(CORPUS)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"documents": 32, "passages": 32}
+    assert (
+        main(["kb", "search", "--db", db, "--tenant", "acme", "--collection", "handbook", "rotate API key"])
+        == 0
+    )
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(hits) == 4
+    assert hits[0]["doc_id"] == "api-keys.md"
+    assert main(["kb", "list", "--db", db, "--tenant", "acme"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "collection": "handbook",
+        "embedder": "hash-v1-512",
+        "passages": 32,
+    }
+    assert main(["kb", "list", "--db", db, "--tenant", "globex"]) == 0
+    assert capsys.readouterr().out == ""
+    assert (
+        main(["kb", "add", "--db", db, "--tenant", "acme", "--collection", "c", str(tmp_path / "nope")]) == 2
+    )
+    assert main(["kb", "search", "--db", db, "--tenant", "acme.>", "--collection", "c", "q"]) == 1
