@@ -26,6 +26,7 @@ import httpx
 import msgspec
 
 from agentbus.errors import EmbeddingError
+from agents._eager import in_own_task
 
 __all__ = ["Embedder", "HashEmbedder", "OpenAIEmbedder", "normalize"]
 
@@ -130,8 +131,9 @@ class OpenAIEmbedder:
     async def _batch(self, batch: list[str]) -> list[list[float]]:
         self.requests += 1
         try:
-            resp = await self._client.post(
-                f"{self.base_url}/embeddings", json={"model": self.model, "input": batch}
+            # httpx's anyio scopes need a task of their own (a handler's first step runs eagerly)
+            resp = await in_own_task(
+                self._client.post(f"{self.base_url}/embeddings", json={"model": self.model, "input": batch})
             )
         except httpx.HTTPError as exc:
             raise EmbeddingError(f"embeddings endpoint unreachable: {type(exc).__name__}") from exc

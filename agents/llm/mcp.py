@@ -26,7 +26,6 @@ the worker at start with a ConfigError (exit 78).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from agentbus.errors import AgentbusError, CircuitOpenError, ConfigError
+from agents._eager import in_own_task
 from agents.api import Context
 from agents.llm.breaker import CircuitBreaker
 from agents.llm.chat import FunctionSpec, ToolSpec
@@ -132,8 +132,11 @@ class MCPConnection:
 
         self._broken = False
         self._owner = asyncio.get_running_loop().create_task(own(), name=f"mcp-{self.config.name}")
-        try:
-            await asyncio.wait_for(asyncio.shield(ready), self.config.connect_timeout_s)
+        try:  # a timer, not asyncio.timeout: this may run in a handler's eager first step
+            await asyncio.wait((ready,), timeout=self.config.connect_timeout_s)
+            if not ready.done():
+                raise TimeoutError
+            ready.result()
         except Exception as exc:
             await self.close()
             why = "no answer" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
@@ -152,8 +155,12 @@ class MCPConnection:
         self._closing.set()
         owner, self._owner = self._owner, None
         if owner is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(owner, 10)
+            await asyncio.wait((owner,), timeout=10)
+            if not owner.done():
+                owner.cancel()
+                await asyncio.wait((owner,), timeout=5)
+            if owner.done() and not owner.cancelled():
+                owner.exception()  # retrieved: a session that ended badly is not "never retrieved"
 
     def _count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
@@ -174,8 +181,7 @@ class MCPConnection:
                         await self.open()
             client = self._client
             assert client is not None
-            async with asyncio.timeout(timeout_s):
-                result = await client.call_tool(tool, arguments)
+            result = await in_own_task(client.call_tool(tool, arguments), timeout_s)
         except TimeoutError:
             self.breaker.failure(probe)
             self._count("timeout")
@@ -193,6 +199,7 @@ class MCPConnection:
                 raise MCPCallError(exc.message) from exc
             self.breaker.failure(probe)
             self._count("connection")
+            log.warning("MCP server %s: call of %s failed: %r", self.config.name, tool, exc)
             self._broken = True  # the next call the breaker lets through opens a new session
             raise ConnectionError(f"{type(exc).__name__}: {exc}") from exc
         self.breaker.success(probe)

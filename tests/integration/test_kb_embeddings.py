@@ -4,12 +4,19 @@ batched requests, vectors in order, and every unusable answer refused with Embed
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from agentbus.errors import EmbeddingError
+from agents.config import WorkerConfig
 from agents.kb import Document, KnowledgeBase, OpenAIEmbedder, SQLiteStore
+from agents.llm import LLMConfig, OfflineBrain, Plan, Run, Toolbox, planned_call, task_agent
 from agents.llm import testing as s
+from agents.llm.retrieval import RetrieveTool
+from agents.registry import Registry
+from agents.worker import Worker
+from bus.publisher import Publisher
 
 pytestmark = pytest.mark.integration
 
@@ -89,3 +96,29 @@ async def test_an_unreachable_endpoint_is_an_embedding_error() -> None:
             await emb.embed(["a"])
     finally:
         await emb.aclose()
+
+
+async def test_retrieve_with_the_embeddings_endpoint_in_a_handlers_eager_first_step(
+    llm: s.ScriptedLLM, nats_url: str, nc: Any
+) -> None:
+    """An offline brain retrieves before anything suspends: httpx's anyio scopes need their own task."""
+    kb = KnowledgeBase(SQLiteStore(":memory:"), OpenAIEmbedder(llm.url, "m"))
+    await kb.add("acme", "c", [Document("refunds", "Refunds take 5 to 10 business days.")])
+
+    def rules(run: Run) -> Plan:
+        if not run.turns:
+            return Plan([planned_call("retrieve", {"query": "refund days"}, id="c1")])
+        last = run.turns[-1].outcomes[0]
+        return Plan([], last.result["citations"][0] if last.ok else last.error)
+
+    spec = task_agent(
+        kind="kb", tools=Toolbox([RetrieveTool("c", kb=kb)]), offline=OfflineBrain(rules), config=LLMConfig()
+    )
+    worker = Worker(WorkerConfig(nats_url=nats_url, http_port=-1), Registry([spec]))
+    await worker.start()
+    try:
+        result = await Publisher(nc).call("acme", "kb", {"request": "refunds?"}, timeout_s=30)
+    finally:
+        await worker.stop()
+    assert result.output is not None
+    assert result.output["answer"] == "[1] refunds#0"

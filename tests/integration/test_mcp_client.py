@@ -21,12 +21,26 @@ from prometheus_client import CollectorRegistry, generate_latest
 from agents.api import Context
 from agents.builtin.assistant import order_rules, order_tools
 from agents.builtin.orders import Inventory
-from agents.llm import BreakerConfig, LLMConfig, OfflineBrain, Toolbox, agent_of, task_agent
+from agents.config import WorkerConfig
+from agents.llm import (
+    BreakerConfig,
+    LLMConfig,
+    OfflineBrain,
+    Plan,
+    Run,
+    Toolbox,
+    agent_of,
+    planned_call,
+    task_agent,
+)
 from agents.llm import testing as s
 from agents.llm.mcp import MCPToolset
 from agents.llm.mcp_config import MCPServerConfig, mcp_servers_from_env
+from agents.registry import Registry
 from agents.testing import AgentTester
+from agents.worker import Worker
 from bus.messages import StepEvent
+from bus.publisher import Publisher
 
 pytestmark = pytest.mark.integration
 
@@ -274,3 +288,32 @@ def test_a_worker_whose_mcp_server_does_not_start_exits_1_for_a_restart(
     )
     assert done.returncode == 1, done.stderr
     assert "MCP server desk (stdio) could not be opened" in done.stderr
+
+
+async def test_an_mcp_call_in_a_handlers_eager_first_step(nats_url: str, nc: Any) -> None:
+    """An offline brain calls the MCP tool before anything suspends: the worker runs that first
+    step in its own task, so the SDK's cancel scopes must get a task of their own."""
+
+    def rules(run: Run) -> Plan:
+        if not run.turns:
+            return Plan([planned_call("desk__whoami", {}, id="c1")])
+        last = run.turns[-1].outcomes[0]
+        return Plan([], f"{last.ok} {last.result} {last.error}")
+
+    spec = task_agent(
+        kind="desk",
+        tools=Toolbox(),
+        offline=OfflineBrain(rules),
+        config=LLMConfig(),
+        mcp=[stdio("desk", timeout_s=5)],
+    )
+    worker = Worker(WorkerConfig(nats_url=nats_url, http_port=-1), Registry([spec]))
+    await worker.start()
+    try:
+        pub = Publisher(nc)
+        answers = [
+            (await pub.call("acme", "desk", {"request": "who"}, timeout_s=30)).output for _ in range(3)
+        ]
+    finally:
+        await worker.stop()
+    assert [(a or {})["answer"] for a in answers] == ["True {'result': 'desk'} "] * 3
