@@ -291,16 +291,18 @@ class MCPToolset:
         self._boxes: dict[str, Toolbox] = {}
 
     async def open(self, local: Iterable[str] = ()) -> None:
-        """Open every session and list the tools; a name clash with ``local`` tools is a ConfigError."""
+        """Open every session (all at once) and list the tools; a clash with local tools: ConfigError."""
         if not self.servers:
             return
         require_mcp()
         taken = set(local)
+        self.connections = [MCPConnection(cfg) for cfg in self.servers]
         try:
-            for cfg in self.servers:
-                conn = MCPConnection(cfg)
-                self.connections.append(conn)
-                await conn.open()
+            opened = await asyncio.gather(*(c.open() for c in self.connections), return_exceptions=True)
+            failed = [exc for exc in opened if isinstance(exc, BaseException)]
+            if failed:
+                raise failed[0]
+            for cfg, conn in zip(self.servers, self.connections, strict=True):
                 for listed in conn.listed:
                     if cfg.tools is not None and listed.name not in cfg.tools:
                         continue
