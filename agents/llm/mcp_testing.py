@@ -9,7 +9,9 @@
 * ``whoami()``: the ``--label`` this server was started with (which server answered);
 * ``sleep(seconds)``: answers after that long (timeouts);
 * ``fail(message)``: a tool error (``isError``) with that message;
-* ``crash()``: the process exits at once (a broken session).
+* ``crash()``: the process exits at once (a broken session);
+* ``big(size)``: a text of ``size`` characters (results are cut by the client);
+* ``bad name!``: a tool whose name no model accepts (the client leaves it out).
 """
 
 from __future__ import annotations
@@ -65,6 +67,13 @@ def build_server(label: str = "mcp-testing") -> MCPServer:
     def crash() -> str:
         """Exit the server process at once."""
         os._exit(3)
+
+    @server.tool()
+    def big(size: int) -> str:
+        """A text of ``size`` characters."""
+        return "x" * min(size, 10_000_000)
+
+    server.add_tool(whoami, name="bad name!", description="A name no model accepts.")
 
     return server
 

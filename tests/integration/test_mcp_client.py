@@ -124,6 +124,11 @@ async def _exercise(toolset: MCPToolset, prefix: str) -> None:
     assert not failed.ok
     assert "disk full" in failed.error
     assert conn.outcomes["tool_error"] == 1
+    assert f"{prefix}__bad name!" not in box  # a name no model accepts is left out
+    huge = await box.call(ctx(), f"{prefix}__big", '{"size": 1000000}')
+    assert huge.ok
+    assert len(huge.result) < 17_000  # cut at max_result_chars: it goes to the model and the audit
+    assert huge.result.endswith("[cut at 16384 characters]")
     ticket = await box.call(ctx(), f"{prefix}__open_ticket", '{"title": "printer on fire"}')
     assert ticket.ok
     assert ticket.result["ticket_id"] == "T-0001"
