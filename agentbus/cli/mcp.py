@@ -5,7 +5,7 @@
 
 Each agent kind is a tool of the same name whose input schema is the JSON schema of the
 agent's msgspec input type. A call is validated against that type (strictly: no ``"3"``
-for an int), submitted as a task of ``--tenant`` through
+for an int), submitted as a task of ``--tenant`` (due by the end of the wait) through
 :class:`~bus.publisher.Publisher` and answered with the task's result: the output as
 structured content and as JSON text, or, for a task that failed or was dead-lettered, an
 error result with the reason. The task asks for its stream (``stream: true``), and each
@@ -27,6 +27,7 @@ import contextlib
 import inspect
 import socket
 import sys
+import time
 from typing import Any
 
 import msgspec
@@ -129,11 +130,18 @@ class _Bridge:
 
         sub = await self.nc.subscribe(stream_subject(self.tenant, task_id), cb=on_event)
         try:
-            waiting = asyncio.ensure_future(
-                self.pub.call(
-                    self.tenant, name, payload, timeout_s=self.timeout_s, task_id=task_id, stream=True
-                )
+            # past the wait nobody reads the result: the deadline makes the fleet drop the task then
+            deadline = time.time() + self.timeout_s
+            call = self.pub.call(
+                self.tenant,
+                name,
+                payload,
+                timeout_s=self.timeout_s,
+                task_id=task_id,
+                deadline=deadline,
+                stream=True,
             )
+            waiting = asyncio.ensure_future(call)
             seen = 0
             ended = False
             while not waiting.done():

@@ -87,10 +87,15 @@ class RetrieveTool:
             self.kb = (self._config or KBConfig.from_env()).open()
 
     async def stop(self) -> None:
-        """Close the embedder's connections, if it has any."""
-        close = getattr(self.kb.embedder if self.kb is not None else None, "aclose", None)
+        """Close the embedder's connections and the store, if they have any to close."""
+        if self.kb is None:
+            return
+        aclose = getattr(self.kb.embedder, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        close = getattr(self.kb.store, "close", None)
         if close is not None:
-            await close()
+            close()
 
     def spec(self) -> ToolSpec:
         """How the model sees the tool."""
