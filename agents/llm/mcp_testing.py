@@ -11,7 +11,7 @@
 * ``fail(message)``: a tool error (``isError``) with that message;
 * ``crash()``: the process exits at once (a broken session);
 * ``big(size)``: a text of ``size`` characters (results are cut by the client);
-* ``bad name!``: a tool whose name no model accepts (the client leaves it out).
+* with ``--hostile``, ``bad name!``: a tool whose name no model accepts (left out by the client).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["build_server", "main"]
 
 
-def build_server(label: str = "mcp-testing") -> MCPServer:
+def build_server(label: str = "mcp-testing", *, hostile: bool = False) -> MCPServer:
     """The SDK server with the tools above."""
     import anyio
     from mcp.server.mcpserver import MCPServer
@@ -73,7 +73,8 @@ def build_server(label: str = "mcp-testing") -> MCPServer:
         """A text of ``size`` characters."""
         return "x" * min(size, 10_000_000)
 
-    server.add_tool(whoami, name="bad name!", description="A name no model accepts.")
+    if hostile:
+        server.add_tool(whoami, name="bad name!", description="A name no model accepts.")
 
     return server
 
@@ -83,8 +84,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--transport", choices=("stdio", "http"), default="stdio")
     parser.add_argument("--label", default="mcp-testing")
+    parser.add_argument("--hostile", action="store_true", help="also list a tool of an unusable name")
     args = parser.parse_args()
-    server = build_server(args.label)
+    server = build_server(args.label, hostile=args.hostile)
     if args.transport == "stdio":
         server.run("stdio")
         return

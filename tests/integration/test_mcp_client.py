@@ -48,15 +48,15 @@ SERVER = (sys.executable, "-m", "agents.llm.mcp_testing")
 ENV = {"PYTHONPATH": str(ROOT)}
 
 
-def stdio(name: str, label: str = "", **kw: Any) -> MCPServerConfig:
-    return MCPServerConfig(name=name, command=(*SERVER, "--label", label or name), env=ENV, **kw)
+def stdio(name: str, *extra: str, **kw: Any) -> MCPServerConfig:
+    return MCPServerConfig(name=name, command=(*SERVER, "--label", name, *extra), env=ENV, **kw)
 
 
 @pytest.fixture
 def http_url() -> Iterator[str]:
     """The test MCP server over streamable HTTP, in a subprocess."""
     proc = subprocess.Popen(
-        [*SERVER, "--transport", "http", "--label", "web"],
+        [*SERVER, "--transport", "http", "--label", "web", "--hostile"],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, **ENV},
@@ -124,6 +124,7 @@ async def _exercise(toolset: MCPToolset, prefix: str) -> None:
     assert not failed.ok
     assert "disk full" in failed.error
     assert conn.outcomes["tool_error"] == 1
+    assert "bad name!" in [t.name for t in conn.listed]
     assert f"{prefix}__bad name!" not in box  # a name no model accepts is left out
     huge = await box.call(ctx(), f"{prefix}__big", '{"size": 1000000}')
     assert huge.ok
@@ -134,7 +135,7 @@ async def _exercise(toolset: MCPToolset, prefix: str) -> None:
     assert ticket.result["ticket_id"] == "T-0001"
 
 
-@pytest.mark.parametrize("opened", [[stdio("desk")]], indirect=True)
+@pytest.mark.parametrize("opened", [[stdio("desk", "--hostile")]], indirect=True)
 async def test_stdio_server_tools_schemas_validation_results_and_errors(opened: MCPToolset) -> None:
     await _exercise(opened, "desk")
 
