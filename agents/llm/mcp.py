@@ -26,6 +26,7 @@ the worker at start with a ConfigError (exit 78).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -92,7 +93,7 @@ class MCPConnection:
         self._closing = asyncio.Event()
         self._lock = asyncio.Lock()
 
-    def _target(self) -> Any:
+    def _target(self, stack: contextlib.AsyncExitStack) -> Any:
         from mcp import StdioServerParameters
 
         cfg = self.config
@@ -105,7 +106,9 @@ class MCPConnection:
         import httpx2
         from mcp.client.streamable_http import streamable_http_client
 
-        return streamable_http_client(cfg.url, http_client=httpx2.AsyncClient(headers=dict(cfg.headers)))
+        http = httpx2.AsyncClient(headers=dict(cfg.headers))
+        stack.push_async_callback(http.aclose)  # the SDK closes only the clients it made
+        return streamable_http_client(cfg.url, http_client=http)
 
     async def open(self) -> None:
         """Start or reach the server and list its tools; MCPUnavailableError if it does not answer in time."""
@@ -117,7 +120,7 @@ class MCPConnection:
         async def own() -> None:
             # the SDK's task groups must be entered and left by one task: this one
             try:
-                async with Client(self._target()) as client:
+                async with contextlib.AsyncExitStack() as stack, Client(self._target(stack)) as client:
                     listed = await client.list_tools()
                     self.listed = list(listed.tools)
                     self._client = client

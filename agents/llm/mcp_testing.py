@@ -11,6 +11,7 @@
 * ``fail(message)``: a tool error (``isError``) with that message;
 * ``crash()``: the process exits at once (a broken session);
 * ``big(size)``: a text of ``size`` characters (results are cut by the client);
+* ``header(name)``: the value of that HTTP request header ("" over stdio);
 * with ``--hostile``, ``bad name!``: a tool whose name no model accepts (left out by the client).
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
@@ -30,7 +31,7 @@ __all__ = ["build_server", "main"]
 def build_server(label: str = "mcp-testing", *, hostile: bool = False) -> MCPServer:
     """The SDK server with the tools above."""
     import anyio
-    from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver import Context, MCPServer
     from mcp.server.mcpserver.exceptions import ToolError
 
     server = MCPServer(label, log_level="WARNING")
@@ -72,6 +73,13 @@ def build_server(label: str = "mcp-testing", *, hostile: bool = False) -> MCPSer
     def big(size: int) -> str:
         """A text of ``size`` characters."""
         return "x" * min(size, 10_000_000)
+
+    def header(name: str, ctx: Any) -> str:
+        """The value of an HTTP request header."""
+        return str((ctx.headers or {}).get(name.lower(), ""))
+
+    header.__annotations__["ctx"] = Context  # the class itself: the SDK injects by this annotation
+    server.tool()(header)
 
     if hostile:
         server.add_tool(whoami, name="bad name!", description="A name no model accepts.")

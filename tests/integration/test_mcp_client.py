@@ -109,7 +109,7 @@ async def _exercise(toolset: MCPToolset, prefix: str) -> None:
     assert params["required"] == ["title"]
     ok = await box.call(ctx(), f"{prefix}__add", '{"a": 2, "b": 40}')
     assert (ok.ok, ok.result) == (True, {"result": 42})
-    (conn,) = toolset.connections
+    conn = toolset.connections[0]
     sent = conn.calls
     for bad in ('{"a": "2", "b": 40}', '{"a": 1}', "[1, 2]", "{not json", '{"a": 1, "b": 2.5}'):
         refused = await box.call(ctx(), f"{prefix}__add", bad)
@@ -141,10 +141,20 @@ async def test_stdio_server_tools_schemas_validation_results_and_errors(opened: 
 
 
 async def test_http_server_tools_schemas_validation_results_and_errors(http_url: str) -> None:
-    toolset = MCPToolset([MCPServerConfig(name="web", url=http_url)])
+    toolset = MCPToolset(
+        [
+            MCPServerConfig(name="web", url=http_url),
+            MCPServerConfig(name="keyed", url=http_url, headers={"X-Api-Key": "k1"}),
+        ]
+    )
     await toolset.open()
     try:
         await _exercise(toolset, "web")
+        box = toolset.toolbox(Toolbox(), "acme")
+        sent = await box.call(ctx(), "keyed__header", '{"name": "X-Api-Key"}')
+        assert (sent.ok, sent.result) == (True, {"result": "k1"})  # configured headers go with every call
+        bare = await box.call(ctx(), "web__header", '{"name": "X-Api-Key"}')
+        assert (bare.ok, bare.result) == (True, {"result": ""})
     finally:
         await toolset.close()
 
