@@ -198,7 +198,7 @@ async def test_a_tenant_sees_and_calls_only_its_own_servers_tools(llm: s.Scripte
         tools=order_tools(Inventory()),
         offline=OfflineBrain(order_rules),
         config=LLMConfig(base_url=llm.url, model="m", stream=False),
-        mcp=[stdio("private", tenants=("acme",)), stdio("shared")],
+        mcp=[stdio("private", tenants=("acme",)), stdio("shared", tools=("whoami", "add"))],
     )
     llm.script(
         s.tool_calls([("private__whoami", "{}"), ("shared__whoami", "{}")]),
@@ -215,6 +215,9 @@ async def test_a_tenant_sees_and_calls_only_its_own_servers_tools(llm: s.Scripte
         metrics = generate_latest(registry).decode()
     offered = [{t["function"]["name"] for t in r.body["tools"]} for r in llm.requests[::2]]
     assert {"private__whoami", "shared__whoami", "check_inventory"} <= offered[0]
+    assert "shared__add" in offered[1]
+    assert "shared__crash" not in offered[0] | offered[1]  # not in the server's "tools" list
+    assert "private__crash" in offered[0]
     assert "private__whoami" not in offered[1]
     assert "shared__whoami" in offered[1]
     assert acme.output is not None

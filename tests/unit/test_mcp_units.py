@@ -113,3 +113,23 @@ def test_any_argument_text_gives_an_outcome_and_only_valid_arguments_are_sent(
         assert not outcome.ok
         assert outcome.error
         assert CONN.sent == []
+
+
+def test_the_tool_schema_of_an_agent_kind_is_an_object() -> None:
+    from agentbus.cli.mcp import tool_schema
+    from agents.api import AgentSpec
+    from agents.builtin.basic import echo
+
+    schema = tool_schema(echo)
+    assert schema["type"] == "object"
+    assert schema["required"] == ["text"]
+
+    async def handler(ctx: Any, n: int) -> int:
+        return n
+
+    scalar: AgentSpec[int, int] = AgentSpec(kind="double", input=int, output=int, handler=handler)
+    assert tool_schema(scalar) == {
+        "type": "object",
+        "properties": {"input": {"type": "integer"}},
+        "required": ["input"],
+    }
