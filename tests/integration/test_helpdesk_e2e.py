@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,17 @@ async def test_helpdesk_retrieves_cites_and_opens_a_ticket_through_nats(
     assert "5 to 10 business days" in fed_back[0]  # the model answered from the passage
     assert "T-0001" in [m["content"] for m in third["messages"] if m["role"] == "tool"][-1]
     assert 'agentbus_mcp_calls_total{kind="helpdesk",outcome="ok",server="tickets"} 1.0' in metrics
+    assert 'agentbus_mcp_call_seconds_count{kind="helpdesk",server="tickets"} 1.0' in metrics
+    assert 'agentbus_mcp_connected{kind="helpdesk",server="tickets"} 1.0' in metrics
+    promtool = shutil.which("promtool")
+    assert promtool is not None, (
+        "promtool is not installed: `make test` installs it (Debian package `prometheus`)"
+    )
+    check = await asyncio.create_subprocess_exec(
+        promtool, "check", "metrics", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    said, _ = await asyncio.wait_for(check.communicate(metrics.encode()), 60)
+    assert check.returncode == 0, said.decode()
     assert 'agentbus_llm_tool_calls_total{kind="helpdesk",outcome="ok",tool="retrieve"} 1.0' in metrics
 
 
