@@ -22,7 +22,6 @@ import zlib
 from collections.abc import Sequence
 from typing import Protocol
 
-import httpx
 import msgspec
 
 from agentbus.errors import EmbeddingError
@@ -116,8 +115,11 @@ class OpenAIEmbedder:
         self.dim = 0
         """Learnt from the first answer; every later answer must have it too."""
         self._max_text_chars = max_text_chars
+        import httpx  # here: the offline default needs no HTTP client
+
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(timeout=timeout_s, headers=headers)
+        self._errors: tuple[type[Exception], ...] = (httpx.HTTPError,)
         self.requests = 0
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
@@ -135,7 +137,7 @@ class OpenAIEmbedder:
             resp = await in_own_task(
                 self._client.post(f"{self.base_url}/embeddings", json={"model": self.model, "input": batch})
             )
-        except httpx.HTTPError as exc:
+        except self._errors as exc:
             raise EmbeddingError(f"embeddings endpoint unreachable: {type(exc).__name__}") from exc
         if resp.status_code != 200:
             raise EmbeddingError(f"embeddings endpoint answered {resp.status_code}")
