@@ -101,4 +101,7 @@ async def _run(args: argparse.Namespace, kb: KnowledgeBase) -> int:
         close = getattr(kb.embedder, "aclose", None)
         if close is not None:
             await close()
+        store_close = getattr(kb.store, "close", None)
+        if store_close is not None:
+            store_close()  # the last connection checkpoints the WAL into the file
     return 0

@@ -8,6 +8,8 @@
 ``AGENTBUS_KB_EMBED_API_KEY``    its key (or ``..._API_KEY_FILE``, a mounted Secret)
 ``AGENTBUS_KB_EMBED_BATCH``      texts per embeddings request (default 64)
 ``AGENTBUS_KB_HASH_DIM``         dimensions of the hash embedder (default 512)
+``AGENTBUS_KB_READ_ONLY``        open the file immutable, for reading only (a read-only
+                                 root or volume; default off)
 ==============================  ==========================================================
 """
 
@@ -36,6 +38,7 @@ class KBConfig:
     embed_api_key: str = field(default="", repr=False)
     embed_batch: int = 64  # texts per /embeddings request
     hash_dim: int = 512  # more dimensions: fewer hash collisions, larger vectors
+    read_only: bool = False  # an immutable file: no WAL, no locks (what workers may need)
 
     def __post_init__(self) -> None:
         if self.embed_url:
@@ -55,6 +58,7 @@ class KBConfig:
         env = Env(environ)
         batch = env.integer("AGENTBUS_KB_EMBED_BATCH")
         dim = env.integer("AGENTBUS_KB_HASH_DIM")
+        read_only = env.flag("AGENTBUS_KB_READ_ONLY")
         return cls(
             path=env.text("AGENTBUS_KB_PATH") or "agentbus-kb.sqlite3",
             embed_url=env.text("AGENTBUS_KB_EMBED_URL") or "",
@@ -62,6 +66,7 @@ class KBConfig:
             embed_api_key=env.secret("AGENTBUS_KB_EMBED_API_KEY") or "",
             embed_batch=64 if batch is None else batch,
             hash_dim=512 if dim is None else dim,
+            read_only=bool(read_only),
         )
 
     def embedder(self) -> Embedder:
@@ -74,4 +79,4 @@ class KBConfig:
 
     def open(self, path: str | None = None) -> KnowledgeBase:
         """A knowledge base over the SQLite file ``path`` (default: ``self.path``)."""
-        return KnowledgeBase(SQLiteStore(path or self.path), self.embedder())
+        return KnowledgeBase(SQLiteStore(path or self.path, read_only=self.read_only), self.embedder())

@@ -13,6 +13,10 @@ approximate index behind the same :class:`VectorStore` protocol (sqlite-vec, pgv
 
 Every row carries its tenant, and every statement names it: a tenant reads and writes
 only its own collections, whatever the collection is called.
+
+``read_only=True`` opens a file that nothing changes while it is open (baked into an
+image under a read-only root, or on a read-only volume) as immutable: no WAL, no lock
+files, no writes; ``put`` refuses.
 """
 
 from __future__ import annotations
@@ -100,14 +104,22 @@ def check_name(field: str, value: str) -> str:
 class SQLiteStore:
     """A :class:`VectorStore` in one SQLite file (``":memory:"`` for tests)."""
 
-    def __init__(self, path: str | Path, *, max_chunks_per_collection: int = 100_000) -> None:
+    def __init__(
+        self, path: str | Path, *, max_chunks_per_collection: int = 100_000, read_only: bool = False
+    ) -> None:
         self.path = str(path)
         self.max_chunks = max_chunks_per_collection
+        self.read_only = read_only
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
+            if read_only:
+                uri = Path(self.path).resolve().as_uri() + "?mode=ro&immutable=1"
+                self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+                self._db.execute("SELECT COUNT(*) FROM collections").fetchone()  # a KB file, or an error now
+            else:
+                self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA busy_timeout=5000")
+                self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise KnowledgeBaseError(f"cannot open knowledge base {self.path!r}: {exc}") from exc
         self._cache: dict[tuple[str, str], tuple[int, list[Hit], list[array[float]]]] = {}
@@ -130,6 +142,8 @@ class SQLiteStore:
         """Store ``chunks`` in one transaction; their documents' earlier chunks are replaced."""
         check_name("tenant", tenant)
         check_name("collection", collection)
+        if self.read_only:
+            raise KnowledgeBaseError(f"knowledge base {self.path!r} is open read-only")
         if len(chunks) != len(vectors):
             raise KnowledgeBaseError(f"{len(chunks)} chunks but {len(vectors)} vectors")
         if not chunks:

@@ -211,3 +211,25 @@ def test_the_kb_command_adds_searches_and_lists(tmp_path: Path, capsys: pytest.C
         main(["kb", "add", "--db", db, "--tenant", "acme", "--collection", "c", str(tmp_path / "nope")]) == 2
     )
     assert main(["kb", "search", "--db", db, "--tenant", "acme.>", "--collection", "c", "q"]) == 1
+
+
+async def test_a_read_only_file_is_searched_without_writing(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    writer = SQLiteStore(folder / "kb.sqlite3")
+    await KnowledgeBase(writer, HashEmbedder()).add(
+        "acme", "c", [Document("refunds", "refund policy: 30 days")]
+    )
+    writer.close()
+    (folder / "kb.sqlite3").chmod(0o444)
+    folder.chmod(0o555)  # (root ignores the modes: the listing below is the check)
+    try:
+        kb = KBConfig(path=str(folder / "kb.sqlite3"), read_only=True).open()
+        assert [h.doc_id for h in await kb.search("acme", "c", "refund policy")] == ["refunds"]
+        with pytest.raises(KnowledgeBaseError, match="read-only"):
+            await kb.add("acme", "c", [Document("x", "y")])
+        assert sorted(p.name for p in folder.iterdir()) == ["kb.sqlite3"]  # no -wal, no -shm made
+        with pytest.raises(KnowledgeBaseError, match="cannot open"):
+            SQLiteStore(folder / "missing.sqlite3", read_only=True)
+    finally:
+        folder.chmod(0o755)
