@@ -13,6 +13,9 @@ human-readable lines, then one JSON line. Three parts, all on this machine:
   the SDK-built test server over stdio and over streamable HTTP, called through the same
   :class:`~agents.llm.tools.Toolbox` one at a time: p50/p99 per call, and the ratio MCP/local.
 * **concurrency**: ``--concurrency`` callers at once on the one stdio session: calls/s.
+* **tasks**: whole LLM agent tasks through NATS (an embedded nats-server, an in-process
+  worker, the offline brain planning one ``add`` call then answering), the tool local and
+  then on the stdio MCP server: tasks/s of each side and the ratio (``--tasks``, 64 in flight).
 """
 
 from __future__ import annotations
@@ -29,12 +32,20 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import psutil
 
 from agents.api import Context
+from agents.config import WorkerConfig
 from agents.kb import Document, HashEmbedder, KnowledgeBase, SQLiteStore
+from agents.llm import LLMConfig, OfflineBrain, Plan, Run, planned_call, task_agent
 from agents.llm.mcp import MCPToolset
 from agents.llm.mcp_config import MCPServerConfig
 from agents.llm.tools import Toolbox, tool
+from agents.registry import Registry
+from agents.worker import Worker
+from bus.connection import connect
+from bus.embedded import EmbeddedNats
+from bus.publisher import Publisher
 from loadtest.stats import percentile
 
 __all__ = ["bench_mcp", "main"]
@@ -178,14 +189,77 @@ async def _concurrent(box: Toolbox, ctx: Context, n: int, concurrency: int) -> d
         for _ in range(per):
             assert (await box.call(ctx, "bench__add", '{"a": 1, "b": 2}')).ok
 
+    me = psutil.Process()
+    servers = me.children(recursive=True)  # the stdio server (and the HTTP one, idle meanwhile)
+
+    def cpu() -> tuple[float, float]:
+        own = me.cpu_times()
+        theirs = [p.cpu_times() for p in servers]
+        return own.user + own.system, sum(t.user + t.system for t in theirs)
+
+    before = cpu()
     started = time.perf_counter()
     await asyncio.gather(*(caller() for _ in range(concurrency)))
     wall = time.perf_counter() - started
+    after = cpu()
+    calls = per * concurrency
     return {
         "callers": concurrency,
-        "calls": per * concurrency,
-        "calls_per_s": round(per * concurrency / wall, 1),
+        "calls": calls,
+        "calls_per_s": round(calls / wall, 1),
+        "client_cpu_ms_per_call": round((after[0] - before[0]) / calls * 1000, 3),
+        "server_cpu_ms_per_call": round((after[1] - before[1]) / calls * 1000, 3),
     }
+
+
+def _rules(tool_name: str) -> Callable[[Run], Plan]:
+    def rules(run: Run) -> Plan:
+        if not run.turns:
+            return Plan([planned_call(tool_name, {"a": 1, "b": 2}, id="c1")])
+        return Plan([], f"the sum is {run.turns[-1].outcomes[0].result}")
+
+    return rules
+
+
+async def _tasks(n: int, inflight: int = 64) -> dict[str, Any]:
+    """Agent tasks through NATS: the one tool call local, then over stdio MCP."""
+    server = MCPServerConfig(name="bench", command=SERVER, env={"PYTHONPATH": str(ROOT)})
+    local = task_agent(
+        kind="local", tools=Toolbox([add]), offline=OfflineBrain(_rules("add")), config=LLMConfig(), mcp=[]
+    )
+    remote = task_agent(
+        kind="remote",
+        tools=Toolbox(),
+        offline=OfflineBrain(_rules("bench__add")),
+        config=LLMConfig(),
+        mcp=[server],
+    )
+    out: dict[str, Any] = {"tasks": n, "in_flight": inflight}
+    with EmbeddedNats() as nats:
+        nc = await connect(nats.url, name="bench-mcp")
+        worker = Worker(
+            WorkerConfig(nats_url=nats.url, http_port=-1, gossip=False), Registry([local, remote])
+        )
+        await worker.start()
+        try:
+            pub = Publisher(nc)
+            gate = asyncio.Semaphore(inflight)
+
+            async def one(kind: str) -> None:
+                async with gate:
+                    result = await pub.call("bench", kind, {"request": "add"}, timeout_s=60)
+                    assert result.ok, result.error
+
+            for kind in ("local", "remote"):
+                await asyncio.gather(*(one(kind) for _ in range(min(n, 100))))  # warm
+                started = time.perf_counter()
+                await asyncio.gather(*(one(kind) for _ in range(n)))
+                out[f"{kind}_tasks_per_s"] = round(n / (time.perf_counter() - started), 1)
+        finally:
+            await worker.stop()
+            await nc.close()
+    out["mcp_over_local_tasks_per_s"] = round(out["remote_tasks_per_s"] / out["local_tasks_per_s"], 3)
+    return out
 
 
 async def bench_mcp(
@@ -194,12 +268,15 @@ async def bench_mcp(
     """Run the suite and return every figure."""
     retrieval = await _retrieval(repeat=3 if quick else 25, scale=scale or (640 if quick else 6400))
     calls = await _tool_calls(200 if quick else 2000, concurrency)
+    tasks = await _tasks(300 if quick else 3000)
     return {
         "suite": "mcp",
         "retrieval": retrieval,
         "tool_calls": calls,
+        "tasks": tasks,
         "ratio_mcp_stdio_over_local_p50": calls["stdio_over_local_p50"],
         "ratio_mcp_http_over_local_p50": calls["http_over_local_p50"],
+        "ratio_mcp_over_local_tasks_per_s": tasks["mcp_over_local_tasks_per_s"],
     }
 
 
@@ -221,7 +298,14 @@ def main(argv: list[str] | None = None) -> int:
         f"tool call p50: local {c['local']['p50_ms']} ms, MCP stdio {c['stdio']['p50_ms']} ms"
         f" ({c['stdio_over_local_p50']}x), MCP HTTP {c['http']['p50_ms']} ms ({c['http_over_local_p50']}x);"
         f" stdio with {c['stdio_concurrent']['callers']} callers:"
-        f" {c['stdio_concurrent']['calls_per_s']} calls/s"
+        f" {c['stdio_concurrent']['calls_per_s']} calls/s, CPU per call: worker"
+        f" {c['stdio_concurrent']['client_cpu_ms_per_call']} ms, server {c['stdio_concurrent']['server_cpu_ms_per_call']} ms"
+    )
+    t = result["tasks"]
+    print(
+        f"agent tasks through NATS: local tool {t['local_tasks_per_s']}/s,"
+        f" MCP tool {t['remote_tasks_per_s']}/s"
+        f" ({t['mcp_over_local_tasks_per_s']}x)"
     )
     print(json.dumps(result, sort_keys=True), flush=True)
     return 0
