@@ -294,12 +294,12 @@ def main(argv: list[str] | None = None) -> int:
         f" search p50 {r['search']['p50_ms']} ms, p99 {r['search']['p99_ms']} ms ({r['documents']} passages);"
         f" {r['search_scaled']['p50_ms']} ms at {r['scaled_passages']} passages"
     )
+    conc = c["stdio_concurrent"]
     print(
         f"tool call p50: local {c['local']['p50_ms']} ms, MCP stdio {c['stdio']['p50_ms']} ms"
         f" ({c['stdio_over_local_p50']}x), MCP HTTP {c['http']['p50_ms']} ms ({c['http_over_local_p50']}x);"
-        f" stdio with {c['stdio_concurrent']['callers']} callers:"
-        f" {c['stdio_concurrent']['calls_per_s']} calls/s, CPU per call: worker"
-        f" {c['stdio_concurrent']['client_cpu_ms_per_call']} ms, server {c['stdio_concurrent']['server_cpu_ms_per_call']} ms"
+        f" stdio with {conc['callers']} callers: {conc['calls_per_s']} calls/s, CPU per call:"
+        f" worker {conc['client_cpu_ms_per_call']} ms, server {conc['server_cpu_ms_per_call']} ms"
     )
     t = result["tasks"]
     print(
