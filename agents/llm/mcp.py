@@ -51,6 +51,8 @@ __all__ = ["MCPConnection", "MCPTool", "MCPToolset", "MCPUnavailableError", "req
 log = logging.getLogger("agentbus.llm.mcp")
 
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what OpenAI-compatible endpoints accept
+_MAX_TOOLS = 128  # per server: every tool's spec goes out with every model call
+_MAX_SCHEMA_BYTES = 64 * 1024
 _object = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -225,6 +227,8 @@ class MCPTool:
         self.name = f"{conn.config.name}__{listed.name}"
         self.description: str = (listed.description or "")[:1024]
         schema = dict(listed.input_schema or {"type": "object"})
+        if len(msgspec.json.encode(schema)) > _MAX_SCHEMA_BYTES:  # it goes out with every model call
+            raise ValueError(f"input schema larger than {_MAX_SCHEMA_BYTES} bytes")
         cls = validators.validator_for(schema)
         cls.check_schema(schema)  # a schema that is no schema: the tool is left out (see toolset)
         self.schema = schema
@@ -306,7 +310,15 @@ class MCPToolset:
             if failed:
                 raise failed[0]
             for cfg, conn in zip(self.servers, self.connections, strict=True):
-                for listed in conn.listed:
+                if len(conn.listed) > _MAX_TOOLS and cfg.tools is None:
+                    log.warning(
+                        "MCP server %s lists %d tools: the first %d are used",
+                        cfg.name,
+                        len(conn.listed),
+                        _MAX_TOOLS,
+                    )
+                listed_tools = conn.listed if cfg.tools is not None else conn.listed[:_MAX_TOOLS]
+                for listed in listed_tools:
                     if cfg.tools is not None and listed.name not in cfg.tools:
                         continue
                     name = f"{cfg.name}__{listed.name}"

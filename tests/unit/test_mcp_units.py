@@ -15,6 +15,7 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jsonschema.exceptions import SchemaError
 
 from agents.api import Context
 from agents.llm.mcp import MCPConnection, MCPTool
@@ -133,3 +134,13 @@ def test_the_tool_schema_of_an_agent_kind_is_an_object() -> None:
         "properties": {"input": {"type": "integer"}},
         "required": ["input"],
     }
+
+
+def test_a_tool_whose_schema_is_huge_or_no_schema_is_refused() -> None:
+    huge = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(5000)}}
+    with pytest.raises(ValueError, match="larger than"):
+        MCPTool(CONN, SimpleNamespace(name="huge", description="", input_schema=huge))
+    with pytest.raises(SchemaError, match="is not of type"):
+        MCPTool(
+            CONN, SimpleNamespace(name="bad", description="", input_schema={"type": "object", "required": 3})
+        )
