@@ -16,6 +16,9 @@ plans, ``max_steps`` tool calls and ``max_tool_errors`` failed calls per task; p
 one the task is rejected with the reason (DLQ ``rejected``). Model failures are
 mapped to fates: open breaker, rate limit, unavailable model -> ``Retry`` with the
 delay they carry; spent budget, refused request, unusable output -> ``Reject``.
+
+The toolbox a task sees is the agent's tools plus the tools of the MCP servers its
+tenant may use (:mod:`agents.llm.mcp`, opened in ``on_start``, closed in ``on_stop``).
 """
 
 from __future__ import annotations
@@ -114,8 +117,12 @@ class TaskAgent:
         ConfigError naming it), take the cluster-wide limits and count tokens in the shared usage."""
         self.setup(services)
         services.count_tokens(self.tokens)
-        await self.tools.start()
-        await self.open_mcp()
+        try:
+            await self.tools.start()
+            await self.open_mcp()
+        except BaseException:  # the worker runs on_stop only for agents that started
+            await self.aclose()
+            raise
 
     async def open_mcp(self) -> None:
         """Open the sessions to this agent's MCP servers (given, else ``AGENTBUS_MCP_CONFIG``'s
