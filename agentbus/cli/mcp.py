@@ -14,9 +14,11 @@ the client asked for progress. The tenant is this command's, never the client's:
 ``mcp serve`` per tenant, with that tenant's NATS credentials (``AGENTBUS_NATS_*``).
 
 Over stdio, stdout is the protocol; logs go to stderr. Over HTTP the endpoint is
-``http://<host>:<port>/mcp`` (printed on stdout once it listens); it has no
-authentication of its own and binds to 127.0.0.1 by default: put it behind the proxy
-that authenticates your users before binding it anywhere else.
+``http://<host>:<port>/mcp`` (printed on stdout once it listens), bound to 127.0.0.1 by
+default. With ``AGENTBUS_MCP_SERVE_TOKEN`` (or ``..._TOKEN_FILE``, a mounted Secret) every
+request must carry ``Authorization: Bearer <token>`` (401 otherwise); an address other
+than loopback is refused without one, since whoever reaches the endpoint submits tasks as
+the tenant. Put a proxy that authenticates your users in front of it for anything more.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import inspect
+import ipaddress
 import socket
 import sys
 import time
@@ -33,7 +37,8 @@ from typing import Any
 import msgspec
 
 from agentbus.cli._codes import EXIT_CONFIG
-from agentbus.errors import AgentbusError, ConfigError
+from agentbus.env import Env
+from agentbus.errors import AgentbusError, ConfigError, UsageError
 from agents.api import AgentSpec
 from agents.config import WorkerConfig, nats_auth_from_env, resolve_nats_url
 from agents.registry import Registry
@@ -221,6 +226,12 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_CONFIG
     check_token("tenant", args.tenant)
+    args.token = Env().secret("AGENTBUS_MCP_SERVE_TOKEN")
+    if args.transport == "http" and not args.token and not _loopback(args.host):
+        raise UsageError(
+            f"serving HTTP on {args.host} needs AGENTBUS_MCP_SERVE_TOKEN (or _FILE): whoever reaches"
+            f" the endpoint submits tasks as tenant {args.tenant}"
+        )
     modules = tuple(args.agents.split(",")) if args.agents else WorkerConfig.from_env().agent_modules
     registry = Registry.from_modules(modules)
     if args.kinds:
@@ -246,13 +257,40 @@ async def _serve(args: argparse.Namespace, registry: Registry) -> int:
             async with stdio_server() as (read, write):
                 await server.run(read, write, server.create_initialization_options())
         else:
-            await _serve_http(server, args.host, args.port)
+            await _serve_http(server, args.host, args.port, args.token)
     finally:
         await nc.drain()
     return 0
 
 
-async def _serve_http(server: Any, host: str, port: int) -> None:
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Bearer:
+    """An ASGI guard: HTTP requests without ``Authorization: Bearer <token>`` get a 401."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if not hmac.compare_digest(given, self.expected):
+                headers = [(b"content-type", b"text/plain"), (b"www-authenticate", b"Bearer")]
+                await send({"type": "http.response.start", "status": 401, "headers": headers})
+                await send({"type": "http.response.body", "body": b"unauthorized\n"})
+                return
+        await self.app(scope, receive, send)
+
+
+async def _serve_http(server: Any, host: str, port: int, token: str | None) -> None:
     import uvicorn
 
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
@@ -264,6 +302,8 @@ async def _serve_http(server: Any, host: str, port: int) -> None:
     sock.bind((host, port))
     sock.listen(128)
     app = server.streamable_http_app(host=host)
+    if token:
+        app = _Bearer(app, token)
     web = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host

@@ -11,9 +11,11 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx2
 import pytest
 from conftest import ROOT
 from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 
 from agents.builtin.assistant import assistant
 from agents.builtin.basic import echo
@@ -108,21 +110,42 @@ def _text(result: Any) -> str:
     return " ".join(getattr(block, "text", "") for block in result.content)
 
 
-async def test_mcp_serve_over_http(worker: Worker, nats_url: str) -> None:
+async def test_mcp_serve_over_http_with_a_token(worker: Worker, nats_url: str) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, *serve_argv(nats_url, "--transport", "http"), stdout=asyncio.subprocess.PIPE, env=ENV
+        sys.executable,
+        *serve_argv(nats_url, "--transport", "http"),
+        stdout=asyncio.subprocess.PIPE,
+        env={**ENV, "AGENTBUS_MCP_SERVE_TOKEN": "s3cret"},
     )
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
         assert line.startswith("listening http://127.0.0.1:"), line
-        async with Client(line.split()[1]) as client:
+        url = line.split()[1]
+        ping = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+        async with httpx2.AsyncClient() as http:
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+                refused = await http.post(url, json=ping, headers=headers)
+                assert refused.status_code == 401
+        http = httpx2.AsyncClient(headers={"Authorization": "Bearer s3cret"})
+        async with http, Client(streamable_http_client(url, http_client=http)) as client:
             assert {t.name for t in (await client.list_tools()).tools} == {"echo", "assistant"}
             echoed = await client.call_tool("echo", {"text": "over http"})
             assert echoed.structured_content == {"text": "over http", "tenant": "acme", "attempt": 1}
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 15)
+
+
+def test_mcp_serve_refuses_http_beyond_loopback_without_a_token(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentbus.cli import main
+
+    monkeypatch.delenv("AGENTBUS_MCP_SERVE_TOKEN", raising=False)
+    argv = [*serve_argv("nats://127.0.0.1:9")[2:], "--transport", "http", "--host", "0.0.0.0"]
+    assert main(argv) == 2
+    assert "needs AGENTBUS_MCP_SERVE_TOKEN" in capsys.readouterr().err
 
 
 def test_mcp_serve_refuses_a_bad_tenant_before_connecting(capsys: pytest.CaptureFixture[str]) -> None:
