@@ -87,6 +87,8 @@ class MCPConnection:
         self.seconds = 0.0
         """Time spent in calls that reached the server (for the summary metric)."""
         self.calls = 0
+        self.opened = 0
+        """Sessions opened: 1 after the start, one more per reopen after a broken one."""
         self.listed: list[Any] = []
         """The server's tools (``mcp.types.Tool``) as listed when the session opened."""
         self._client: Client | None = None
@@ -126,6 +128,7 @@ class MCPConnection:
                     listed = await client.list_tools()
                     self.listed = list(listed.tools)
                     self._client = client
+                    self.opened += 1
                     ready.set_result(None)
                     await self._closing.wait()
             except BaseException as exc:

@@ -20,6 +20,7 @@ is the endpoint's URL without user info or query (:func:`~agents.llm._failure.re
 ``agentbus_mcp_call_seconds{server}``            time of the calls that reached the server
 ``agentbus_mcp_breaker_state{server}``           0 closed, 1 half-open, 2 open
 ``agentbus_mcp_connected{server}``               1 while the session is open
+``agentbus_mcp_sessions_opened_total{server}``   sessions opened (reopens after broken ones)
 ==============================================  =========================================
 """
 
@@ -113,6 +114,9 @@ def _mcp_families(kind: str, conns: Sequence[MCPConnection]) -> Iterator[Metric]
         "Circuit breaker of an MCP server: 0 closed, 1 half-open, 2 open",
         labels=["kind", "server"],
     )
+    opened = CounterMetricFamily(
+        "agentbus_mcp_sessions_opened", "MCP sessions opened (reopens included)", labels=["kind", "server"]
+    )
     connected = GaugeMetricFamily(
         "agentbus_mcp_connected", "1 while the MCP session is open", labels=["kind", "server"]
     )
@@ -123,4 +127,5 @@ def _mcp_families(kind: str, conns: Sequence[MCPConnection]) -> Iterator[Metric]
         seconds.add_metric([kind, name], count_value=conn.calls, sum_value=conn.seconds)
         breaker.add_metric([kind, name], float(conn.breaker.state))
         connected.add_metric([kind, name], 1.0 if conn.connected else 0.0)
-    yield from (calls, seconds, breaker, connected)
+        opened.add_metric([kind, name], conn.opened)
+    yield from (calls, seconds, breaker, connected, opened)

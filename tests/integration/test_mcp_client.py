@@ -5,6 +5,7 @@ reopened, tenant scoping, and a worker that has MCP servers configured but no ``
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -171,10 +172,16 @@ async def test_a_timeout_keeps_the_session_and_a_dead_server_is_restarted(opened
     crashed = await box.call(ctx(), "desk__crash", "{}")
     assert not crashed.ok
     assert "connection to MCP server desk failed" in crashed.error
-    again = await box.call(ctx(), "desk__open_ticket", '{"title": "after the crash"}')
-    assert again.ok, again.error
-    assert again.result["ticket_id"] == "T-0001"  # a new process: its own count
-    assert opened.connections[0].outcomes == {"timeout": 1, "ok": 2, "connection": 1}
+    # many calls at once after the crash: one of them reopens the session, the others wait for it
+    calls = [box.call(ctx(), "desk__open_ticket", '{"title": "after the crash"}') for _ in range(8)]
+    again = await asyncio.gather(*calls)
+    assert all(a.ok for a in again), [a.error for a in again]
+    assert sorted(a.result["ticket_id"] for a in again) == [
+        f"T-{i:04d}" for i in range(1, 9)
+    ]  # a new process
+    conn = opened.connections[0]
+    assert conn.opened == 2
+    assert conn.outcomes == {"timeout": 1, "ok": 9, "connection": 1}
 
 
 @pytest.mark.parametrize(
