@@ -45,7 +45,7 @@ COPY scaler/ scaler/
 # TLS-intercepting proxy, which `make image` mounts for the build steps only where it has one.
 RUN [ ! -f /run/build-ca.crt ] || export PIP_CERT=/run/build-ca.crt; \
     pip install -q --only-binary=:all: --upgrade pip \
- && pip install -q --prefer-binary ".[otel]" \
+ && pip install -q --prefer-binary ".[otel,mcp]" \
  && python3 -m compileall -q /opt/venv
 
 # -- build-loadtest: the same virtualenv plus Locust ----------------------------------------

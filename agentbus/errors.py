@@ -35,6 +35,8 @@ Everything agentbus raises on purpose derives from :class:`AgentbusError`::
     │   └── TenantLimitError     a tenant limit of the LLM agents (tenant)
     │       ├── BudgetExceededError  the tenant's token budget is spent (used, limit)
     │       └── RateLimitedError     the tenant's request rate is exceeded (retry_after_s)
+    ├── KnowledgeBaseError       a knowledge base refused an input, or its store failed
+    │   └── EmbeddingError       the embeddings endpoint failed or answered something unusable
     └── TaskFate                 raised by handlers to decide a message's fate
         ├── Retry(delay_s)       retryable: nak, redeliver after the delay
         └── Reject(reason)       not retryable: term and dead-letter with the reason
@@ -70,7 +72,9 @@ __all__ = [
     "CircuitOpenError",
     "ConfigError",
     "CorruptStateError",
+    "EmbeddingError",
     "InvalidSubjectError",
+    "KnowledgeBaseError",
     "LLMError",
     "MetricError",
     "ModelConnectionError",
@@ -332,6 +336,15 @@ class RateLimitedError(TenantLimitError):
         )
         self.rate_per_s = rate_per_s
         self.retry_after_s = retry_after_s
+
+
+class KnowledgeBaseError(AgentbusError):
+    """A knowledge base refused an input (a bad name, a document too large, mixed embedders)
+    or its store could not be opened."""
+
+
+class EmbeddingError(KnowledgeBaseError):
+    """The embeddings endpoint could not be reached or answered something unusable."""
 
 
 class TaskFate(AgentbusError):

@@ -23,7 +23,7 @@ from collections.abc import Coroutine, Generator
 from contextvars import Context
 from typing import Any, NamedTuple, TypeVar
 
-__all__ = ["Finished", "start_eager", "step_eager"]
+__all__ = ["Finished", "in_own_task", "start_eager", "step_eager"]
 
 T = TypeVar("T")
 
@@ -58,6 +58,28 @@ def step_eager(coro: Coroutine[Any, Any, T], context: Context) -> asyncio.Task[T
     except (Exception, asyncio.CancelledError) as exc:
         return Finished(None, exc)
     return asyncio.get_running_loop().create_task(_Resume(coro, yielded), context=context)
+
+
+async def in_own_task(coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
+    """Await ``coro`` in a Task of its own, within ``timeout_s`` (TimeoutError past it; it is cancelled).
+
+    For code that must enter and leave in one task (anyio's cancel scopes: the MCP SDK,
+    httpx) or reads ``current_task()`` (``asyncio.timeout``) while a handler may still be
+    in its eager first step, which runs in the worker's own task until it first suspends.
+    The timeout is a timer, not ``asyncio.timeout``, for the same reason; cancelling the
+    caller cancels ``coro`` too.
+    """
+    task = asyncio.ensure_future(coro)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=timeout_s)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        await asyncio.wait((task,))
+        raise TimeoutError(f"no answer within {timeout_s:g}s")
+    return task.result()
 
 
 _RESUMED: Any = object()

@@ -18,6 +18,7 @@ from agents.llm.breaker import BreakerState, CircuitBreaker
 from agents.llm.budget import LocalLimits, TenantLimits
 from agents.llm.client import ChatClient
 from agents.llm.config import BreakerConfig, LimitsConfig, LLMConfig, ModelEndpoint, RetryConfig
+from agents.llm.mcp_config import MCPServerConfig
 from agents.llm.planner import Brain, ModelBrain, OfflineBrain, Plan, PlannedCall, Run, planned_call
 from agents.llm.tools import Tool, Toolbox, ToolOutcome, tool
 
@@ -30,6 +31,7 @@ __all__ = [
     "LLMConfig",
     "LimitsConfig",
     "LocalLimits",
+    "MCPServerConfig",
     "ModelBrain",
     "ModelEndpoint",
     "OfflineBrain",

@@ -20,6 +20,9 @@ plans, ``max_steps`` tool calls and ``max_tool_errors`` failed calls per task; p
 one the task is rejected with the reason (DLQ ``rejected``). Model failures are
 mapped to fates: open breaker, rate limit, unavailable model -> ``Retry`` with the
 delay they carry; spent budget, refused request, unusable output -> ``Reject``.
+
+The toolbox a task sees is the agent's tools plus the tools of the MCP servers its
+tenant may use (:mod:`agents.llm.mcp`, opened in ``on_start``, closed in ``on_stop``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -42,6 +46,8 @@ from agents.llm._attempt import Events, fate
 from agents.llm.budget import LocalLimits, TenantLimits
 from agents.llm.client import ChatClient
 from agents.llm.config import LLMConfig
+from agents.llm.mcp import MCPToolset
+from agents.llm.mcp_config import MCPServerConfig, mcp_servers_from_env
 from agents.llm.metrics import OTHER, LLMCollector, LLMStats
 from agents.llm.planner import Brain, ModelBrain, Plan, PlannedCall, Run, Turn
 from agents.llm.shared_limits import SharedLimits
@@ -80,10 +86,14 @@ class TaskAgent:
         config: LLMConfig | None = None,
         brain: Brain | None = None,
         limits: TenantLimits | None = None,
+        mcp: Sequence[MCPServerConfig] | None = None,
         max_inflight: int = 256,
         timeout_s: float = 120.0,
     ) -> None:
         self.tools = tools
+        self._mcp_servers = mcp
+        self.mcp: MCPToolset | None = None
+        """The MCP servers' sessions and tools, opened by :meth:`on_start`."""
         self._config = config
         self._brain = brain
         self._limits = limits
@@ -114,6 +124,23 @@ class TaskAgent:
         ConfigError naming it), take the cluster-wide limits and count tokens in the shared usage."""
         self.setup(services)
         services.count_tokens(self.tokens)
+        try:
+            await self.tools.start()
+            await self.open_mcp()
+        except BaseException:  # the worker runs on_stop only for agents that started
+            await self.aclose()
+            raise
+
+    async def open_mcp(self) -> None:
+        """Open the sessions to this agent's MCP servers (given, else ``AGENTBUS_MCP_CONFIG``'s
+        for this kind) and list their tools; a missing ``mcp`` package is a ConfigError."""
+        servers = self._mcp_servers if self._mcp_servers is not None else mcp_servers_from_env()
+        mine = [s for s in servers if s.serves(self.spec.kind)]
+        if mine and self.mcp is None:
+            toolset = MCPToolset(mine)
+            await toolset.open(self.tools.names)
+            self.mcp = toolset
+            self.stats.mcp = toolset.connections
 
     def setup(self, services: Services | None = None) -> None:
         """Resolve configuration (``AGENTBUS_LLM_*`` when none was given), the brain and the limits; once.
@@ -141,9 +168,13 @@ class TaskAgent:
         self.config = cfg
 
     async def aclose(self) -> None:
-        """Close the model client's connections."""
+        """Close the model client's connections and the MCP sessions."""
         if self.client is not None:
             await self.client.aclose()
+        if self.mcp is not None:
+            await self.mcp.close()
+            self.mcp = None
+        await self.tools.stop()
 
     async def handle(self, ctx: Context, task: TaskIn) -> TaskOut:
         """The handler: run the loop, map LLM failures to the task's fate."""
@@ -185,7 +216,8 @@ class TaskAgent:
         deadline = loop.time() + self.spec.timeout_s  # the runner cancels the attempt then
         if ctx.deadline is not None:
             deadline = min(deadline, loop.time() + ctx.deadline - now())
-        run = Run(task.request, ctx.tenant, self.tools, events.token, deadline, streaming=events.on)
+        tools = self.tools if self.mcp is None else self.mcp.toolbox(self.tools, ctx.tenant)
+        run = Run(task.request, ctx.tenant, tools, events.token, deadline, streaming=events.on)
         tokens = steps = errors = 0
         last_error = ""
         for turn in range(cfg.max_turns):
@@ -224,10 +256,10 @@ class TaskAgent:
                     )
                 first = steps - len(plan.calls)
                 if len(plan.calls) == 1:  # the common case: no gather() machinery
-                    outcomes = [await self._step(ctx, plan.calls[0], turn, first)]
+                    outcomes = [await self._step(ctx, plan.calls[0], tools, turn, first)]
                 else:
                     outcomes = await asyncio.gather(
-                        *(self._step(ctx, call, turn, first + i) for i, call in enumerate(plan.calls))
+                        *(self._step(ctx, call, tools, turn, first + i) for i, call in enumerate(plan.calls))
                     )
                 for index, (call, (outcome, ms)) in enumerate(zip(plan.calls, outcomes, strict=True)):
                     step = StepEvent(
@@ -264,27 +296,29 @@ class TaskAgent:
             return plan
 
     async def _step(
-        self, ctx: Context, call: PlannedCall, turn: int, index: int
+        self, ctx: Context, call: PlannedCall, tools: Toolbox, turn: int, index: int
     ) -> tuple[ToolOutcome, float]:
         started = time.perf_counter()
         if self._traced:
             with tracing.span("tool", tool=call.tool):
-                outcome = await self._call(ctx, call, turn, index)
+                outcome = await self._call(ctx, call, tools, turn, index)
         else:
-            outcome = await self._call(ctx, call, turn, index)
-        key = (call.tool if call.tool in self.tools else OTHER, outcome.ok)  # the model names any tool
+            outcome = await self._call(ctx, call, tools, turn, index)
+        key = (call.tool if call.tool in tools else OTHER, outcome.ok)  # the model names any tool
         self.tool_calls[key] = self.tool_calls.get(key, 0) + 1
         return outcome, round((time.perf_counter() - started) * 1000, 3)
 
-    async def _call(self, ctx: Context, call: PlannedCall, turn: int, index: int) -> ToolOutcome:
+    async def _call(
+        self, ctx: Context, call: PlannedCall, tools: Toolbox, turn: int, index: int
+    ) -> ToolOutcome:
         """The tool call, through the effects ledger when the worker gave one: a retried task
         gets a step it already ran back from the ledger instead of running it again."""
-        if not (ctx.durable and self.tools.has_effect(call.tool)):  # a read may run again
-            return await self.tools.call(ctx, call.tool, call.arguments)
+        if not (ctx.durable and tools.has_effect(call.tool)):  # a read may run again
+            return await tools.call(ctx, call.tool, call.arguments)
         digest = hashlib.blake2b(f"{call.tool}\0{call.arguments}".encode(), digest_size=8).hexdigest()
         step = f"tool-{turn}-{index}-{digest}"
         outcome: ToolOutcome = await ctx.once(
-            step, lambda: self.tools.call(ctx, call.tool, call.arguments), type=ToolOutcome
+            step, lambda: tools.call(ctx, call.tool, call.arguments), type=ToolOutcome
         )
         return outcome
 
@@ -297,11 +331,13 @@ def task_agent(
     config: LLMConfig | None = None,
     brain: Brain | None = None,
     limits: TenantLimits | None = None,
+    mcp: Sequence[MCPServerConfig] | None = None,
     max_inflight: int = 256,
     timeout_s: float = 120.0,
 ) -> AgentSpec[TaskIn, TaskOut]:
     """An LLM task agent for ``kind``: the model of ``config`` (default: ``AGENTBUS_LLM_*``,
-    read when the worker starts), else the ``offline`` brain; ``brain`` overrides both."""
+    read when the worker starts), else the ``offline`` brain; ``brain`` overrides both.
+    ``mcp``: the MCP servers whose tools join ``tools`` (default: ``AGENTBUS_MCP_CONFIG``'s)."""
     agent = TaskAgent(
         kind=kind,
         tools=tools,
@@ -309,6 +345,7 @@ def task_agent(
         config=config,
         brain=brain,
         limits=limits,
+        mcp=mcp,
         max_inflight=max_inflight,
         timeout_s=timeout_s,
     )

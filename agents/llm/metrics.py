@@ -14,6 +14,13 @@ is the endpoint's URL without user info or query (:func:`~agents.llm._failure.re
 ``agentbus_llm_tokens_total{tenant}``            model tokens spent (estimated offline)
 ``agentbus_llm_limited_total{tenant,limit}``     model calls refused: ``budget`` or ``rate``
 ``agentbus_llm_tool_calls_total{tool,outcome}``  tool calls: ``ok`` or ``error``
+``agentbus_mcp_calls_total{server,outcome}``     MCP tool calls: ``ok``, ``tool_error``,
+                                                 ``invalid_arguments``, ``timeout``,
+                                                 ``connection``, ``circuit_open``
+``agentbus_mcp_call_seconds{server}``            time of the calls that reached the server
+``agentbus_mcp_breaker_state{server}``           0 closed, 1 half-open, 2 open
+``agentbus_mcp_connected{server}``               1 while the session is open
+``agentbus_mcp_sessions_opened_total{server}``   sessions opened (reopens after broken ones)
 ==============================================  =========================================
 
 Labels are bounded whatever the wire brings: a tool name the agent does not have (a model
@@ -26,13 +33,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from agents.metrics import OTHER_TENANT, TenantLabels, summed
 
 if TYPE_CHECKING:
     from agents.llm.client import Endpoint
+    from agents.llm.mcp import MCPConnection
 
 __all__ = ["OTHER", "LLMCollector", "LLMStats"]
 
@@ -43,13 +51,14 @@ OTHER = OTHER_TENANT
 class LLMStats:
     """One LLM agent's counters: tokens per tenant, tool calls, its endpoints, limit refusals."""
 
-    __slots__ = ("endpoints", "refused", "tokens", "tool_calls")
+    __slots__ = ("endpoints", "mcp", "refused", "tokens", "tool_calls")
 
     def __init__(self) -> None:
         self.tokens: dict[str, int] = {}
         self.tool_calls: dict[tuple[str, bool], int] = {}
         self.endpoints: Sequence[Endpoint] = ()
         self.refused: Mapping[tuple[str, str], int] = {}
+        self.mcp: Sequence[MCPConnection] = ()
 
 
 class LLMCollector(Collector):
@@ -97,3 +106,36 @@ class LLMCollector(Collector):
         for (name, ok), n in sorted(stats.tool_calls.items()):
             tools.add_metric([kind, name, "ok" if ok else "error"], n)
         yield from (state, opened, attempts, tokens, limited, tools)
+        if stats.mcp:
+            yield from _mcp_families(kind, stats.mcp)
+
+
+def _mcp_families(kind: str, conns: Sequence[MCPConnection]) -> Iterator[Metric]:
+    calls = CounterMetricFamily(
+        "agentbus_mcp_calls", "MCP tool calls by outcome", labels=["kind", "server", "outcome"]
+    )
+    seconds = SummaryMetricFamily(
+        "agentbus_mcp_call_seconds",
+        "Time of MCP tool calls that reached the server",
+        labels=["kind", "server"],
+    )
+    breaker = GaugeMetricFamily(
+        "agentbus_mcp_breaker_state",
+        "Circuit breaker of an MCP server: 0 closed, 1 half-open, 2 open",
+        labels=["kind", "server"],
+    )
+    opened = CounterMetricFamily(
+        "agentbus_mcp_sessions_opened", "MCP sessions opened (reopens included)", labels=["kind", "server"]
+    )
+    connected = GaugeMetricFamily(
+        "agentbus_mcp_connected", "1 while the MCP session is open", labels=["kind", "server"]
+    )
+    for conn in conns:
+        name = conn.config.name
+        for outcome, n in sorted(conn.outcomes.items()):
+            calls.add_metric([kind, name, outcome], n)
+        seconds.add_metric([kind, name], count_value=conn.calls, sum_value=conn.seconds)
+        breaker.add_metric([kind, name], float(conn.breaker.state))
+        connected.add_metric([kind, name], 1.0 if conn.connected else 0.0)
+        opened.add_metric([kind, name], conn.opened)
+    yield from (calls, seconds, breaker, connected, opened)

@@ -4,7 +4,10 @@ Tests and benchmarks talk to it over TCP exactly as to vLLM or a hosted API; it
 fakes the model, not the protocol. ``POST <prefix>/chat/completions`` answers with
 the next :class:`Reply` of the script (JSON, an SSE stream, an error status with
 ``Retry-After``, a malformed body, a hang-up), or, once the script is empty, with
-``default(request)``. Every request is recorded with its arrival time. Helpers
+``default(request)``. ``POST <prefix>/embeddings`` answers every input with the
+deterministic vector of :class:`~agents.kb.embed.HashEmbedder` (``embed_dim`` dimensions,
+so a test knows which text is near which), or with the next of ``script_embeddings(...)``
+when some are queued. Every request is recorded with its arrival time. Helpers
 build the usual replies: :func:`text`, :func:`tool_calls`, :func:`stream_text`,
 :func:`stream_tool_calls`, :func:`status`, :func:`malformed`.
 
@@ -22,6 +25,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
+
+from agents.kb.embed import HashEmbedder
 
 __all__ = [
     "Recorded",
@@ -225,8 +230,14 @@ class _Conn(asyncio.Protocol):
         del self.buf[: end + 4 + size]
         method, path = raw[: raw.find(b"\r\n")].decode("latin-1").split(" ")[:2]
         self.busy = True
-        if method != "POST" or path != self.server.prefix + "/chat/completions":
+        if method != "POST" or path not in (
+            self.server.prefix + "/chat/completions",
+            self.server.prefix + "/embeddings",
+        ):
             self._send(status(404, body=f"no route {method} {path}"))
+            return
+        if path == self.server.prefix + "/embeddings":
+            self._send(self.server._embed(body, raw))
             return
         self._send(self.server._answer(body, raw))
 
@@ -272,9 +283,18 @@ class ScriptedLLM:
     """The server: ``script(...)`` replies, read ``requests``; ``url`` is the API base (``.../v1``)."""
 
     def __init__(
-        self, *, default: Callable[[bytes], Reply] | None = None, record: bool = True, prefix: str = "/v1"
+        self,
+        *,
+        default: Callable[[bytes], Reply] | None = None,
+        record: bool = True,
+        prefix: str = "/v1",
+        embed_dim: int = 512,
     ) -> None:
         self.prefix = prefix
+        self.embedder = HashEmbedder(embed_dim)
+        self.embedding_requests: list[Recorded] = []
+        """Every ``/embeddings`` request (``body["input"]`` is the batch)."""
+        self._embed_script: deque[Reply] = deque()
         self.default = default
         self.record = record
         self.requests: list[Recorded] = []
@@ -293,6 +313,34 @@ class ScriptedLLM:
     def script(self, *replies: Reply) -> None:
         """Queue replies, answered in order."""
         self._script.extend(replies)
+
+    def script_embeddings(self, *replies: Reply) -> None:
+        """Queue answers to ``/embeddings`` requests (errors, malformed bodies), used before the default."""
+        self._embed_script.extend(replies)
+
+    def _embed(self, body: bytes, head: bytes) -> Reply:
+        try:
+            request = json.loads(body or b"{}")
+        except ValueError:
+            return status(400, body="not JSON")
+        self.embedding_requests.append(Recorded(time.monotonic(), request, {}))
+        if self._embed_script:
+            return self._embed_script.popleft()
+        texts = request.get("input")
+        texts = [texts] if isinstance(texts, str) else texts
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            return status(400, body="input must be a string or a list of strings")
+        data = [
+            {"object": "embedding", "index": i, "embedding": self.embedder.vector(t)}
+            for i, t in enumerate(texts)
+        ]
+        answer = {
+            "object": "list",
+            "data": data,
+            "model": request.get("model", ""),
+            "usage": {"total_tokens": 0},
+        }
+        return Reply(body=json.dumps(answer).encode(), headers={"Content-Type": "application/json"})
 
     @property
     def pending(self) -> int:

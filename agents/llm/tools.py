@@ -26,7 +26,7 @@ import inspect
 import typing
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -34,7 +34,7 @@ from agentbus.errors import ConfigError, TaskFate
 from agents.api import Context
 from agents.llm.chat import FunctionSpec, ToolSpec
 
-__all__ = ["Tool", "ToolOutcome", "Toolbox", "tool"]
+__all__ = ["AnyTool", "Tool", "ToolOutcome", "Toolbox", "tool"]
 
 ToolFn = Callable[[Context, Any], Any | Awaitable[Any]]
 
@@ -46,6 +46,22 @@ class ToolOutcome:
     ok: bool
     result: Any = None
     error: str = ""
+
+
+class AnyTool(Protocol):
+    """What a toolbox holds: a local :class:`Tool` or another source's (an MCP server's)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def effect(self) -> bool:
+        """Whether a call changes something: then it runs once per task and step (``Context.once``)."""
+        ...
+
+    def spec(self) -> ToolSpec: ...
+
+    async def call(self, ctx: Context, arguments: str) -> ToolOutcome: ...
 
 
 class Tool:
@@ -125,8 +141,8 @@ def tool(
 class Toolbox:
     """The tools of one agent, by name; their specs are built once."""
 
-    def __init__(self, tools: Iterable[Tool] = ()) -> None:
-        self._tools: dict[str, Tool] = {}
+    def __init__(self, tools: Iterable[AnyTool] = ()) -> None:
+        self._tools: dict[str, AnyTool] = {}
         for t in tools:
             if t.name in self._tools:
                 raise ConfigError(f"two tools named {t.name!r}")
@@ -134,6 +150,24 @@ class Toolbox:
         self.specs = [t.spec() for t in self._tools.values()]
         self.specs_json = msgspec.Raw(msgspec.json.encode(self.specs)) if self.specs else None
         """The specs encoded once: every model call sends them."""
+
+    async def start(self) -> None:
+        """Run the ``start()`` of every tool that has one (a tool that opens a store or a client)."""
+        for t in self._tools.values():
+            start = getattr(t, "start", None)
+            if start is not None:
+                await start()
+
+    async def stop(self) -> None:
+        """Run the ``stop()`` of every tool that has one."""
+        for t in self._tools.values():
+            stop = getattr(t, "stop", None)
+            if stop is not None:
+                await stop()
+
+    def extended(self, tools: Iterable[AnyTool]) -> Toolbox:
+        """A new toolbox with these tools and ``tools`` (a name clash is a ConfigError)."""
+        return Toolbox([*self._tools.values(), *tools])
 
     @property
     def names(self) -> list[str]:

@@ -212,3 +212,44 @@ async def test_step_eager_gives_a_suspended_coroutine_a_task_in_its_context() ->
     assert isinstance(task, asyncio.Task)
     assert await task == "scoped"
     assert var.get() == "unset"  # nothing leaked into the caller's context
+
+
+async def test_in_own_task_runs_in_another_task_times_out_and_cancels_with_its_caller() -> None:
+    from agents._eager import in_own_task
+
+    async def where() -> asyncio.Task[object] | None:
+        await asyncio.sleep(0)
+        return asyncio.current_task()
+
+    outer: list[asyncio.Task[object] | None] = []
+
+    async def handler() -> asyncio.Task[object] | None:
+        outer.append(asyncio.current_task())  # in its eager first step: the caller's task
+        return await in_own_task(where())
+
+    task = start_eager(handler(), contextvars.copy_context())
+    assert task is not None
+    inner = await task
+    assert inner is not None
+    assert inner is not outer[0]
+    assert inner is not task
+    cancelled = asyncio.Event()
+
+    async def forever() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    with pytest.raises(TimeoutError):
+        await in_own_task(forever(), 0.01)
+    assert cancelled.is_set()  # a timed-out call is cancelled, not left running
+    cancelled.clear()
+    caller = asyncio.ensure_future(in_own_task(forever()))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await asyncio.sleep(0)
+    assert cancelled.is_set()  # cancelling the caller cancels the call

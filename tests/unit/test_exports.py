@@ -14,6 +14,7 @@ import pytest
 
 import agentbus
 import agents
+import agents.kb
 import agents.llm.testing
 import agents.testing
 import bus
@@ -33,6 +34,20 @@ EXPECTED: dict[types.ModuleType, list[str]] = {
         "current_tenant",
     ],
     agents.testing: ["AgentTester", "Outcome", "PublishedTask"],
+    agents.kb: [
+        "Chunk",
+        "Document",
+        "Embedder",
+        "HashEmbedder",
+        "Hit",
+        "KBConfig",
+        "KnowledgeBase",
+        "OpenAIEmbedder",
+        "SQLiteStore",
+        "VectorStore",
+        "chunk_text",
+        "normalize",
+    ],
     agents.llm.testing: [
         "Recorded",
         "Reply",

@@ -303,6 +303,7 @@ def test_public_surface() -> None:
         "LLMConfig",
         "LimitsConfig",
         "LocalLimits",
+        "MCPServerConfig",
         "ModelBrain",
         "ModelEndpoint",
         "OfflineBrain",
