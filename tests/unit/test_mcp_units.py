@@ -144,3 +144,25 @@ def test_a_tool_whose_schema_is_huge_or_no_schema_is_refused() -> None:
         MCPTool(
             CONN, SimpleNamespace(name="bad", description="", input_schema={"type": "object", "required": 3})
         )
+
+
+def test_only_a_tool_its_server_declares_read_only_runs_again_on_a_retry() -> None:
+    """An MCP tool goes through the effects ledger (Context.once) unless its server says it only
+    reads (``readOnlyHint``); the retrieve tool is a read."""
+    from mcp.types import ToolAnnotations
+
+    from agents.llm.retrieval import RetrieveTool
+    from agents.llm.tools import Toolbox
+
+    def listed(name: str, annotations: ToolAnnotations | None) -> SimpleNamespace:
+        return SimpleNamespace(name=name, description="", input_schema=SCHEMA, annotations=annotations)
+
+    box = Toolbox(
+        [
+            MCPTool(CONN, listed("plain", None)),
+            MCPTool(CONN, listed("reads", ToolAnnotations(read_only_hint=True))),
+            MCPTool(CONN, listed("writes", ToolAnnotations(read_only_hint=False, destructive_hint=True))),
+            RetrieveTool("handbook"),
+        ]
+    )
+    assert [n for n in box.names if box.has_effect(n)] == ["inv__plain", "inv__writes"]
