@@ -20,8 +20,8 @@ from typing import Any
 
 import msgspec
 
+from agentbus.cli._connection import nats_connection
 from agentbus.errors import AgentbusError, UsageError
-from agents.config import nats_auth_from_env, resolve_nats_url
 from bus.connection import connect
 from bus.messages import now
 from bus.redrive import DlqFilter, Redrive, StoredLetter
@@ -97,8 +97,8 @@ def _print(row: dict[str, Any]) -> None:
 
 
 async def _dlq(args: argparse.Namespace) -> int:
-    url = resolve_nats_url(args.nats_url)
-    nc = await connect(url, name="agentbus-dlq", first_connect_timeout_s=5.0, auth=nats_auth_from_env())
+    url, auth = nats_connection(args.nats_url, "operator")
+    nc = await connect(url, name="agentbus-dlq", first_connect_timeout_s=5.0, auth=auth)
     try:
         redrive = Redrive(nc)
         if args.action == "ls":
