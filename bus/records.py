@@ -232,7 +232,14 @@ async def audit_records(js: JetStreamContext, tenant: str, task_id: str) -> list
     while len(out) <= AUDIT_PER_TASK:
         try:
             raw = await js.get_msg(AUDIT_STREAM, seq=seq, subject=subject, next=True, direct=True)
-        except (NotFoundError, NatsTimeoutError):
+        except NotFoundError:
+            break
+        except NatsTimeoutError:
+            if not out:  # not even a "none": refused (audit records are the operator's) or busy
+                raise BusError(
+                    f"no answer to the read of {subject}: refused by the server's permissions "
+                    "(audit records are read with the operator credential) or the server is busy"
+                ) from None
             break
         if raw.seq is None or raw.data is None:
             break

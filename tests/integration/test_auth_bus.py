@@ -477,6 +477,26 @@ async def test_the_operator_lists_and_replays_a_dead_letter_once(cluster: Cluste
             await nc.close()
 
 
+def test_a_tenant_reads_no_dead_letter_and_no_audit_record(cluster: Cluster) -> None:
+    commands = (("dlq", "ls", "--tenant", "acme"), ("audit", "redrive-me", "--tenant", "acme"))
+    running = [  # both at once: each waits out its request timeout
+        subprocess.Popen(
+            [sys.executable, "-m", "agentbus", *args, "--nats-url", cluster.url],
+            cwd=cluster.root,
+            env=_env(**_settings(cluster.auth, "acme")),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in commands
+    ]
+    for proc in running:
+        out, err = proc.communicate(timeout=90)
+        assert proc.returncode == 1, out + err
+        assert out == ""  # redrive-me has dead letters and audit records (the test above)
+        assert "refused by the server's permissions" in err or "needs the operator credential" in err
+
+
 def _start_times(c: Cluster) -> dict[str, str]:
     out = {}
     for name, port in c.ports.items():
