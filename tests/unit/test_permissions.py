@@ -67,7 +67,7 @@ def test_no_tenant_may_touch_another_tenants_subjects(a: str, b: str, rest: str)
     p = permissions(tenant(a), [a, b])
     others = (f"tasks.{b}.{rest}", f"results.{b}.{rest}", f"_INBOX_{b}.{rest}")
     internal: tuple[str, ...] = (
-        f"$JS.API.{rest}",
+        f"$JS.API.{rest}",  # 1-3 tokens: never the tenant's own DIRECT.GET.RESULTS.results.<a>.<id>
         f"$JS.ACK.{rest}",
         f"$JS.EVENT.{rest}",
         f"agentbus.{rest}",
