@@ -478,9 +478,13 @@ async def test_the_operator_lists_and_replays_a_dead_letter_once(cluster: Cluste
             await nc.close()
 
 
-def test_a_tenant_reads_no_dead_letter_and_no_audit_record(cluster: Cluster) -> None:
-    commands = (("dlq", "ls", "--tenant", "acme"), ("audit", "redrive-me", "--tenant", "acme"))
-    running = [  # both at once: each waits out its request timeout
+def test_a_tenants_cli_reads_no_dead_letter_audit_record_or_other_result(cluster: Cluster) -> None:
+    commands = (
+        ("dlq", "ls", "--tenant", "acme"),
+        ("audit", "redrive-me", "--tenant", "acme"),
+        ("result", "redrive-me", "--tenant", "globex"),  # another tenant's stored result
+    )
+    running = [  # all at once: each waits out its request timeout
         subprocess.Popen(
             [sys.executable, "-m", "agentbus", *args, "--nats-url", cluster.url],
             cwd=cluster.root,
