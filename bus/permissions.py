@@ -2,15 +2,21 @@
 
 Four kinds of identity, each an NKEY user of nats-server (docs/security.md):
 
-* a **tenant** publishes its tasks (``tasks.<t>.>``, with a reply for the JetStream ack) and
-  subscribes to its own results (``results.<t>.>``) and its own inbox prefix
-  (``_INBOX_<t>.>``, where the pub acks and waited-for results arrive); nothing else: no
-  JetStream API, no acks, no dead letters, no gossip or state query;
-* a **worker** consumes and settles tasks (JetStream API, acks), publishes results, dead
-  letters and follow-up tasks, gossips, answers the state query and replies into each
-  tenant's inbox prefix;
+* a **tenant** publishes its tasks (``tasks.<t>.>``, with a reply for the JetStream ack),
+  reads its own stored results by the direct get that names the subject
+  (``$JS.API.DIRECT.GET.RESULTS.results.<t>.>``: the stream and the tenant are in the
+  subject, so no other tenant's result and no other stream) and subscribes to its own results
+  (``results.<t>.>``) and its own inbox prefix (``_INBOX_<t>.>``, where the pub acks,
+  waited-for results and direct-get answers arrive); nothing else: no other JetStream API, no
+  acks, no dead letters, no audit records, no KV, no gossip or state query, and no publish on
+  ``results.>`` or ``audit.>`` (a result or audit record it could forge);
+* a **worker** consumes and settles tasks (JetStream API, acks), publishes results, audit
+  records, dead letters and follow-up tasks, writes the ``ctx.once`` ledger and ``ctx.kv``
+  (their KV buckets only), gossips, answers the state query and replies into each tenant's
+  inbox prefix;
 * the **scaler** reads stream and consumer info (counts, never messages);
-* an **operator** runs ``status``, reads and replays dead letters, asks the state query.
+* an **operator** runs ``status``, reads audit records, reads, replays and purges dead
+  letters (replay markers in KV bucket ``agentbus_redrive``), asks the state query.
 
 Workers and operators keep nats-py's default inbox prefix ``_INBOX``; every other identity
 (tenants, the scaler) has ``_INBOX_<name>``, one token that no other identity may
@@ -30,6 +36,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from agentbus.errors import ConfigError
+from bus.records import AUDIT_PREFIX, KV_BUCKET, ONCE_BUCKET, REDRIVE_BUCKET, RESULTS_STREAM
 from bus.subjects import DLQ_PREFIX, RESULTS_PREFIX, STATE_QUERY_SUBJECT, TASKS_PREFIX, is_token
 
 __all__ = [
@@ -111,7 +118,7 @@ def permissions(identity: Identity, tenants: Sequence[str] = ()) -> Permissions:
     if identity.role is Role.TENANT:
         t = identity.name
         return Permissions(
-            publish=(f"{TASKS_PREFIX}.{t}.>",),
+            publish=(f"{TASKS_PREFIX}.{t}.>", _result_get(t)),
             subscribe=(f"{RESULTS_PREFIX}.{t}.>", own_inbox),
         )
     if identity.role is Role.WORKER:
@@ -119,9 +126,11 @@ def permissions(identity: Identity, tenants: Sequence[str] = ()) -> Permissions:
             publish=(
                 "$JS.API.>",  # provision, pull, consumer info; DLQ and results through JetStream
                 "$JS.ACK.>",  # ack, nak, term, in-progress
-                "$KV.>",  # key-value buckets (idempotency ledgers)
+                f"$KV.{ONCE_BUCKET}.>",  # the ctx.once ledger
+                f"$KV.{KV_BUCKET}.>",  # ctx.kv (tenant-prefixed keys)
                 f"{TASKS_PREFIX}.>",  # follow-up tasks of any tenant's task
                 f"{RESULTS_PREFIX}.>",
+                f"{AUDIT_PREFIX}.>",  # decision records (stream AUDIT)
                 f"{DLQ_PREFIX}.>",
                 f"{_INTERNAL}.>",  # gossip
                 f"{DEFAULT_INBOX}.>",  # its own requests' inboxes, state query answers
@@ -142,9 +151,20 @@ def permissions(identity: Identity, tenants: Sequence[str] = ()) -> Permissions:
             subscribe=(own_inbox,),
         )
     return Permissions(  # operator
-        publish=("$JS.API.>", "$JS.ACK.>", f"{TASKS_PREFIX}.>", STATE_QUERY_SUBJECT),
+        publish=(
+            "$JS.API.>",  # stream info, DLQ and audit reads, DLQ purge and delete
+            "$JS.ACK.>",
+            f"$KV.{REDRIVE_BUCKET}.>",  # replay markers: a dead letter is replayed once
+            f"{TASKS_PREFIX}.>",  # replays
+            STATE_QUERY_SUBJECT,
+        ),
         subscribe=(own_inbox, f"{RESULTS_PREFIX}.>", f"{DLQ_PREFIX}.>"),
     )
+
+
+def _result_get(tenant: str) -> str:
+    """The direct get of the newest stored message on ``results.<tenant>.<...>`` (subject appended)."""
+    return f"$JS.API.DIRECT.GET.{RESULTS_STREAM}.{RESULTS_PREFIX}.{tenant}.>"
 
 
 def render_config(identities: Iterable[Identity]) -> str:

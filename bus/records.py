@@ -33,7 +33,7 @@ from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageT
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from agentbus.errors import ConfigError, RecordNotFoundError, ResultTimeoutError
+from agentbus.errors import BusError, ConfigError, RecordNotFoundError, ResultTimeoutError
 from bus.messages import AuditRecord, Result
 from bus.subjects import RESULTS_PREFIX, check_task_id, check_token, result_subject
 
@@ -171,6 +171,11 @@ async def _last(nc: Client, stream: str, subject: str, timeout_s: float = 5.0) -
         msg = await nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout_s)
     except NoRespondersError:
         raise RecordNotFoundError(f"no stream {stream} (run a worker to provision it)") from None
+    except NatsTimeoutError:  # the server refused the request (permissions) or is overloaded
+        raise BusError(
+            f"no answer to the read of {subject} within {timeout_s:g} s: refused by the server's "
+            "permissions (a tenant reads only its own results) or the server is busy"
+        ) from None
     status = msg.headers.get("Status") if msg.headers else None
     if status == "404" or (status and not msg.data):
         return None
@@ -227,7 +232,14 @@ async def audit_records(js: JetStreamContext, tenant: str, task_id: str) -> list
     while len(out) <= AUDIT_PER_TASK:
         try:
             raw = await js.get_msg(AUDIT_STREAM, seq=seq, subject=subject, next=True, direct=True)
-        except (NotFoundError, NatsTimeoutError):
+        except NotFoundError:
+            break
+        except NatsTimeoutError:
+            if not out:  # not even a "none": refused (audit records are the operator's) or busy
+                raise BusError(
+                    f"no answer to the read of {subject}: refused by the server's permissions "
+                    "(audit records are read with the operator credential) or the server is busy"
+                ) from None
             break
         if raw.seq is None or raw.data is None:
             break

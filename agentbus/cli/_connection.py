@@ -1,11 +1,11 @@
-"""Where a command connects and as whom: the NATS URL and the identity of ``publish`` and ``status``.
+"""Where a command connects and as whom: the NATS URL and the identity of a command.
 
 The URL is ``--nats-url``, else ``AGENTBUS_NATS_URL``, else a running ``agentbus up`` in this
 directory (``.agentbus/up.json``). The identity comes from the ``AGENTBUS_NATS_*`` settings;
 when none is set and the URL is that of an ``agentbus up --auth DIR``, it is DIR's identity of
-the given name (a tenant for ``publish``, the operator for ``status``), so commands next to a
-local secured cluster work as they do next to an open one. Credentials of a local directory
-never go to a server named some other way.
+the given name (the task's tenant for ``publish`` and ``result``, the operator for ``status``,
+``audit`` and ``dlq``), so commands next to a local secured cluster work as they do next to an
+open one. Credentials of a local directory never go to a server named some other way.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ import asyncio
 import sys
 from typing import Any
 
+from agentbus.cli._connection import nats_connection
 from agentbus.errors import RecordNotFoundError
-from agents.config import nats_auth_from_env, resolve_nats_url
 from bus.connection import connect
 from bus.messages import encode
 from bus.records import audit_records
@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _audit(args: argparse.Namespace) -> int:
-    url = resolve_nats_url(args.nats_url)
-    nc = await connect(url, name="agentbus-audit", first_connect_timeout_s=5.0, auth=nats_auth_from_env())
+    url, auth = nats_connection(args.nats_url, "operator")
+    nc = await connect(url, name="agentbus-audit", first_connect_timeout_s=5.0, auth=auth)
     try:
         records = await audit_records(nc.jetstream(), args.tenant, args.task_id)
     finally:

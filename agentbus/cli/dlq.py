@@ -19,9 +19,10 @@ import sys
 from typing import Any
 
 import msgspec
+from nats.errors import TimeoutError as NatsTimeoutError
 
-from agentbus.errors import AgentbusError, UsageError
-from agents.config import nats_auth_from_env, resolve_nats_url
+from agentbus.cli._connection import nats_connection
+from agentbus.errors import AgentbusError, BusError, UsageError
 from bus.connection import connect
 from bus.messages import now
 from bus.redrive import DlqFilter, Redrive, StoredLetter
@@ -97,27 +98,35 @@ def _print(row: dict[str, Any]) -> None:
 
 
 async def _dlq(args: argparse.Namespace) -> int:
-    url = resolve_nats_url(args.nats_url)
-    nc = await connect(url, name="agentbus-dlq", first_connect_timeout_s=5.0, auth=nats_auth_from_env())
+    url, auth = nats_connection(args.nats_url, "operator")
+    nc = await connect(url, name="agentbus-dlq", first_connect_timeout_s=5.0, auth=auth)
     try:
-        redrive = Redrive(nc)
-        if args.action == "ls":
-            async for stored in redrive.letters(_filter(args), limit=args.limit):
-                _print(_row(stored))
-            return 0
-        if args.action == "show":
-            _print(_row(await redrive.show(args.seq), full=True))
-            return 0
-        if args.action == "purge":
-            if not args.yes:
-                count = len([s async for s in redrive.letters(_filter(args), limit=None)])
-                _print({"would_delete": count, "hint": "add --yes to delete"})
-                return 0
-            _print({"deleted": await redrive.purge(_filter(args))})
-            return 0
-        return await _replay(redrive, args)
+        return await _action(Redrive(nc), args)
+    except NatsTimeoutError:  # nats-server drops a request the identity may not make
+        raise BusError(
+            "no answer from NATS: the DLQ needs the operator credential (docs/security.md), "
+            "or the server is busy"
+        ) from None
     finally:
         await nc.drain()
+
+
+async def _action(redrive: Redrive, args: argparse.Namespace) -> int:
+    if args.action == "ls":
+        async for stored in redrive.letters(_filter(args), limit=args.limit):
+            _print(_row(stored))
+        return 0
+    if args.action == "show":
+        _print(_row(await redrive.show(args.seq), full=True))
+        return 0
+    if args.action == "purge":
+        if not args.yes:
+            count = len([s async for s in redrive.letters(_filter(args), limit=None)])
+            _print({"would_delete": count, "hint": "add --yes to delete"})
+            return 0
+        _print({"deleted": await redrive.purge(_filter(args))})
+        return 0
+    return await _replay(redrive, args)
 
 
 async def _replay(redrive: Redrive, args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import asyncio
 import sys
 from typing import Any
 
-from agents.config import nats_auth_from_env, resolve_nats_url
+from agentbus.cli._connection import nats_connection
 from bus.connection import connect
 from bus.messages import encode
 from bus.publisher import Publisher
@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _result(args: argparse.Namespace) -> int:
-    url = resolve_nats_url(args.nats_url)
-    nc = await connect(url, name="agentbus-result", first_connect_timeout_s=5.0, auth=nats_auth_from_env())
+    url, auth = nats_connection(args.nats_url, args.tenant)
+    nc = await connect(url, name="agentbus-result", first_connect_timeout_s=5.0, auth=auth)
     try:
         wait = args.timeout_s if args.wait else 0.0
         result = await Publisher(nc).result(args.task_id, tenant=args.tenant, timeout_s=wait)

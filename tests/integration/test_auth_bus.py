@@ -16,6 +16,11 @@ the workers run with the worker credential) serves every test here, in order:
   workers the worker identity and the cluster key;
 * a Locust user publishes and calls with a tenant credential (``--tenant``);
 * ``publish`` and ``status`` beside ``up --auth`` take their identity from its directory;
+* records under these roles: a tenant reads its own stored results (``Publisher.result``,
+  ``agentbus result``) and no other tenant's, and may not write results, audit records or KV;
+  under the worker credential ``ctx.once`` and ``ctx.kv`` work and audit records are stored
+  (``AGENTBUS_AUDIT_TASKS=1`` here, and the LLM agent's own); the operator runs
+  ``agentbus audit`` and ``agentbus dlq ls`` / ``replay`` (once);
 * ``agentbus auth add-tenant`` reloads the server: the same worker processes answer the new
   tenant; ``remove-tenant`` closes its connection and a copy of its seed is refused.
 """
@@ -23,6 +28,7 @@ the workers run with the worker credential) serves every test here, in order:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -46,10 +52,12 @@ from nats.aio.msg import Msg
 
 from agentbus.cli import main
 from agentbus.cli.status import query_state
+from agentbus.errors import RecordNotFoundError
 from agents.config import nats_auth_from_env
 from bus.authdir import AuthDir
 from bus.messages import HDR_MSG_ID, HDR_REPLY, Task, encode, msg_id, now
 from bus.publisher import Publisher
+from bus.records import audit_records
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +101,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "agentbus", "up", "--workers", "2", "--auth", str(auth.path),
              "--gossip-preset", "test", "--agents", "agents.builtin,agents.builtin.assistant"],
-            cwd=root, env=_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=root, env=_env(AGENTBUS_AUDIT_TASKS="1"), stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )  # fmt: skip
     c = Cluster(root, auth, proc)
     state_file = root / ".agentbus" / "up.json"
@@ -152,6 +161,16 @@ DENIED_PUBLISH = (
     "$JS.API.STREAM.INFO.TASKS",
     "_INBOX.pull",  # a worker's pull inbox: a forged delivery
     "_INBOX_globex.x",
+    "audit.acme.forged",  # an audit record no worker wrote
+    "audit.globex.x",
+    "$JS.API.DIRECT.GET.RESULTS.results.globex.x",  # another tenant's stored result
+    "$JS.API.DIRECT.GET.RESULTS.results.*.x",  # a wildcard where the tenant goes
+    "$JS.API.DIRECT.GET.RESULTS",  # the JSON form names any subject in its body
+    "$JS.API.DIRECT.GET.AUDIT.audit.acme.x",  # audit records are the operator's
+    "$JS.API.DIRECT.GET.KV_agentbus_kv.$KV.agentbus_kv.globex.stock",
+    "$KV.agentbus_kv.acme.stock.PROD-001",  # ctx.kv and the ledger are the workers'
+    "$KV.agentbus_once.acme.x.create_order",
+    "$KV.agentbus_redrive.dlq-1",  # a replay marker: the operator's
 )
 DENIED_SUBSCRIBE = (
     "results.globex.>",
@@ -164,6 +183,8 @@ DENIED_SUBSCRIBE = (
     "$JS.EVENT.>",
     "$JS.API.>",
     "tasks.globex.>",
+    "audit.>",
+    "audit.acme.>",
     ">",
 )
 
@@ -328,6 +349,159 @@ def test_commands_beside_up_auth_take_their_identity_from_its_directory(cluster:
     assert "tasks_total" in json.loads(status.stdout)
 
 
+async def test_a_tenant_reads_its_own_stored_results_and_no_other_tenants(cluster: Cluster) -> None:
+    acme, errors = await _connect(cluster, "acme")
+    globex, _ = await _connect(cluster, "globex")
+    answers: list[bytes] = []
+    try:
+        mine = await Publisher(acme).submit("acme", "echo", {"text": "kept"})  # nobody waits for it
+        theirs = await Publisher(globex).submit("globex", "echo", {"text": "secret"})
+        stored = await Publisher(globex).result(theirs.task_id, tenant="globex", timeout_s=30)
+        assert stored.output is not None
+        assert stored.output["text"] == "secret"
+        # later, by the direct get alone (the --wait path subscribes results.acme.<id> as well)
+        await poll(lambda: _stored(acme, mine.task_id), what="acme's result stored")
+        result = await Publisher(acme).result(mine.task_id, tenant="acme")
+        assert (result.ok, result.tenant) == (True, "acme")
+        assert result.output is not None
+        assert result.output["text"] == "kept"
+        waited = await Publisher(acme).result(mine.task_id, tenant="acme", timeout_s=30)
+        assert waited.output == result.output
+
+        async def answer(msg: Msg) -> None:
+            answers.append(msg.data)
+
+        await acme.subscribe("_INBOX_acme.peek.>", cb=answer)
+        get = "$JS.API.DIRECT.GET.RESULTS"
+        denied = (
+            f"{get}.results.globex.{theirs.task_id}",
+            f"{get}.results.*.{theirs.task_id}",
+            f"{get}.results.>",
+            get,
+            f"results.acme.{mine.task_id}",  # overwriting its own stored result
+        )
+        for subject in denied:
+            body = json.dumps({"last_by_subj": f"results.globex.{theirs.task_id}"}) if subject == get else ""
+            await acme.publish(subject, body.encode(), reply="_INBOX_acme.peek.1")
+        await acme.flush()
+        expected = [_violation("publish", s) for s in denied]
+        await poll(lambda: all(any(e in err for err in errors) for e in expected), what="every violation")
+        await acme.flush()
+        assert not any(b"secret" in a for a in answers)
+        again = await Publisher(acme).result(mine.task_id, tenant="acme")
+        assert again.output == result.output  # not overwritten
+    finally:
+        for nc in (acme, globex):
+            await nc.close()
+    shown = _cli(cluster, "acme", "result", mine.task_id, "--tenant", "acme")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["output"]["text"] == "kept"
+
+
+async def _stored(nc: Client, task_id: str) -> bool:
+    try:
+        await Publisher(nc).result(task_id, tenant="acme")
+    except RecordNotFoundError:
+        return False
+    return True
+
+
+async def test_once_kv_and_audit_work_under_the_worker_credential(cluster: Cluster) -> None:
+    acme, _ = await _connect(cluster, "acme")
+    operator, _ = await _connect(cluster, "operator")
+    try:
+        publisher = Publisher(acme)
+        order = await publisher.call(
+            "acme", "order", {"request": "customer U1 buys 2 of PROD-003"}, timeout_s=30
+        )  # ctx.kv (the stock) and ctx.once (the order step)
+        assert order.ok, order.error
+        assert order.output is not None
+        assert order.output["status"] == "created"
+        assert order.output["order_id"] == f"acme-{order.task_id}"
+        assert order.output["steps"][1]["result"]["remaining"] == 3  # 5 in stock, from KV
+        once = await operator.jetstream().key_value("agentbus_once")
+        entry = await once.get(f"acme.{order.task_id}.create_order")
+        assert entry.value is not None
+        assert json.loads(entry.value)["state"] == "done"
+
+        request = {"request": "customer U2 buys 1 of PROD-001"}
+        brain = await publisher.call("acme", "assistant", request, timeout_s=30)
+        assert brain.ok, brain.error
+        records = await audit_records(operator.jetstream(), "acme", brain.task_id)
+        assert [r.fate for r in records] == ["ok"]
+        assert "create_order" in encode(records[0]).decode()  # the tool call, through ctx.once
+    finally:
+        for nc in (acme, operator):
+            await nc.close()
+    audit = _cli(cluster, "operator", "audit", order.task_id, "--tenant", "acme")
+    assert audit.returncode == 0, audit.stderr
+    (line,) = audit.stdout.splitlines()  # the generic record, AGENTBUS_AUDIT_TASKS=1
+    record = json.loads(line)
+    assert (record["kind"], record["fate"], record["attempt"]) == ("order", "ok", 1)
+    assert record["worker"]
+    refused = [line for line in cluster.log().splitlines() if "nats error" in line and "violation" in line]
+    assert refused == []  # no worker was refused a publish (audit, KV) on the way
+
+
+async def test_the_operator_lists_and_replays_a_dead_letter_once(cluster: Cluster) -> None:
+    acme, _ = await _connect(cluster, "acme")
+    operator, _ = await _connect(cluster, "operator")
+    try:  # a task whose reply names another tenant's inbox is dead-lettered
+        task = Task(id="redrive-me", payload={"text": "again"}, created_at=now())
+        headers = {HDR_MSG_ID: msg_id("acme", "echo", task.id), HDR_REPLY: "_INBOX_globex.x"}
+        await acme.jetstream().publish("tasks.acme.echo", encode(task), headers=headers)
+
+        async def dead() -> bool:
+            return any(d.task_id == "redrive-me" for d in await dead_letters(operator))
+
+        await poll(dead, what="the task dead-lettered")
+        listed = _local(cluster, "dlq", "ls", "--tenant", "acme", "--kind", "echo")  # as the operator
+        assert listed.returncode == 0, listed.stderr
+        rows = [json.loads(line) for line in listed.stdout.splitlines()]
+        (seq,) = [row["seq"] for row in rows if row["task_id"] == "redrive-me"]
+        replay = _cli(cluster, "operator", "dlq", "replay", str(seq))
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+        assert json.loads(replay.stdout)["subject"] == "tasks.acme.echo"
+        twice = _cli(cluster, "operator", "dlq", "replay", str(seq))
+        assert twice.returncode == 1
+        assert json.loads(twice.stdout)["type"] == "AlreadyReplayedError"
+
+        async def replayed() -> bool:
+            try:
+                return (await Publisher(acme).result("redrive-me", tenant="acme")).ok
+            except RecordNotFoundError:
+                return False
+
+        await poll(replayed, what="the replayed task's result stored")  # read by the tenant itself
+    finally:
+        for nc in (acme, operator):
+            await nc.close()
+
+
+def test_a_tenants_cli_reads_no_dead_letter_audit_record_or_other_result(cluster: Cluster) -> None:
+    commands = (
+        ("dlq", "ls", "--tenant", "acme"),
+        ("audit", "redrive-me", "--tenant", "acme"),
+        ("result", "redrive-me", "--tenant", "globex"),  # another tenant's stored result
+    )
+    running = [  # all at once: each waits out its request timeout
+        subprocess.Popen(
+            [sys.executable, "-m", "agentbus", *args, "--nats-url", cluster.url],
+            cwd=cluster.root,
+            env=_env(**_settings(cluster.auth, "acme")),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in commands
+    ]
+    for proc in running:
+        out, err = proc.communicate(timeout=90)
+        assert proc.returncode == 1, out + err
+        assert out == ""  # redrive-me has dead letters and audit records (the test above)
+        assert "refused by the server's permissions" in err or "needs the operator credential" in err
+
+
 def _start_times(c: Cluster) -> dict[str, str]:
     out = {}
     for name, port in c.ports.items():
@@ -394,6 +568,31 @@ def test_a_locust_user_publishes_and_calls_with_a_tenant_credential(cluster: Clu
     ]
 
 
+async def _refused(url: str, **options: Any) -> None:
+    """Every connection with ``options`` fails, and the server says why: nats-py sometimes sees
+    the socket close before it reads the server's ``-ERR 'Authorization Violation'``, so a few
+    tries, each of which must fail, until one reports it."""
+
+    async def on_error(exc: Exception) -> None:
+        pass
+
+    reasons = []
+    for _ in range(5):
+        client = Client()
+        try:
+            await client.connect(url, allow_reconnect=False, error_cb=on_error, **options)
+        except Exception as exc:
+            reasons.append(str(exc))
+        else:
+            raise AssertionError("the server accepted the connection")
+        finally:
+            with contextlib.suppress(OSError):
+                await client.close()  # nats-py leaves the refused socket open otherwise
+        if re.search(r"(?i)authorization violation", reasons[-1]):
+            return
+    raise AssertionError(f"refused, but never for authorization: {reasons}")
+
+
 async def test_remove_tenant_revokes_a_leaked_seed(
     cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -416,12 +615,7 @@ async def test_remove_tenant_revokes_a_leaked_seed(
         await asyncio.wait_for(dropped.wait(), 30)  # the reloaded server closed the connection
     finally:
         await nc.close()
-    refused = Client()
-    try:
-        with pytest.raises(Exception, match=r"(?i)authorization violation"):
-            await refused.connect(cluster.url, allow_reconnect=False, error_cb=on_error, **options)
-    finally:
-        await refused.close()  # nats-py leaves the refused socket open otherwise
+    await _refused(cluster.url, **options)
     assert await _echo_as(cluster, "acme", "still here") == "still here"  # the others keep working
 
 
@@ -432,10 +626,5 @@ async def test_rotate_refuses_the_old_key_and_the_new_one_works(
     assert main(["auth", "rotate", str(cluster.auth.path), "globex"]) == 0
     assert "the old key is refused" in capsys.readouterr().out
     assert cluster.auth.seed_file("globex").read_bytes() != old_seed
-    stale = Client()
-    try:
-        with pytest.raises(Exception, match=r"(?i)authorization violation"):
-            await stale.connect(cluster.url, allow_reconnect=False, nkeys_seed_str=old_seed.decode().strip())
-    finally:
-        await stale.close()
+    await _refused(cluster.url, nkeys_seed_str=old_seed.decode().strip())
     assert await _echo_as(cluster, "globex", "rotated") == "rotated"  # the settings file, new key

@@ -27,6 +27,7 @@ from bus.connection import NatsAuth
 from bus.permissions import (
     TENANT_REPLY_PREFIX,
     Identity,
+    Permissions,
     Role,
     inbox_prefix,
     permissions,
@@ -66,7 +67,7 @@ def test_no_tenant_may_touch_another_tenants_subjects(a: str, b: str, rest: str)
     p = permissions(tenant(a), [a, b])
     others = (f"tasks.{b}.{rest}", f"results.{b}.{rest}", f"_INBOX_{b}.{rest}")
     internal: tuple[str, ...] = (
-        f"$JS.API.{rest}",
+        f"$JS.API.{rest}",  # 1-3 tokens: never the tenant's own DIRECT.GET.RESULTS.results.<a>.<id>
         f"$JS.ACK.{rest}",
         f"$JS.EVENT.{rest}",
         f"agentbus.{rest}",
@@ -79,6 +80,80 @@ def test_no_tenant_may_touch_another_tenants_subjects(a: str, b: str, rest: str)
         assert not any(matches(allow, subject) for allow in p.subscribe), subject
     assert any(matches(allow, f"tasks.{a}.{rest}") for allow in p.publish)
     assert any(matches(allow, f"{inbox_prefix(tenant(a))}.{rest}") for allow in p.subscribe)
+
+
+@given(a=tokens, b=tokens, rest=rests)
+def test_a_tenant_reads_its_own_stored_results_and_no_other_record(a: str, b: str, rest: str) -> None:
+    if "worker" in (a, b) or "scaler" in (a, b) or "operator" in (a, b):
+        return
+    p = permissions(tenant(a), [a, b])
+
+    def may_publish(subject: str) -> bool:
+        return any(matches(allow, subject) for allow in p.publish)
+
+    get = "$JS.API.DIRECT.GET"
+    assert may_publish(f"{get}.RESULTS.results.{a}.{rest}")  # Publisher.result, `agentbus result`
+    denied = [
+        f"{get}.RESULTS",  # the JSON form: its body could name any subject
+        f"{get}.RESULTS.results.*.{rest}",  # a wildcard where the tenant goes
+        f"{get}.RESULTS.results.>",
+        f"{get}.RESULTS.{rest}",
+        f"{get}.AUDIT.audit.{a}.{rest}",  # audit records: operator only
+        f"{get}.AUDIT.audit.{b}.{rest}",
+        f"{get}.AUDIT",
+        f"{get}.DLQ.dlq.{a}.{rest}",
+        f"{get}.KV_agentbus_kv.$KV.agentbus_kv.{a}.{rest}",
+        f"{get}.{rest}.results.{a}.{rest}",  # another stream than RESULTS
+        "$JS.API.STREAM.MSG.GET.RESULTS",
+        "$JS.API.STREAM.MSG.GET.AUDIT",
+        f"$JS.API.CONSUMER.CREATE.RESULTS.{rest}",
+        f"results.{a}.{rest}",  # forging a result or an audit record
+        f"audit.{a}.{rest}",
+        f"audit.{b}.{rest}",
+        f"$KV.agentbus_once.{a}.{rest}",  # the ledger and KV are the workers'
+        f"$KV.agentbus_kv.{a}.{rest}",
+        f"$KV.agentbus_redrive.{rest}",
+    ]
+    if a != b:
+        denied.append(f"{get}.RESULTS.results.{b}.{rest}")
+    for subject in denied:
+        assert not may_publish(subject), subject
+    for subject in (f"audit.{a}.{rest}", f"audit.{b}.{rest}", f"$KV.agentbus_kv.{a}.{rest}"):
+        assert not any(matches(allow, subject) for allow in p.subscribe), subject
+
+
+def test_workers_and_operators_write_only_the_records_and_buckets_they_use() -> None:
+    worker = permissions(Identity("worker", Role.WORKER, "U"), ["acme"])
+
+    def may(perms: Permissions, subject: str) -> bool:
+        return any(matches(allow, subject) for allow in perms.publish)
+
+    for subject in (
+        "results.acme.t1",
+        "audit.acme.t1",
+        "$KV.agentbus_once.acme.t1.create_order",
+        "$KV.agentbus_kv.acme.stock.PROD-001",
+        "$JS.API.DIRECT.GET.KV_agentbus_once.$KV.agentbus_once.acme.t1.create_order",
+    ):
+        assert may(worker, subject), subject
+    for subject in ("$KV.agentbus_redrive.dlq-1", "$KV.other.x", "$KV.agentbus_oncex.y"):
+        assert not may(worker, subject), subject
+    operator = permissions(Identity("operator", Role.OPERATOR, "U"))
+    for subject in (
+        "$KV.agentbus_redrive.dlq-7",
+        "$JS.API.DIRECT.GET.AUDIT",  # `agentbus audit`: every attempt, JSON body
+        "$JS.API.STREAM.MSG.GET.DLQ",
+        "$JS.API.STREAM.PURGE.DLQ",
+        "tasks.acme.echo",  # a replay
+    ):
+        assert may(operator, subject), subject
+    for subject in (
+        "$KV.agentbus_once.acme.t1.x",
+        "$KV.agentbus_kv.acme.k",
+        "results.acme.t",
+        "audit.acme.t",
+    ):
+        assert not may(operator, subject), subject
 
 
 @given(a=tokens, b=tokens, rest=rests)
