@@ -5,7 +5,7 @@ server forgets every pull request of a disconnected client (the trap of nats.py
 #504), so a worker that does not re-issue its pulls after the reconnect would sit
 idle forever. Every task whose publish JetStream acked must complete.
 
-Results are collected in a JetStream stream on ``results.>`` created by the test:
+Results are read from the ``RESULTS`` stream where every result is stored (docs/records.md):
 a core subscription would miss results published while it is itself reconnecting,
 while a worker's result publishes are buffered across the outage and stored once
 it reconnects. A result is sent before its task is acked, on the same connection,
@@ -23,16 +23,16 @@ import pytest
 from conftest import WorkerProcess, async_wait_until
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import StorageType, StreamConfig
 
 from agentbus.errors import NoStreamError, PayloadTooLargeError, PublishError, StreamFullError
 from bus.embedded import EmbeddedNats
 from bus.publisher import Publisher
-from bus.topology import DLQ_STREAM, TASKS_STREAM
+from bus.records import RESULTS_STREAM
+from bus.topology import DLQ_STREAM, TASKS_STREAM, ensure_streams
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-RESULTS = "TEST_RESULTS"
+RESULTS = RESULTS_STREAM
 _OK = re.compile(r'^agentbus_tasks_total\{(?=[^}]*kind="echo")(?=[^}]*outcome="ok")[^}]*\} (\S+)$', re.M)
 
 
@@ -128,7 +128,7 @@ async def test_workers_resume_after_nats_restarts_and_no_acked_task_is_lost(
     nats_server: EmbeddedNats, nc: Client, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     js = nc.jetstream()
-    await js.add_stream(StreamConfig(name=RESULTS, subjects=["results.>"], storage=StorageType.FILE))
+    await ensure_streams(js)  # RESULTS among them, before any result is published
     flags = ("--kind", "echo", "--max-inflight", "4", "--ack-wait-s", "2")
     workers = [start_worker("r1", *flags), start_worker("r2", *flags)]
     publisher = SteadyPublisher(nc)

@@ -5,8 +5,8 @@ workers: the dead server is reaped and started again on the same port and the sa
 store, the workers reconnect, and every task whose publish JetStream acknowledged
 completes. Real processes throughout: the server, two workers, a test client.
 
-Results are counted in a stream on ``results.>`` made by the test (file storage, one
-message per subject, so the count is the number of distinct tasks that completed):
+Results are counted in the ``RESULTS`` stream where every result is stored (one message per
+task, so the count is the number of distinct tasks that completed; docs/records.md):
 a core subscription would miss results published while it is itself reconnecting.
 """
 
@@ -20,18 +20,18 @@ from collections.abc import Awaitable, Callable
 import psutil
 import pytest
 from nats.js import JetStreamContext
-from nats.js.api import StorageType, StreamConfig
 
 from agentbus.cli.up import local_cluster, wait_ready
 from agents.builtin.basic import EchoIn
 from bus.connection import connect
 from bus.publisher import Publisher, TaskRef, TaskSpec
+from bus.records import RESULTS_STREAM
 from bus.topology import DLQ_STREAM, TASKS_STREAM
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
 TASKS = 2000
-RESULTS = "TEST_RESULTS"
+RESULTS = RESULTS_STREAM
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 120.0) -> None:
@@ -90,11 +90,6 @@ async def test_a_killed_embedded_server_is_restarted_and_every_acked_task_comple
         nc = await connect(cluster.url, name="test-heal")
         try:
             js = nc.jetstream()
-            await js.add_stream(
-                StreamConfig(
-                    name=RESULTS, subjects=["results.>"], storage=StorageType.FILE, max_msgs_per_subject=1
-                )
-            )
             refs = await Publisher(nc).submit_many(
                 TaskSpec("acme", "echo", EchoIn(text=str(i), sleep_s=0.02), task_id=f"heal-{i}")
                 for i in range(TASKS)
