@@ -33,9 +33,10 @@ from agentbus.cli.scaler import add_autoscale_options, autoscaling
 from agentbus.cli.worker import EXIT_CONFIG, EXIT_USAGE, add_worker_options, worker_argv
 from agentbus.errors import AgentbusError
 from agents.config import UP_STATE_FILE, nats_auth_from_env
+from bus.cluster import NatsCluster
 from bus.connection import connect
 from bus.embedded import EmbeddedNats, free_port, keep_alive
-from bus.topology import ensure_streams
+from bus.topology import StreamLimits, ensure_streams
 from scaler.local import LocalSupervisor, ReplicaFailure, python_command
 
 __all__ = ["LocalCluster", "local_cluster", "register", "wait_ready"]
@@ -50,6 +51,12 @@ def register(sub: Any) -> None:
         "--nats-port", type=int, default=0, help="port of the embedded server (default: a free one)"
     )
     p.add_argument("--store-dir", help="JetStream store of the embedded server (default: a temp dir)")
+    p.add_argument(
+        "--cluster",
+        type=int,
+        choices=(3, 5),
+        help="run a NATS cluster of this many nodes (R3/R5 streams, fsync per ack) instead of one server",
+    )
     add_worker_options(p)
     add_autoscale_options(p)
     p.set_defaults(run=run)
@@ -70,6 +77,8 @@ class LocalCluster:
     """HTTP port (``/readyz``, ``/metrics``) by worker name; a restarted worker keeps its port."""
     server: EmbeddedNats | None = None
     """The embedded nats-server (None with ``nats_url``); restarted on its port when it dies."""
+    nats_cluster: NatsCluster | None = None
+    """The embedded NATS cluster (``cluster``); each node is restarted on its ports when it dies."""
 
     @property
     def public_url(self) -> str:
@@ -88,24 +97,35 @@ async def local_cluster(
     stop_timeout_s: float = 30.0,
     worker_log_level: str | None = None,
     worker_log_format: str | None = None,
+    cluster: int = 0,
 ) -> AsyncIterator[LocalCluster]:
     """Start nats-server (unless ``nats_url``), the streams and ``workers`` supervised workers.
 
     The embedded server is restarted when it dies, on the same port and store. A
     worker that exits 2 or 78 is not restarted: ``supervisor.failed()`` returns it.
     On exit the workers are drained (SIGTERM, ``stop_timeout_s``) and the server stopped.
+    ``cluster`` (3 or 5) runs that many clustered servers (:mod:`bus.cluster`) instead of
+    one, with streams of as many replicas; the workers get every node's URL as seeds.
     """
     server = None
-    keeper: asyncio.Task[None] | None = None
+    nodes: NatsCluster | None = None
+    keepers: list[asyncio.Task[None]] = []
+    limits = StreamLimits(replicas=cluster) if cluster and not nats_url else StreamLimits()
     if nats_url:
         url = nats_url
+    elif cluster:
+        nodes = await asyncio.to_thread(NatsCluster(cluster, base_dir=store_dir).start)
+        url = nodes.url
+        keepers = [
+            asyncio.create_task(keep_alive(n), name=f"agentbus-nats-keeper-{n.port}") for n in nodes.nodes
+        ]
     else:
         server = EmbeddedNats(port=nats_port, store_dir=store_dir).start()
         url = server.url
-        keeper = asyncio.create_task(keep_alive(server), name="agentbus-nats-keeper")
+        keepers = [asyncio.create_task(keep_alive(server), name="agentbus-nats-keeper")]
     try:
         nc = await connect(url, name="agentbus-up", auth=nats_auth_from_env() if nats_url else None)
-        await ensure_streams(nc.jetstream())
+        await ensure_streams(nc.jetstream(), limits)
         await nc.close()
         ports: dict[str, int] = {}
         prefix = ["--log-level", worker_log_level] if worker_log_level else []
@@ -114,6 +134,8 @@ async def local_cluster(
         secret = _without_credentials(url) != url
         url_args = [] if secret else ["--nats-url", url]
         env = {**os.environ, _NATS_URL_VARIABLE: url} if secret else None
+        if limits.replicas > 1:  # a worker provisions the streams too: with the same replicas
+            env = {**(env or os.environ), "AGENTBUS_STREAM_REPLICAS": str(limits.replicas)}
 
         def command(name: str) -> list[str]:
             ports[name] = ports.get(name) or free_port()
@@ -133,16 +155,18 @@ async def local_cluster(
         )
         try:
             await supervisor.scale_to(workers)
-            yield LocalCluster(url=url, supervisor=supervisor, ports=ports, server=server)
+            yield LocalCluster(url=url, supervisor=supervisor, ports=ports, server=server, nats_cluster=nodes)
         finally:
             await supervisor.stop()
     finally:
-        if keeper is not None:
+        for keeper in keepers:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
         if server is not None:
             server.close()
+        if nodes is not None:
+            nodes.close()
 
 
 _NATS_URL_VARIABLE = "AGENTBUS_NATS_URL"
@@ -206,6 +230,7 @@ async def _up(args: argparse.Namespace) -> int:
             store_dir=args.store_dir,
             stop_timeout_s=(args.drain_timeout_s or 25.0) + 5,
             worker_log_format=getattr(args, "log_format", None),
+            cluster=0 if args.nats_url else (args.cluster or 0),
         ) as cluster:
             public_url = cluster.public_url
             needs_credentials = public_url != cluster.url
