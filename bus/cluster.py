@@ -152,7 +152,8 @@ class NatsCluster:
             time.sleep(0.1)  # a poll of the servers' own monitoring endpoints
         raise ConfigError(f"NATS cluster not ready after {timeout_s:g}s; logs in {self.base_dir}")
 
-    def _monitor(self, i: int, path: str) -> tuple[int, Any]:
+    def monitor(self, i: int, path: str) -> tuple[int, Any]:
+        """``(status, JSON body)`` of node ``i``'s monitoring endpoint ``path``; ``(0, None)`` if down."""
         url = f"http://127.0.0.1:{self.nodes[i].http_port}{path}"
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
@@ -163,11 +164,11 @@ class NatsCluster:
             return 0, None
 
     def _healthy(self, i: int) -> bool:
-        return self._monitor(i, "/healthz")[0] == 200
+        return self.monitor(i, "/healthz")[0] == 200
 
     def meta_leader(self, i: int) -> str:
         """The meta leader node ``i`` knows of ("" if none or unreachable)."""
-        status, body = self._monitor(i, "/jsz")
+        status, body = self.monitor(i, "/jsz")
         if status != 200 or not isinstance(body, dict):
             return ""
         meta = body.get("meta_cluster") or {}
@@ -175,7 +176,7 @@ class NatsCluster:
 
     def varz(self, i: int) -> dict[str, Any]:
         """Node ``i``'s ``/varz`` (its effective configuration); {} when unreachable."""
-        body = self._monitor(i, "/varz")[1]
+        body = self.monitor(i, "/varz")[1]
         return body if isinstance(body, dict) else {}
 
     def pid(self, i: int) -> int:

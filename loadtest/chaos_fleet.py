@@ -1,0 +1,278 @@
+"""The system under test of the chaos suite: a 3-node R3 cluster, worker processes, one publisher.
+
+Everything it observes goes into a :class:`~loadtest.chaos_history.History`: the time each
+task was sent and acknowledged (or that its ack never came), the workers' journals of
+completed runs (:mod:`loadtest.chaos_agent`) and the dead letters stored in ``DLQ``.
+Workers get every node's URL as seeds and fail over between them on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import msgspec
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from agentbus.errors import AgentbusError
+from bus.cluster import NatsCluster
+from bus.connection import connect
+from bus.embedded import free_port
+from bus.messages import DeadLetter
+from bus.publisher import Publisher, TaskRef, TaskSpec
+from bus.topology import DLQ_STREAM, TASKS_STREAM, StreamLimits, ensure_streams
+from loadtest.chaos_agent import JOURNAL_GLOB, ChaosIn, JournalLine
+from loadtest.chaos_history import Execution, History
+
+__all__ = ["Fleet"]
+
+ROOT = Path(__file__).resolve().parent.parent
+_line = msgspec.json.Decoder(JournalLine)
+_letter = msgspec.json.Decoder(DeadLetter)
+
+
+class _Worker:
+    def __init__(self, name: str, argv: list[str], workdir: Path, env: dict[str, str]) -> None:
+        self.name, self.port = name, free_port()
+        with open(workdir / f"{name}.log", "ab") as out:
+            self.proc = subprocess.Popen(
+                [*argv, "--worker-id", name, "--http-port", str(self.port)],
+                cwd=workdir,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    async def ready(self, timeout_s: float = 60.0) -> None:
+        from agentbus.cli.up import wait_ready
+
+        if self.proc.poll() is not None:
+            raise AgentbusError(f"chaos worker {self.name} exited {self.proc.returncode}")
+        await wait_ready({self.name: self.port}, timeout_s=timeout_s)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Fleet:
+    """The cluster, its route proxies, ``workers`` worker processes and a publisher, in ``workdir``."""
+
+    def __init__(
+        self, workdir: Path, *, workers: int = 3, ack_wait_s: float = 2.0, max_deliver: int = 3
+    ) -> None:
+        from loadtest.chaos_net import RouteNet
+
+        self.workdir = workdir
+        self.cluster = NatsCluster(3, base_dir=workdir / "nats")
+        self.net = RouteNet(self.cluster)
+        self._size = workers
+        self._flags = [
+            "--ack-wait-s",
+            str(ack_wait_s),
+            "--max-deliver",
+            str(max_deliver),
+            "--retry-base-s",
+            "0.1",
+        ]
+        self.workers: list[_Worker] = []
+        self._kills = 0
+        self._pending: set[asyncio.Future[TaskRef]] = set()
+        self._conns: list[Client] = []
+        self._pubs: list[Publisher] = []
+
+    @property
+    def js(self) -> JetStreamContext:
+        """JetStream through the first publisher's connection."""
+        return self._conns[0].jetstream()
+
+    async def __aenter__(self) -> Fleet:
+        self.net.start()
+        await asyncio.to_thread(self.cluster.start)
+        # One publisher per node, as clients spread over a cluster; each fails over to the
+        # servers its node announces when that node goes away.
+        for i, url in enumerate(self.cluster.urls):
+            self._conns.append(
+                await connect(url, name=f"chaos-publisher-{i + 1}", first_connect_timeout_s=30)
+            )
+        self._pubs = [Publisher(nc, ack_timeout_s=10.0) for nc in self._conns]
+        await ensure_streams(self.js, StreamLimits(replicas=3))
+        self.workers = [self._spawn(f"cw{i + 1}") for i in range(self._size)]
+        await asyncio.gather(*(w.ready() for w in self.workers))
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for nc in self._conns:
+            with contextlib.suppress(Exception):
+                await nc.close()
+        await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self.workers))
+        self.cluster.stop()
+        self.net.close()
+
+    def _spawn(self, name: str) -> _Worker:
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "AGENTBUS_STREAM_REPLICAS": "3",
+        }
+        argv = [
+            sys.executable,
+            "-m",
+            "agentbus",
+            "--log-level",
+            "WARNING",
+            "worker",
+            "--nats-url",
+            self.cluster.url,
+        ]
+        argv += ["--agents", "loadtest.chaos_agent", "--kind", "chaos", "--no-gossip", *self._flags]
+        return _Worker(name, argv, self.workdir, env)
+
+    def kill_worker(self) -> int:
+        """``kill -9`` the next worker in turn; its index."""
+        i = self._kills % len(self.workers)
+        self._kills += 1
+        self.workers[i].proc.kill()
+        self.workers[i].proc.wait()
+        return i
+
+    async def restart_worker(self, i: int) -> None:
+        """Start worker ``i`` again (a new process: a new pid in the journals)."""
+        self.workers[i] = self._spawn(self.workers[i].name)
+        await self.workers[i].ready()
+
+    def _send(
+        self, history: History, task_id: str, poison: bool, fut: asyncio.Future[TaskRef] | None
+    ) -> None:
+        history.sent[task_id] = time.monotonic()
+        if poison:
+            history.expected_dead.add(task_id)
+        if fut is None:
+            history.unacked.add(task_id)
+            return
+        self._pending.add(fut)
+
+        def done(f: asyncio.Future[TaskRef]) -> None:
+            self._pending.discard(f)
+            if f.cancelled() or f.exception() is not None:
+                history.unacked.add(task_id)
+            else:
+                history.acked[task_id] = time.monotonic()
+
+        fut.add_done_callback(done)
+
+    async def _submit(self, history: History, task_id: str, poison: bool, pub: Publisher) -> None:
+        try:
+            fut = await pub.submit_nowait("t" + task_id[-1], "chaos", ChaosIn(poison=poison), task_id=task_id)
+        except Exception:
+            fut = None
+        self._send(history, task_id, poison, fut)
+
+    async def publish_steadily(self, history: History, rate_per_s: float, poison_every: int) -> None:
+        """Publish ``rate_per_s`` tasks a second until cancelled; every ``poison_every``-th is poison."""
+        start, n = time.monotonic(), 0
+        while True:
+            due = int((time.monotonic() - start) * rate_per_s)
+            while n < due:
+                n += 1
+                pub = self._pubs[n % len(self._pubs)]
+                await self._submit(history, f"c{n}", poison_every > 0 and n % poison_every == 0, pub)
+            await asyncio.sleep(0.02)
+
+    async def wait_published(self, history: History) -> None:
+        """Every outstanding publish resolved (acked, or failed after the ack timeout)."""
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=30)
+
+    async def settle(self, timeout_s: float) -> None:
+        """Cluster ready, stream TASKS with a leader and every replica current."""
+        await asyncio.to_thread(self.cluster.wait_ready, timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                info = await self.js.stream_info(TASKS_STREAM)
+                c = info.cluster
+                if c is not None and c.leader and all(p.current for p in c.replicas or []):
+                    return
+            await asyncio.sleep(0.2)
+        raise AgentbusError(f"stream {TASKS_STREAM} not current {timeout_s:g}s after the fault healed")
+
+    async def collect(self, history: History) -> None:
+        """Read every journal and every dead letter into ``history`` (replacing what was read before)."""
+        history.executions = [
+            Execution(line.task_id, str(line.pid), line.attempt, line.start, line.end)
+            for line in self._journal_lines()
+        ]
+        history.dead_letters = await self._dead_letter_ids()
+
+    def _journal_lines(self) -> list[JournalLine]:
+        out: list[JournalLine] = []
+        for path in sorted(self.workdir.glob(JOURNAL_GLOB)):
+            for raw in path.read_bytes().splitlines():
+                with contextlib.suppress(msgspec.DecodeError):
+                    out.append(_line.decode(raw))
+        return out
+
+    async def _dead_letter_ids(self) -> list[str]:
+        state = (await self.js.stream_info(DLQ_STREAM)).state
+        out: list[str] = []
+        for seq in range(state.first_seq, state.last_seq + 1) if state.messages else ():
+            try:
+                raw = await self.js.get_msg(DLQ_STREAM, seq)
+            except NotFoundError:
+                continue
+            with contextlib.suppress(msgspec.DecodeError):
+                out.append(_letter.decode(raw.data or b"").task_id)
+        return out
+
+    async def drain(self, history: History, timeout_s: float) -> None:
+        """Wait until every acknowledged task ran or was dead-lettered, or ``timeout_s`` passed."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                await self.collect(history)
+                accounted = {e.task_id for e in history.executions} | set(history.dead_letters)
+                if history.acked.keys() <= accounted:
+                    return
+            await asyncio.sleep(1.0)
+
+    async def burst(self, history: History, n: int, *, replicas: int, tag: str = "") -> float:
+        """Scale TASKS to ``replicas``, publish ``n`` tasks at once; tasks per second until the last ran."""
+        await ensure_streams(self.js, StreamLimits(replicas=replicas))
+        await self.settle(60)
+        ids = [f"{tag or f'r{replicas}'}-{i}" for i in range(n)]
+        start = time.monotonic()
+        refs = await self._pubs[0].submit_many(
+            [TaskSpec("t" + t[-1], "chaos", ChaosIn(), task_id=t) for t in ids], return_exceptions=True
+        )
+        for t, ref in zip(ids, refs, strict=True):
+            history.sent[t] = start
+            if isinstance(ref, TaskRef):
+                history.acked[t] = time.monotonic()
+            else:
+                history.unacked.add(t)
+        want = {t for t in ids if t in history.acked}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ends = {ln.task_id: ln.end for ln in self._journal_lines() if ln.task_id in want}
+            if len(ends) == len(want):
+                return len(want) / max(max(ends.values()) - start, 1e-9)
+            await asyncio.sleep(0.2)
+        raise AgentbusError(f"R{replicas} burst: not every task ran within 120 s")
