@@ -31,7 +31,7 @@ class RouteNet:
     """Proxies for every directed pair of a cluster's nodes; start before the cluster starts."""
 
     def __init__(self, cluster: NatsCluster) -> None:
-        self._cluster = cluster
+        self.cluster = cluster
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="route-net", daemon=True)
         self._servers: list[asyncio.Server] = []
@@ -42,10 +42,10 @@ class RouteNet:
     def start(self) -> RouteNet:
         """Bind one proxy per pair and tell the cluster to route through them."""
         self._thread.start()
-        pairs = [(i, j) for i in range(self._cluster.size) for j in range(self._cluster.size) if i != j]
+        pairs = [(i, j) for i in range(self.cluster.size) for j in range(self.cluster.size) if i != j]
         for pair in pairs:
             self.ports[pair] = self._call(self._listen(pair))
-        self._cluster.route_via(self.ports)
+        self.cluster.route_via(self.ports)
         return self
 
     def _call(self, coro: object) -> int:
@@ -70,7 +70,7 @@ class RouteNet:
             return
         try:
             up_reader, up_writer = await asyncio.open_connection(
-                "127.0.0.1", self._cluster.route_ports[pair[1]]
+                "127.0.0.1", self.cluster.route_ports[pair[1]]
             )
         except OSError:  # the target node is down: so is this connection
             writer.close()
