@@ -58,7 +58,7 @@ class ChaosConfig:
     ack_wait_s: float = 2.0  # redelivery of a dead worker's task
     max_deliver: int = 3
     poison_every: int = 97  # one task in 97 fails on every delivery (must be dead-lettered)
-    worker_kill_every: int = 2  # every 2nd cycle through the faults also kill -9s a worker
+    worker_kill_every: int = 2  # every 2nd cycle through the faults also kill -9s a worker (1: every)
     burst: int = 2000  # tasks per R3 / R1 throughput burst (0: skip the comparison)
 
 
@@ -93,9 +93,8 @@ async def run(cfg: ChaosConfig, workdir: Path) -> dict[str, Any]:
         try:
             for n in range(cfg.rounds):
                 name = cfg.faults[n % len(cfg.faults)]
-                worker_kill = (
-                    cfg.worker_kill_every > 0 and (n // len(cfg.faults)) % cfg.worker_kill_every == 1
-                )
+                every = cfg.worker_kill_every  # 2: the second cycle through the faults, the fourth...
+                worker_kill = every > 0 and (n // len(cfg.faults)) % every == every - 1
                 await asyncio.sleep(cfg.healthy_s)
                 start = time.monotonic()
                 log.warning("round %d: %s%s", n + 1, name, " + worker kill -9" if worker_kill else "")
@@ -124,6 +123,7 @@ async def run(cfg: ChaosConfig, workdir: Path) -> dict[str, Any]:
     recoveries = [r.recovery_s for r in summary.rounds if r.recovery_s is not None]
     out: dict[str, Any] = {
         "rounds": len(summary.rounds),
+        "worker_kills": sum(r.worker_kill for r in summary.rounds),
         "acked": verdict.acked,
         "completed": verdict.completed,
         "dead_lettered": verdict.dead_lettered,
