@@ -120,7 +120,13 @@ class NatsCluster:
                 if j != i
             )
             advertise = f"  advertise: 127.0.0.1:{self._advertise}\n" if self._advertise else ""
-            leaf = f"leafnodes {{\n  listen: 127.0.0.1:{self.leaf_ports[i]}\n}}\n" if self.leaf_ports else ""
+            # no_advertise: a leaf node dials only the URLs it was given (all of them), never a
+            # leaf port learnt from gossip, so a proxy on its uplink sees every connection.
+            leaf = (
+                f"leafnodes {{\n  listen: 127.0.0.1:{self.leaf_ports[i]}\n  no_advertise: true\n}}\n"
+                if self.leaf_ports
+                else ""
+            )
             node.extra_config = (
                 f"server_name: {self.server_name(i)}\n"
                 f"cluster {{\n  name: {self.name}\n  listen: 127.0.0.1:{self.route_ports[i]}\n"

@@ -29,7 +29,7 @@ from bus.connection import connect
 from bus.embedded import free_port
 from bus.messages import DeadLetter
 from bus.publisher import Publisher, TaskRef, TaskSpec
-from bus.topology import DLQ_STREAM, TASKS_STREAM, StreamLimits, ensure_streams
+from bus.topology import DLQ_STREAM, TASKS_STREAM, StreamLimits, consumer_name, ensure_streams
 from loadtest.chaos_agent import JOURNAL_GLOB, ChaosIn, JournalLine
 from loadtest.chaos_history import Execution, History
 
@@ -82,6 +82,7 @@ class Fleet:
         self.cluster = NatsCluster(3, base_dir=workdir / "nats")
         self.net = RouteNet(self.cluster)
         self._size = workers
+        self.replicas = 3
         self._flags = [
             "--ack-wait-s",
             str(ack_wait_s),
@@ -130,7 +131,7 @@ class Fleet:
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-            "AGENTBUS_STREAM_REPLICAS": "3",
+            "AGENTBUS_STREAM_REPLICAS": str(self.replicas),
         }
         argv = [
             sys.executable,
@@ -253,10 +254,26 @@ class Fleet:
                     return
             await asyncio.sleep(1.0)
 
-    async def burst(self, history: History, n: int, *, replicas: int, tag: str = "") -> float:
-        """Scale TASKS to ``replicas``, publish ``n`` tasks at once; tasks per second until the last ran."""
+    async def rescale(self, replicas: int) -> None:
+        """Give TASKS ``replicas``: workers stopped (drained), the consumer deleted, workers started again.
+
+        Scaling the stream in place under running workers is not what this measures: in that
+        case the checker saw acks lost for seconds and tasks run twice with no fault.
+        """
+        if replicas == self.replicas:
+            return
+        await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self.workers))
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_consumer(TASKS_STREAM, consumer_name("chaos"))
         await ensure_streams(self.js, StreamLimits(replicas=replicas))
+        self.replicas = replicas
         await self.settle(60)
+        self.workers = [self._spawn(w.name) for w in self.workers]
+        await asyncio.gather(*(w.ready() for w in self.workers))
+
+    async def burst(self, history: History, n: int, *, replicas: int, tag: str = "") -> float:
+        """Publish ``n`` tasks at once to TASKS with ``replicas``; tasks per second until the last ran."""
+        await self.rescale(replicas)
         ids = [f"{tag or f'r{replicas}'}-{i}" for i in range(n)]
         start = time.monotonic()
         refs = await self._pubs[0].submit_many(

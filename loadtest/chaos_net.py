@@ -1,4 +1,5 @@
-"""Network partitions between cluster nodes on loopback: one TCP proxy per directed pair of nodes.
+"""Network partitions on loopback: TCP proxies that can be cut and healed (:class:`ProxyNet`),
+one per directed pair of cluster nodes (:class:`RouteNet`) or one per uplink of an edge site.
 
 Node ``i`` reaches node ``j``'s route port only through the proxy of ``(i, j)``
 (:meth:`bus.cluster.NatsCluster.route_via`), so a proxy knows which two nodes a route
@@ -18,64 +19,56 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Iterable
+from collections.abc import Coroutine, Hashable, Iterable
+from typing import Any
 
 from bus.cluster import NatsCluster
 
-__all__ = ["RouteNet"]
+__all__ = ["ProxyNet", "RouteNet"]
 
 _CHUNK = 1 << 16
 
 
-class RouteNet:
-    """Proxies for every directed pair of a cluster's nodes; start before the cluster starts."""
+class ProxyNet:
+    """Named loopback TCP proxies on one event loop in a thread; each can be cut and healed."""
 
-    def __init__(self, cluster: NatsCluster) -> None:
-        self.cluster = cluster
+    def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="route-net", daemon=True)
-        self._servers: list[asyncio.Server] = []
-        self._conns: dict[tuple[int, int], set[asyncio.StreamWriter]] = {}
-        self._isolated: set[int] = set()
-        self.ports: dict[tuple[int, int], int] = {}
-
-    def start(self) -> RouteNet:
-        """Bind one proxy per pair and tell the cluster to route through them."""
+        self._thread = threading.Thread(target=self._loop.run_forever, name="proxy-net", daemon=True)
         self._thread.start()
-        pairs = [(i, j) for i in range(self.cluster.size) for j in range(self.cluster.size) if i != j]
-        for pair in pairs:
-            self.ports[pair] = self._call(self._listen(pair))
-        self.cluster.route_via(self.ports)
-        return self
+        self._servers: list[asyncio.Server] = []
+        self._targets: dict[Hashable, int] = {}
+        self._conns: dict[Hashable, set[asyncio.StreamWriter]] = {}
+        self._cut: set[Hashable] = set()
+        self.ports: dict[Hashable, int] = {}
 
-    def _call(self, coro: object) -> int:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)  # type: ignore[arg-type]
+    def add(self, name: Hashable, target_port: int) -> int:
+        """A proxy to ``127.0.0.1:target_port``; the port it listens on."""
+        self._targets[name] = target_port
+        self.ports[name] = self._call(self._listen(name))
+        return self.ports[name]
 
-    async def _listen(self, pair: tuple[int, int]) -> int:
-        server = await asyncio.start_server(
-            lambda r, w: self._accept(pair, r, w), "127.0.0.1", 0, reuse_address=True
-        )
+    def _call(self, coro: Coroutine[Any, Any, int]) -> int:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
+    async def _listen(self, name: Hashable) -> int:
+        server = await asyncio.start_server(lambda r, w: self._accept(name, r, w), "127.0.0.1", 0)
         self._servers.append(server)
-        self._conns[pair] = set()
+        self._conns[name] = set()
         return int(server.sockets[0].getsockname()[1])
 
-    def _cut(self, pair: tuple[int, int]) -> bool:
-        return bool(self._isolated.intersection(pair))
-
     async def _accept(
-        self, pair: tuple[int, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, name: Hashable, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        if self._cut(pair):
-            writer.close()
+        if name in self._cut:
+            writer.transport.abort()
             return
         try:
-            up_reader, up_writer = await asyncio.open_connection(
-                "127.0.0.1", self.cluster.route_ports[pair[1]]
-            )
-        except OSError:  # the target node is down: so is this connection
-            writer.close()
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._targets[name])
+        except OSError:  # the target is down: so is this connection
+            writer.transport.abort()
             return
-        conns = self._conns[pair]
+        conns = self._conns[name]
         conns.update((writer, up_writer))
         pumps = [
             asyncio.ensure_future(self._pump(reader, up_writer)),
@@ -97,39 +90,63 @@ class RouteNet:
                 writer.write(data)
                 await writer.drain()
 
-    def isolate(self, nodes: Iterable[int]) -> None:
-        """Cut every route to and from ``nodes``: open connections are closed, new ones refused."""
-        self._call(self._isolate(set(nodes)))
+    def cut(self, names: Iterable[Hashable]) -> None:
+        """Close the open connections of ``names`` (both sides see them end) and refuse new ones."""
+        self._call(self._cut_now(set(names)))
 
-    async def _isolate(self, nodes: set[int]) -> int:
-        self._isolated |= nodes
-        for pair, conns in self._conns.items():
-            if self._cut(pair):
-                for w in list(conns):
-                    w.transport.abort()
+    async def _cut_now(self, names: set[Hashable]) -> int:
+        self._cut |= names
+        for name in names:
+            for w in list(self._conns.get(name, ())):
+                w.transport.abort()
         return 0
 
     def heal(self) -> None:
-        """Let every route connect again."""
-        self._call(self._heal())
+        """Let every proxy connect again."""
+        self._call(self._heal_now())
 
-    async def _heal(self) -> int:
-        self._isolated.clear()
+    async def _heal_now(self) -> int:
+        self._cut.clear()
         return 0
 
     def close(self) -> None:
         """Close every proxy and stop the thread."""
         if not self._thread.is_alive():
             return
-        self._call(self._close())
+        self._call(self._close_now())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
 
-    async def _close(self) -> int:
+    async def _close_now(self) -> int:
         for server in self._servers:
             server.close()
         for conns in self._conns.values():
             for w in list(conns):
                 w.transport.abort()
         return 0
+
+
+class RouteNet(ProxyNet):
+    """A proxy for every directed pair ``(i, j)`` of a cluster's nodes; start before the cluster."""
+
+    def __init__(self, cluster: NatsCluster) -> None:
+        super().__init__()
+        self.cluster = cluster
+
+    def start(self) -> RouteNet:
+        """Bind one proxy per pair and tell the cluster to route through them."""
+        size = self.cluster.size
+        hops = {
+            (i, j): self.add((i, j), self.cluster.route_ports[j])
+            for i in range(size)
+            for j in range(size)
+            if i != j
+        }
+        self.cluster.route_via(hops)
+        return self
+
+    def isolate(self, nodes: Iterable[int]) -> None:
+        """Cut every route to and from ``nodes``."""
+        cut = set(nodes)
+        self.cut(pair for pair in self.ports if isinstance(pair, tuple) and cut.intersection(pair))
