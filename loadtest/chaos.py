@@ -50,7 +50,7 @@ class ChaosConfig:
     faults: tuple[str, ...] = tuple(FAULTS)
     rate_per_s: float = 150.0  # offered load, well under what three workers finish on 2 cores
     healthy_s: float = 4.0  # before each fault: the baseline throughput
-    hold_s: float = 6.0  # how long a node stays dead or cut off
+    hold_s: float = 10.0  # how long a node stays dead or cut off (past the Raft election timeout)
     pause_s: float = 10.0  # SIGSTOP length
     settle_timeout_s: float = 60.0  # after a heal: cluster ready again
     drain_timeout_s: float = 120.0  # after the last round: every acked task accounted for
@@ -60,6 +60,7 @@ class ChaosConfig:
     poison_every: int = 97  # one task in 97 fails on every delivery (must be dead-lettered)
     worker_kill_every: int = 2  # every 2nd cycle through the faults also kill -9s a worker (1: every)
     burst: int = 2000  # tasks per R3 / R1 throughput burst (0: skip the comparison)
+    sync_always: bool = True  # the chart's sync_interval: always (fsync before every ack)
 
 
 @dataclass(slots=True)
@@ -139,6 +140,7 @@ async def run(cfg: ChaosConfig, workdir: Path) -> dict[str, Any]:
         "r1_tasks_per_s": round(summary.r1_per_s, 1),
         "r3_vs_r1": round(summary.r3_per_s / summary.r1_per_s, 3) if summary.r1_per_s else None,
         "offered_per_s": cfg.rate_per_s,
+        "sync_always": cfg.sync_always,
         "seconds": round(time.monotonic() - t0, 1),
     }
     return out
@@ -188,9 +190,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=defaults.rate_per_s, help="offered tasks per second")
     p.add_argument("--burst", type=int, default=defaults.burst, help="tasks per R3/R1 burst (0: skip)")
     p.add_argument("--workdir", help="keep the cluster's stores, logs and journals here")
+    p.add_argument(
+        "--no-sync-always", action="store_true", help="nats-server's default fsync (every 2 min) instead"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = ChaosConfig(rounds=args.rounds, rate_per_s=args.rate, burst=args.burst)
+    cfg = ChaosConfig(
+        rounds=args.rounds, rate_per_s=args.rate, burst=args.burst, sync_always=not args.no_sync_always
+    )
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="agentbus-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
     summary = asyncio.run(run(cfg, workdir))

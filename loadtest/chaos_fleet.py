@@ -32,6 +32,7 @@ from bus.publisher import Publisher, TaskRef, TaskSpec
 from bus.topology import DLQ_STREAM, TASKS_STREAM, StreamLimits, consumer_name, ensure_streams
 from loadtest.chaos_agent import JOURNAL_GLOB, ChaosIn, JournalLine
 from loadtest.chaos_history import Execution, History
+from loadtest.chaos_net import RouteNet
 
 __all__ = ["Fleet"]
 
@@ -74,12 +75,17 @@ class Fleet:
     """The cluster, its route proxies, ``workers`` worker processes and a publisher, in ``workdir``."""
 
     def __init__(
-        self, workdir: Path, *, workers: int = 3, ack_wait_s: float = 2.0, max_deliver: int = 3
+        self,
+        workdir: Path,
+        *,
+        workers: int = 3,
+        ack_wait_s: float = 2.0,
+        max_deliver: int = 3,
+        sync_always: bool = True,
     ) -> None:
-        from loadtest.chaos_net import RouteNet
 
         self.workdir = workdir
-        self.cluster = NatsCluster(3, base_dir=workdir / "nats")
+        self.cluster = NatsCluster(3, base_dir=workdir / "nats", sync_always=sync_always)
         self.net = RouteNet(self.cluster)
         self._size = workers
         self.replicas = 3
