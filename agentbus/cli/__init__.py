@@ -1,4 +1,4 @@
-"""The ``agentbus`` command: ``up``, ``worker``, ``publish``, ``status``, ``demo``, ``scaler``."""
+"""The ``agentbus`` command: ``up``, ``worker``, ``publish``, ``status``, ``demo``, ``scaler``, ``edge``."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ __all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_USAGE", "build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand (used by ``--help`` tests too)."""
-    from agentbus.cli import demo, publish, scaler, status, up, worker
+    from agentbus.cli import demo, edge, publish, scaler, status, up, worker
 
     parser = argparse.ArgumentParser(prog="agentbus", description=__doc__)
     parser.add_argument("--version", action="version", version=f"agentbus {__version__}")
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         " attempt and trace_id (default $AGENTBUS_LOG_FORMAT or text)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (up, worker, publish, status, demo, scaler):
+    for module in (up, worker, publish, status, demo, scaler, edge):
         module.register(sub)
     return parser
 

@@ -9,12 +9,17 @@ and an ``agentbus worker`` process in the cloud.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import WorkerProcess, async_wait_until
+from conftest import ROOT, WorkerProcess, async_wait_until, wait_until
 from helpers_a import ResultLog, poll
 from nats.aio.client import Client
 
@@ -22,7 +27,7 @@ from agents.builtin.basic import EchoIn, EchoOut
 from bus.cluster import NatsCluster
 from bus.connection import connect
 from bus.edge import EDGE_STREAM, ensure_edge_stream, source_edge, start_edge_server
-from bus.embedded import EmbeddedNats
+from bus.embedded import EmbeddedNats, free_port
 from bus.publisher import Publisher, TaskRef, TaskSpec
 from bus.topology import TASKS_STREAM, StreamLimits, consumer_name, ensure_streams
 from loadtest.chaos_net import ProxyNet
@@ -51,19 +56,26 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    hub = NatsCluster(3, base_dir=tmp_path / "hub", leafnodes=True, domain="hub")
+def hub(tmp_path: Path) -> Iterator[NatsCluster]:
+    """The cloud: three clustered servers of JetStream domain ``hub`` with leaf node ports."""
+    cluster = NatsCluster(3, base_dir=tmp_path / "hub", leafnodes=True, domain="hub")
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def site(hub: NatsCluster, tmp_path: Path) -> Iterator[Site]:
     uplink = ProxyNet()
     edge: EmbeddedNats | None = None
     try:
-        hub.start()
         hops = [uplink.add(i, port) for i, port in enumerate(hub.leaf_ports)]
         edge = start_edge_server([f"nats-leaf://127.0.0.1:{p}" for p in hops], store_dir=tmp_path / "edge")
         yield Site(hub, uplink, edge)
     finally:
         if edge is not None:
             edge.stop()
-        hub.stop()
         uplink.close()
 
 
@@ -125,3 +137,75 @@ async def test_tasks_published_at_a_cut_off_edge_complete_in_the_cloud_after_the
         await asyncio.to_thread(worker.stop)
         await cloud.close()
         await at_edge.close()
+
+
+@pytest.fixture
+def cloud_tasks(hub: NatsCluster) -> NatsCluster:
+    """The hub with its R3 TASKS and DLQ streams."""
+
+    async def provision() -> None:
+        nc = await connect(hub.url, name="provision")
+        await ensure_streams(nc.jetstream(), StreamLimits(replicas=3))
+        await nc.close()
+
+    asyncio.run(provision())
+    return hub
+
+
+@pytest.fixture
+def edge_command(cloud_tasks: NatsCluster, tmp_path: Path) -> Iterator[str]:
+    """``agentbus edge`` against the hub (the cloud's TASKS sourced through the leaf connection);
+    yields the edge URL once the cloud sources the site."""
+    port = free_port()
+    log_path = tmp_path / "edge.log"
+    argv = ["edge", "--hub", ",".join(cloud_tasks.leaf_urls), "--hub-domain", "hub", "--port", str(port)]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agentbus", *argv, "--store-dir", str(tmp_path / "edge")],
+            env=_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: b"sources EDGE_TASKS" in log_path.read_bytes(), 60, "the cloud sourcing the edge")
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log_path.read_text()
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def test_agentbus_edge_then_publish_wait_at_the_edge(
+    hub: NatsCluster, edge_command: str, tmp_path: Path
+) -> None:
+    worker = WorkerProcess(
+        hub.url, tmp_path, "cloud-1", "--kind", "echo", env={"AGENTBUS_STREAM_REPLICAS": "3"}
+    )
+    try:
+        worker.wait_ready()
+        publish = [
+            "publish",
+            "--nats-url",
+            edge_command,
+            "--tenant",
+            "acme",
+            "echo",
+            '{"text": "from the edge"}',
+        ]
+        out = subprocess.run(
+            [sys.executable, "-m", "agentbus", *publish, "--wait", "--timeout-s", "60"],
+            env=_env(),
+            capture_output=True,
+            timeout=90,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr.decode()
+        result = json.loads(out.stdout)
+        assert result["ok"] is True
+        assert result["output"]["text"] == "from the edge"
+        assert result["worker"] == "cloud-1"  # ran in the cloud, answered at the edge
+    finally:
+        worker.stop()
