@@ -72,6 +72,8 @@ class _Round:
     healthy_rate: float = 0.0
     fault_rate: float = 0.0
     recovery_s: float | None = None
+    lagging: list[str] = field(default_factory=list)
+    """Replicas of TASKS not current when the next round began (a fault did not heal cleanly)."""
 
 
 @dataclass(slots=True)
@@ -103,10 +105,12 @@ async def run(cfg: ChaosConfig, workdir: Path) -> dict[str, Any]:
                 await FAULTS[name](ctx)
                 end = time.monotonic()
                 history.faults.append(Fault(name, start, end))
-                await fleet.settle(cfg.settle_timeout_s)
+                lagging = await fleet.settle(cfg.settle_timeout_s)
+                if lagging:
+                    log.warning("round %d: TASKS replicas not current after the heal: %s", n + 1, lagging)
                 if victim is not None:
                     await fleet.restart_worker(victim)
-                summary.rounds.append(_Round(name, worker_kill, start, end))
+                summary.rounds.append(_Round(name, worker_kill, start, end, lagging=lagging))
         finally:
             publishing.cancel()
             await asyncio.gather(publishing, return_exceptions=True)
@@ -136,6 +140,11 @@ async def run(cfg: ChaosConfig, workdir: Path) -> dict[str, Any]:
         "recovery_s_p50": round(statistics.median(recoveries), 3) if recoveries else None,
         "recovery_s_max": round(max(recoveries), 3) if recoveries else None,
         "by_fault": _by_fault(summary.rounds),
+        "lagging_after_heal": [
+            {"round": i + 1, "fault": r.fault, "replicas": r.lagging}
+            for i, r in enumerate(summary.rounds)
+            if r.lagging
+        ],
         "r3_tasks_per_s": round(summary.r3_per_s, 1),
         "r1_tasks_per_s": round(summary.r1_per_s, 1),
         "r3_vs_r1": round(summary.r3_per_s / summary.r1_per_s, 3) if summary.r1_per_s else None,

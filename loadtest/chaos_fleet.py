@@ -21,6 +21,7 @@ from types import TracebackType
 import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import ClusterInfo
 from nats.js.errors import NotFoundError
 
 from agentbus.errors import AgentbusError
@@ -208,18 +209,35 @@ class Fleet:
         if self._pending:
             await asyncio.wait(list(self._pending), timeout=30)
 
-    async def settle(self, timeout_s: float) -> None:
-        """Cluster ready, stream TASKS with a leader and every replica current."""
-        await asyncio.to_thread(self.cluster.wait_ready, timeout_s)
+    async def settle(self, timeout_s: float, lag_timeout_s: float = 15.0) -> list[str]:
+        """Wait until the live nodes agree on a meta leader and stream TASKS has a leader and a
+        quorum of current replicas (up to ``timeout_s``), then up to ``lag_timeout_s`` more for
+        every replica; returns the replicas still not current (the run goes on: they are
+        reported, and a stream left without quorum shows as lost tasks at the end)."""
         deadline = time.monotonic() + timeout_s
+        lagging = ["(no quorum)"]
         while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
-                info = await self.js.stream_info(TASKS_STREAM)
-                c = info.cluster
-                if c is not None and c.leader and all(p.current for p in c.replicas or []):
-                    return
+            c = await self._stream_cluster()
+            if c is not None:
+                lagging = [p.name or "?" for p in c.replicas or [] if not p.current]
+                if not lagging:
+                    return []
+                if len(lagging) < (1 + len(c.replicas or [])) / 2:  # a quorum is current
+                    deadline = min(deadline, time.monotonic() + lag_timeout_s)
             await asyncio.sleep(0.2)
-        raise AgentbusError(f"stream {TASKS_STREAM} not current {timeout_s:g}s after the fault healed")
+        return lagging
+
+    async def _stream_cluster(self) -> ClusterInfo | None:
+        """TASKS's cluster info when the live nodes agree on a meta leader and TASKS has a leader."""
+        live = [i for i in range(self.cluster.size) if self.cluster.alive(i)]
+        leaders = set(await asyncio.gather(*(asyncio.to_thread(self.cluster.meta_leader, i) for i in live)))
+        if len(leaders) != 1 or "" in leaders:
+            return None
+        try:
+            info = await self.js.stream_info(TASKS_STREAM)
+        except Exception:  # no leader yet, or this connection's server is the one still catching up
+            return None
+        return info.cluster if info.cluster is not None and info.cluster.leader else None
 
     async def collect(self, history: History) -> None:
         """Read every journal and every dead letter into ``history`` (replacing what was read before)."""
