@@ -52,7 +52,8 @@ class ChaosConfig:
     healthy_s: float = 4.0  # before each fault: the baseline throughput
     hold_s: float = 10.0  # how long a node stays dead or cut off (past the Raft election timeout)
     pause_s: float = 10.0  # SIGSTOP length
-    settle_timeout_s: float = 60.0  # after a heal: cluster ready again
+    settle_timeout_s: float = 60.0  # after a heal: a stream leader and a quorum again
+    lag_timeout_s: float = 15.0  # then this long for the last replica to catch up (else reported)
     drain_timeout_s: float = 120.0  # after the last round: every acked task accounted for
     workers: int = 3
     ack_wait_s: float = 2.0  # redelivery of a dead worker's task
@@ -105,7 +106,7 @@ async def run(cfg: ChaosConfig, workdir: Path) -> dict[str, Any]:
                 await FAULTS[name](ctx)
                 end = time.monotonic()
                 history.faults.append(Fault(name, start, end))
-                lagging = await fleet.settle(cfg.settle_timeout_s)
+                lagging = await fleet.settle(cfg.settle_timeout_s, cfg.lag_timeout_s)
                 if lagging:
                     log.warning("round %d: TASKS replicas not current after the heal: %s", n + 1, lagging)
                 if victim is not None:

@@ -26,6 +26,7 @@ async def test_no_acknowledged_task_is_lost_under_leader_kill_and_partition(tmp_
         worker_kill_every=1,
         burst=0,
         drain_timeout_s=90.0,
+        lag_timeout_s=5.0,
     )
     summary = await run(cfg, tmp_path)
     assert summary["rounds"] == 2
