@@ -31,7 +31,7 @@ from typing import Any
 
 from agentbus.cli.scaler import add_autoscale_options, autoscaling
 from agentbus.cli.worker import EXIT_CONFIG, EXIT_USAGE, add_worker_options, worker_argv
-from agentbus.errors import AgentbusError
+from agentbus.errors import AgentbusError, UsageError
 from agents.config import UP_STATE_FILE, nats_auth_from_env
 from bus.cluster import NatsCluster
 from bus.connection import connect
@@ -220,6 +220,8 @@ async def _http_status(port: int, path: str) -> int | None:
 
 
 async def _up(args: argparse.Namespace) -> int:
+    if args.cluster and args.nats_url:
+        raise UsageError("--cluster starts a NATS cluster; --nats-url uses one that runs: give one of them")
     code = 0
     try:
         async with local_cluster(
@@ -230,7 +232,7 @@ async def _up(args: argparse.Namespace) -> int:
             store_dir=args.store_dir,
             stop_timeout_s=(args.drain_timeout_s or 25.0) + 5,
             worker_log_format=getattr(args, "log_format", None),
-            cluster=0 if args.nats_url else (args.cluster or 0),
+            cluster=args.cluster or 0,
         ) as cluster:
             public_url = cluster.public_url
             needs_credentials = public_url != cluster.url

@@ -158,3 +158,10 @@ async def test_up_cluster_runs_three_nodes_and_workers_complete_tasks(up_cluster
     finally:
         await nc.close()
     assert sorted(p.name for p in (up_cluster / "nats").iterdir()) == ["n1", "n2", "n3"]
+
+
+def test_up_refuses_a_cluster_and_a_nats_url_together(capsys: pytest.CaptureFixture[str]) -> None:
+    from agentbus.cli import EXIT_USAGE, main
+
+    assert main(["up", "--cluster", "3", "--nats-url", "nats://127.0.0.1:1"]) == EXIT_USAGE
+    assert "--cluster" in capsys.readouterr().err
