@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ClusterInfo
 from nats.js.errors import NotFoundError
 
+from agentbus.cli.up import wait_ready
 from agentbus.errors import AgentbusError
 from bus.cluster import NatsCluster
 from bus.connection import connect
@@ -37,9 +39,15 @@ from loadtest.chaos_net import RouteNet
 
 __all__ = ["Fleet"]
 
+log = logging.getLogger("agentbus.chaos")
+
 ROOT = Path(__file__).resolve().parent.parent
 _line = msgspec.json.Decoder(JournalLine)
 _letter = msgspec.json.Decoder(DeadLetter)
+
+
+class _Exited(AgentbusError):
+    """A worker process exited before it was ready."""
 
 
 class _Worker:
@@ -56,11 +64,17 @@ class _Worker:
             )
 
     async def ready(self, timeout_s: float = 60.0) -> None:
-        from agentbus.cli.up import wait_ready
-
-        if self.proc.poll() is not None:
-            raise AgentbusError(f"chaos worker {self.name} exited {self.proc.returncode}")
-        await wait_ready({self.name: self.port}, timeout_s=timeout_s)
+        """Wait for ``/readyz``; raise at once if the process exits meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise _Exited(f"chaos worker {self.name} exited {self.proc.returncode}")
+            try:
+                await wait_ready({self.name: self.port}, timeout_s=1.0)
+                return
+            except AgentbusError:
+                if time.monotonic() > deadline:
+                    raise
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -120,8 +134,9 @@ class Fleet:
             )
         self._pubs = [Publisher(nc, ack_timeout_s=10.0) for nc in self._conns]
         await ensure_streams(self.js, StreamLimits(replicas=3))
-        self.workers = [self._spawn(f"cw{i + 1}") for i in range(self._size)]
-        await asyncio.gather(*(w.ready() for w in self.workers))
+        self.workers = list(
+            await asyncio.gather(*(self._start_worker(f"cw{i + 1}") for i in range(self._size)))
+        )
         return self
 
     async def __aexit__(
@@ -163,8 +178,24 @@ class Fleet:
 
     async def restart_worker(self, i: int) -> None:
         """Start worker ``i`` again (a new process: a new pid in the journals)."""
-        self.workers[i] = self._spawn(self.workers[i].name)
-        await self.workers[i].ready()
+        self.workers[i] = await self._start_worker(self.workers[i].name)
+
+    async def _start_worker(self, name: str, attempts: int = 5) -> _Worker:
+        """A ready worker process. One whose start fails (its consumer request timed out while the
+        cluster was still electing) exits; it is started again, as ``agentbus up`` or Kubernetes would."""
+        for attempt in range(1, attempts + 1):
+            worker = self._spawn(name)
+            try:
+                await worker.ready()
+                return worker
+            except _Exited as exc:
+                if attempt == attempts:
+                    raise
+                log.warning("%s; starting it again", exc)
+            except BaseException:
+                worker.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def _send(
         self, history: History, task_id: str, poison: bool, fut: asyncio.Future[TaskRef] | None
@@ -292,8 +323,7 @@ class Fleet:
         await ensure_streams(self.js, StreamLimits(replicas=replicas))
         self.replicas = replicas
         await self.settle(60)
-        self.workers = [self._spawn(w.name) for w in self.workers]
-        await asyncio.gather(*(w.ready() for w in self.workers))
+        self.workers = list(await asyncio.gather(*(self._start_worker(w.name) for w in self.workers)))
 
     async def burst(self, history: History, n: int, *, replicas: int, tag: str = "") -> float:
         """Publish ``n`` tasks at once to TASKS with ``replicas``; tasks per second until the last ran."""
