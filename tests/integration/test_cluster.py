@@ -40,12 +40,6 @@ def net(tmp_path: Path) -> Iterator[RouteNet]:
         routes.close()
 
 
-@pytest.fixture
-def cluster(net: RouteNet) -> NatsCluster:
-    """The cluster behind :func:`net`."""
-    return net.cluster
-
-
 def port_of(nc: Client) -> int:
     """The port of the server ``nc`` is connected to."""
     assert nc.connected_url is not None
@@ -58,7 +52,8 @@ def routes(cluster: NatsCluster, i: int) -> set[str]:
     return {r.get("remote_name", "") for r in body.get("routes") or []}
 
 
-async def test_r3_streams_fsync_and_a_client_fails_over_between_seeds(cluster: NatsCluster) -> None:
+async def test_r3_streams_fsync_and_a_client_fails_over_between_seeds(nats_cluster: NatsCluster) -> None:
+    cluster = nats_cluster
     for i in range(3):
         assert cluster.varz(i)["jetstream"]["config"]["sync_always"] is True  # the chart's setting
     nc = await connect(cluster.url, name="seeds")  # "nats://a,nats://b,nats://c": one pool of three
