@@ -46,6 +46,9 @@ _line = msgspec.json.Decoder(JournalLine)
 _letter = msgspec.json.Decoder(DeadLetter)
 
 
+_BURST_ACK_WAIT_S = 30.0
+
+
 class _Exited(AgentbusError):
     """A worker process exited before it was ready."""
 
@@ -104,14 +107,8 @@ class Fleet:
         self.net = RouteNet(self.cluster)
         self._size = workers
         self.replicas = 3
-        self._flags = [
-            "--ack-wait-s",
-            str(ack_wait_s),
-            "--max-deliver",
-            str(max_deliver),
-            "--retry-base-s",
-            "0.1",
-        ]
+        self.ack_wait_s = ack_wait_s
+        self._flags = ["--max-deliver", str(max_deliver), "--retry-base-s", "0.1"]
         self.workers: list[_Worker] = []
         self._kills = 0
         self._pending: set[asyncio.Future[TaskRef]] = set()
@@ -166,6 +163,7 @@ class Fleet:
             self.cluster.url,
         ]
         argv += ["--agents", "loadtest.chaos_agent", "--kind", "chaos", "--no-gossip", *self._flags]
+        argv += ["--ack-wait-s", str(self.ack_wait_s)]
         return _Worker(name, argv, self.workdir, env)
 
     def kill_worker(self) -> int:
@@ -309,14 +307,16 @@ class Fleet:
                     return
             await asyncio.sleep(1.0)
 
-    async def rescale(self, replicas: int) -> None:
-        """Give TASKS ``replicas``: workers stopped (drained), the consumer deleted, workers started again.
+    async def rescale(self, replicas: int, ack_wait_s: float) -> None:
+        """Give TASKS ``replicas`` and the consumer ``ack_wait_s``: workers stopped (drained), the
+        consumer deleted, workers started again.
 
         Scaling the stream in place under running workers is not what this measures: in that
         case the checker saw acks lost for seconds and tasks run twice with no fault.
         """
-        if replicas == self.replicas:
+        if (replicas, ack_wait_s) == (self.replicas, self.ack_wait_s):
             return
+        self.ack_wait_s = ack_wait_s
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self.workers))
         with contextlib.suppress(NotFoundError):
             await self.js.delete_consumer(TASKS_STREAM, consumer_name("chaos"))
@@ -326,8 +326,13 @@ class Fleet:
         self.workers = list(await asyncio.gather(*(self._start_worker(w.name) for w in self.workers)))
 
     async def burst(self, history: History, n: int, *, replicas: int, tag: str = "") -> float:
-        """Publish ``n`` tasks at once to TASKS with ``replicas``; tasks per second until the last ran."""
-        await self.rescale(replicas)
+        """Publish ``n`` tasks at once to TASKS with ``replicas``; tasks per second until the last ran.
+
+        The consumer gets the default ack wait (30 s) for it: the rounds' 2 s is there to make
+        redeliveries after faults quick, and with R1 and an fsync per ack on a loaded disk an ack
+        could take longer than that (the checker then flags a redelivery that no fault explains).
+        """
+        await self.rescale(replicas, _BURST_ACK_WAIT_S)
         ids = [f"{tag or f'r{replicas}'}-{i}" for i in range(n)]
         start = time.monotonic()
         refs = await self._pubs[0].submit_many(
