@@ -89,9 +89,14 @@ async def run(cfg: ChaosConfig, workdir: Path) -> dict[str, Any]:
     t0 = time.monotonic()
     history = History()
     summary = _Summary()
-    async with Fleet(
-        workdir, workers=cfg.workers, ack_wait_s=cfg.ack_wait_s, max_deliver=cfg.max_deliver
-    ) as fleet:
+    fleet = Fleet(
+        workdir,
+        workers=cfg.workers,
+        ack_wait_s=cfg.ack_wait_s,
+        max_deliver=cfg.max_deliver,
+        sync_always=cfg.sync_always,
+    )
+    async with fleet:
         publishing = asyncio.create_task(fleet.publish_steadily(history, cfg.rate_per_s, cfg.poison_every))
         ctx = FaultContext(fleet.cluster, fleet.net, fleet.js, hold_s=cfg.hold_s, pause_s=cfg.pause_s)
         try:
