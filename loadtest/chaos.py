@@ -204,14 +204,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=defaults.rounds)
     p.add_argument("--rate", type=float, default=defaults.rate_per_s, help="offered tasks per second")
     p.add_argument("--burst", type=int, default=defaults.burst, help="tasks per R3/R1 burst (0: skip)")
+    p.add_argument(
+        "--faults",
+        default=",".join(defaults.faults),
+        help="faults the rounds cycle through, comma-separated (default %(default)s)",
+    )
     p.add_argument("--workdir", help="keep the cluster's stores, logs and journals here")
     p.add_argument(
         "--no-sync-always", action="store_true", help="nats-server's default fsync (every 2 min) instead"
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
+    unknown = [f for f in faults if f not in FAULTS]
+    if unknown or not faults:
+        p.error(f"--faults: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(FAULTS)}")
     cfg = ChaosConfig(
-        rounds=args.rounds, rate_per_s=args.rate, burst=args.burst, sync_always=not args.no_sync_always
+        rounds=args.rounds,
+        faults=faults,
+        rate_per_s=args.rate,
+        burst=args.burst,
+        sync_always=not args.no_sync_always,
     )
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="agentbus-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
