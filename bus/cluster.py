@@ -54,11 +54,14 @@ class NatsCluster:
         leafnodes: bool = False,
         domain: str = "",
         name: str = CLUSTER_NAME,
+        extra_config: str = "",
     ) -> None:
         if size < 1:
             raise ConfigError("a cluster needs at least one node")
         self.size = size
         self.name = name
+        self.extra_config = extra_config
+        """Added to every node's configuration (authorization, tls blocks), before the cluster's."""
         self._own_dir = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="agentbus-cluster-"))
         self.route_ports = [free_port() for _ in range(size)]
@@ -127,8 +130,8 @@ class NatsCluster:
                 if self.leaf_ports
                 else ""
             )
-            node.extra_config = (
-                f"server_name: {self.server_name(i)}\n"
+            node.extra_config = self.extra_config + (
+                f"\nserver_name: {self.server_name(i)}\n"
                 f"cluster {{\n  name: {self.name}\n  listen: 127.0.0.1:{self.route_ports[i]}\n"
                 f"{advertise}  routes: [{routes}]\n}}\n{leaf}"
             )
