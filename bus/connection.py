@@ -129,6 +129,18 @@ class NatsAuth:
         return opts
 
 
+def _seeds(url: str) -> list[str]:
+    """The server pool of ``url``: one URL or several, comma-separated (a cluster's seeds).
+
+    nats-py takes a list and fails over between its entries (and the servers the cluster
+    announces); a comma-separated string would be parsed as one malformed URL.
+    """
+    seeds = [u.strip() for u in url.split(",") if u.strip()]
+    if not seeds:
+        raise ConfigError(f"no NATS URL in {redact_url(url)!r}")
+    return seeds
+
+
 async def connect(
     url: str,
     *,
@@ -143,6 +155,9 @@ async def connect(
     fast_path: bool = True,
 ) -> Client:
     """Connect with unlimited reconnects; callbacks observe connection changes.
+
+    ``url`` may list several servers, comma-separated (a cluster's seeds): the client
+    connects to one and fails over to the others.
 
     ``fast_path`` chooses the worker's fast lane (:mod:`bus._client`); every client gets
     the frame guard. ``on_closed`` runs once nats-py has closed the connection for good.
@@ -176,7 +191,7 @@ async def connect(
 
     nc = client_class(fast_path=fast_path)()
     first = nc.connect(
-        url,
+        _seeds(url),
         name=name,
         connect_timeout=connect_timeout_s,  # type: ignore[arg-type]  # nats-py accepts floats
         reconnect_time_wait=reconnect_wait_s,  # type: ignore[arg-type]

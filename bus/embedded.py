@@ -70,12 +70,15 @@ class EmbeddedNats:
         log_file: str | os.PathLike[str] | None = None,
         max_payload_bytes: int = 1 << 20,
         extra_config: str = "",
+        jetstream_config: str = "",
     ) -> None:
         self._own_port = not port  # chosen here and not yet served on: may be chosen again
         self.port = port or free_port()
         self.max_payload_bytes = max_payload_bytes
         self.extra_config = extra_config
         """Appended to the generated server configuration (authorization, tls blocks)."""
+        self.jetstream_config = jetstream_config
+        """Added inside the ``jetstream`` block (a ``domain`` for a leaf node)."""
         self.http_port = free_port()
         self._own_dir = store_dir is None
         self.store_dir = Path(store_dir or tempfile.mkdtemp(prefix="agentbus-nats-"))
@@ -119,7 +122,8 @@ class EmbeddedNats:
         conf.write_text(
             f"listen: 127.0.0.1:{self.port}\nhttp: 127.0.0.1:{self.http_port}\n"
             f"max_payload: {self.max_payload_bytes}\n"
-            f"jetstream {{\n  store_dir: {_quote(str(self.store_dir / 'js'))}\n  {sync}\n}}\n"
+            f"jetstream {{\n  store_dir: {_quote(str(self.store_dir / 'js'))}\n  {sync}\n"
+            f"  {self.jetstream_config}\n}}\n"
             f"{self.extra_config}\n"
         )
         out = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child, closed below

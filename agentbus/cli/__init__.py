@@ -1,5 +1,6 @@
 """The ``agentbus`` command: ``up``, ``worker``, ``publish``, ``result``, ``audit``, ``dlq``, ``status``,
-``demo``, ``scaler``, ``auth``, ``mcp``, ``kb``."""
+``demo``, ``scaler``, ``auth``, ``mcp``, ``kb``,
+``edge``."""
 
 from __future__ import annotations
 
@@ -20,7 +21,21 @@ __all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_USAGE", "build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand (used by ``--help`` tests too)."""
-    from agentbus.cli import audit, auth, demo, dlq, kb, mcp, publish, result, scaler, status, up, worker
+    from agentbus.cli import (
+        audit,
+        auth,
+        demo,
+        dlq,
+        edge,
+        kb,
+        mcp,
+        publish,
+        result,
+        scaler,
+        status,
+        up,
+        worker,
+    )
 
     parser = argparse.ArgumentParser(prog="agentbus", description=__doc__)
     parser.add_argument("--version", action="version", version=f"agentbus {__version__}")
@@ -33,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         " attempt and trace_id (default $AGENTBUS_LOG_FORMAT or text)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (up, worker, publish, result, audit, dlq, status, demo, scaler, auth, mcp, kb):
+    for module in (up, worker, publish, result, audit, dlq, status, demo, scaler, auth, mcp, kb, edge):
         module.register(sub)
     return parser
 

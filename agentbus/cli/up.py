@@ -31,13 +31,14 @@ from typing import Any
 
 from agentbus.cli.scaler import add_autoscale_options, autoscaling
 from agentbus.cli.worker import EXIT_CONFIG, EXIT_USAGE, add_worker_options, worker_argv
-from agentbus.errors import AgentbusError
+from agentbus.errors import AgentbusError, UsageError
 from agents.config import UP_STATE_FILE, nats_auth_from_env
 from bus.authdir import IDENTITY_VARIABLES, AuthDir, server_auth_config
+from bus.cluster import NatsCluster
 from bus.connection import connect
 from bus.embedded import EmbeddedNats, free_port, keep_alive
 from bus.permissions import Role
-from bus.topology import ensure_streams
+from bus.topology import StreamLimits, ensure_streams
 from scaler.local import LocalSupervisor, ReplicaFailure, python_command
 
 __all__ = ["LocalCluster", "local_cluster", "register", "wait_ready"]
@@ -56,6 +57,12 @@ def register(sub: Any) -> None:
         "--auth",
         metavar="DIR",
         help="credentials from `agentbus auth init DIR`: the server enforces them, workers use theirs",
+    )
+    p.add_argument(
+        "--cluster",
+        type=int,
+        choices=(3, 5),
+        help="run a NATS cluster of this many nodes (R3/R5 streams, fsync per ack) instead of one server",
     )
     add_worker_options(p)
     add_autoscale_options(p)
@@ -77,6 +84,8 @@ class LocalCluster:
     """HTTP port (``/readyz``, ``/metrics``) by worker name; a restarted worker keeps its port."""
     server: EmbeddedNats | None = None
     """The embedded nats-server (None with ``nats_url``); restarted on its port when it dies."""
+    nats_cluster: NatsCluster | None = None
+    """The embedded NATS cluster (``cluster``); each node is restarted on its ports when it dies."""
 
     @property
     def public_url(self) -> str:
@@ -96,6 +105,7 @@ async def local_cluster(
     worker_log_level: str | None = None,
     worker_log_format: str | None = None,
     auth_dir: str | None = None,
+    cluster: int = 0,
 ) -> AsyncIterator[LocalCluster]:
     """Start nats-server (unless ``nats_url``), the streams and ``workers`` supervised workers.
 
@@ -103,21 +113,31 @@ async def local_cluster(
     worker that exits 2 or 78 is not restarted: ``supervisor.failed()`` returns it.
     On exit the workers are drained (SIGTERM, ``stop_timeout_s``) and the server stopped.
     ``auth_dir`` (``agentbus auth init``): the embedded server includes its ``auth.conf``, and
-    the workers (and this function) connect with the worker credential.
+    the workers (and this function) connect with the worker credential. ``cluster`` (3 or 5)
+    runs that many clustered servers (:mod:`bus.cluster`) instead of one, with streams of as
+    many replicas; the workers get every node's URL as seeds.
     """
     server = None
-    keeper: asyncio.Task[None] | None = None
+    nodes: NatsCluster | None = None
+    keepers: list[asyncio.Task[None]] = []
+    limits = StreamLimits(replicas=cluster) if cluster and not nats_url else StreamLimits()
     auth = AuthDir(auth_dir) if auth_dir else None
     worker_env = auth.environment(Role.WORKER.value) if auth else {}
     if nats_url:
         url = nats_url
+    elif cluster:
+        nodes = await asyncio.to_thread(NatsCluster(cluster, base_dir=store_dir).start)
+        url = nodes.url
+        keepers = [
+            asyncio.create_task(keep_alive(n), name=f"agentbus-nats-keeper-{n.port}") for n in nodes.nodes
+        ]
     else:
         server = EmbeddedNats(port=nats_port, store_dir=store_dir)
         if auth is not None:
             server.extra_config = server_auth_config(auth, server.store_dir)
         server.start()
         url = server.url
-        keeper = asyncio.create_task(keep_alive(server), name="agentbus-nats-keeper")
+        keepers = [asyncio.create_task(keep_alive(server), name="agentbus-nats-keeper")]
     try:
         # A URL with credentials reaches the workers in their environment: a command line is public.
         secret = _without_credentials(url) != url
@@ -125,9 +145,11 @@ async def local_cluster(
         if auth is not None:  # the worker identity, whatever identity this shell has
             inherited = env or os.environ
             env = {k: v for k, v in inherited.items() if k not in IDENTITY_VARIABLES} | worker_env
+        if limits.replicas > 1:  # a worker provisions the streams too: with the same replicas
+            env = {**(env or os.environ), "AGENTBUS_STREAM_REPLICAS": str(limits.replicas)}
         own_auth = nats_auth_from_env(env) if auth else nats_auth_from_env() if nats_url else None
         nc = await connect(url, name="agentbus-up", auth=own_auth)
-        await ensure_streams(nc.jetstream())
+        await ensure_streams(nc.jetstream(), limits)
         await nc.close()
         ports: dict[str, int] = {}
         prefix = ["--log-level", worker_log_level] if worker_log_level else []
@@ -152,16 +174,18 @@ async def local_cluster(
         )
         try:
             await supervisor.scale_to(workers)
-            yield LocalCluster(url=url, supervisor=supervisor, ports=ports, server=server)
+            yield LocalCluster(url=url, supervisor=supervisor, ports=ports, server=server, nats_cluster=nodes)
         finally:
             await supervisor.stop()
     finally:
-        if keeper is not None:
+        for keeper in keepers:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
         if server is not None:
             server.close()
+        if nodes is not None:
+            nodes.close()
 
 
 _NATS_URL_VARIABLE = "AGENTBUS_NATS_URL"
@@ -215,6 +239,10 @@ async def _http_status(port: int, path: str) -> int | None:
 
 
 async def _up(args: argparse.Namespace) -> int:
+    if args.cluster and args.nats_url:
+        raise UsageError("--cluster starts a NATS cluster; --nats-url uses one that runs: give one of them")
+    if args.cluster and args.auth:  # docs/security.md: auth on a cluster is the chart's (NATS) config
+        raise UsageError("--auth runs one embedded server with the credentials; not with --cluster")
     code = 0
     try:
         async with local_cluster(
@@ -226,6 +254,7 @@ async def _up(args: argparse.Namespace) -> int:
             stop_timeout_s=(args.drain_timeout_s or 25.0) + 5,
             worker_log_format=getattr(args, "log_format", None),
             auth_dir=args.auth,
+            cluster=args.cluster or 0,
         ) as cluster:
             public_url = cluster.public_url
             needs_credentials = public_url != cluster.url

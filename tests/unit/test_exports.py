@@ -18,6 +18,8 @@ import agents.kb
 import agents.llm.testing
 import agents.testing
 import bus
+import bus.cluster
+import bus.edge
 from agentbus.errors import ConfigError, ResultTimeoutError, UsageError
 
 EXPECTED: dict[types.ModuleType, list[str]] = {
@@ -74,6 +76,8 @@ EXPECTED: dict[types.ModuleType, list[str]] = {
         "ensure_streams",
         "publish_sync",
     ],
+    bus.cluster: ["CLUSTER_NAME", "NatsCluster"],
+    bus.edge: ["EDGE_STREAM", "ensure_edge_stream", "leaf_config", "source_edge", "start_edge_server"],
 }
 
 

@@ -1,0 +1,162 @@
+"""A 3-node NATS cluster (real nats-servers on loopback): R3 streams on disk before the ack,
+clients that take several seed URLs and fail over, route proxies that really cut a node off,
+and ``agentbus up --cluster 3`` end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, async_wait_until
+from nats.aio.client import Client
+
+from agents.builtin.basic import EchoIn, EchoOut
+from bus.cluster import NatsCluster
+from bus.connection import connect
+from bus.publisher import Publisher
+from bus.topology import TASKS_STREAM, StreamLimits, ensure_streams
+from loadtest.chaos_net import RouteNet
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[RouteNet]:
+    """Proxies on every route of three clustered nats-servers (``net.cluster``), started."""
+    nodes = NatsCluster(3, base_dir=tmp_path / "nats")
+    routes = RouteNet(nodes).start()
+    try:
+        nodes.start()
+        yield routes
+    finally:
+        nodes.stop()
+        routes.close()
+
+
+def port_of(nc: Client) -> int:
+    """The port of the server ``nc`` is connected to."""
+    assert nc.connected_url is not None
+    return int(nc.connected_url.port or 0)
+
+
+def routes(cluster: NatsCluster, i: int) -> set[str]:
+    """Names of the servers node ``i`` has a route to."""
+    body = cluster.monitor(i, "/routez")[1] or {}
+    return {r.get("remote_name", "") for r in body.get("routes") or []}
+
+
+async def test_r3_streams_fsync_and_a_client_fails_over_between_seeds(nats_cluster: NatsCluster) -> None:
+    cluster = nats_cluster
+    for i in range(3):
+        assert cluster.varz(i)["jetstream"]["config"]["sync_always"] is True  # the chart's setting
+    nc = await connect(cluster.url, name="seeds")  # "nats://a,nats://b,nats://c": one pool of three
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, StreamLimits(replicas=3))
+        info = await js.stream_info(TASKS_STREAM)
+        assert info.config.num_replicas == 3
+        assert info.cluster is not None
+        assert len(info.cluster.replicas or []) == 2
+        pub = Publisher(nc)
+        assert (await pub.submit("acme", "echo", EchoIn(text="before"))).seq == 1
+
+        first = port_of(nc)
+        connected = [n.port for n in cluster.nodes].index(first)
+        await asyncio.to_thread(cluster.kill, connected)
+        await async_wait_until(lambda: nc.is_connected and port_of(nc) != first, what="a reconnect elsewhere")
+
+        async def stored() -> bool:
+            try:
+                await pub.submit("acme", "echo", EchoIn(text="after"), task_id="after-the-kill")
+                return True
+            except Exception:  # the stream elects a new leader meanwhile
+                return False
+
+        for _ in range(60):
+            if await stored():
+                break
+            await asyncio.sleep(0.5)
+        assert (await js.stream_info(TASKS_STREAM)).state.messages == 2  # both, on the two left
+    finally:
+        await nc.close()
+
+
+async def test_an_isolated_node_loses_its_routes_and_gets_them_back(net: RouteNet) -> None:
+    cluster = net.cluster
+    assert routes(cluster, 0) == {"n2", "n3"}
+    net.isolate([0])
+    await async_wait_until(lambda: routes(cluster, 0) == set(), what="n1 without routes")
+    await async_wait_until(lambda: routes(cluster, 1) == {"n3"} and routes(cluster, 2) == {"n2"})
+    await asyncio.sleep(1.0)  # the servers retry their routes meanwhile: none gets through
+    assert routes(cluster, 0) == set()
+    net.heal()
+    await async_wait_until(lambda: all(len(routes(cluster, i)) == 2 for i in range(3)), what="routes back")
+    await asyncio.to_thread(cluster.wait_ready, 30)
+
+
+@pytest.fixture
+def up_cluster(tmp_path: Path) -> Iterator[Path]:
+    """``agentbus up --cluster 3 --workers 1`` in ``tmp_path``; must exit 0 on SIGTERM."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with open(tmp_path / "up.log", "wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agentbus",
+                "up",
+                "--cluster",
+                "3",
+                "--workers",
+                "1",
+                "--store-dir",
+                "nats",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield tmp_path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, (tmp_path / "up.log").read_text()
+
+
+async def test_up_cluster_runs_three_nodes_and_workers_complete_tasks(up_cluster: Path) -> None:
+    state = up_cluster / ".agentbus" / "up.json"
+    await async_wait_until(state.exists, 60, "up.json")
+    seeds = json.loads(state.read_text())["nats_url"].split(",")
+    assert len(seeds) == 3
+    nc = await connect(",".join(seeds), name="test")
+    try:
+        info = await nc.jetstream().stream_info(TASKS_STREAM)
+        assert info.config.num_replicas == 3  # up created R3, and the worker kept it
+        result = await Publisher(nc).call(
+            "acme", "echo", EchoIn(text="hi"), timeout_s=30, output_type=EchoOut
+        )
+        assert result.ok
+        assert result.output == EchoOut(text="hi", tenant="acme", attempt=1)
+    finally:
+        await nc.close()
+    assert sorted(p.name for p in (up_cluster / "nats").iterdir()) == ["n1", "n2", "n3"]
+
+
+def test_up_refuses_a_cluster_and_a_nats_url_together(capsys: pytest.CaptureFixture[str]) -> None:
+    from agentbus.cli import EXIT_USAGE, main
+
+    assert main(["up", "--cluster", "3", "--nats-url", "nats://127.0.0.1:1"]) == EXIT_USAGE
+    assert "--cluster" in capsys.readouterr().err
