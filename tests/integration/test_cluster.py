@@ -90,7 +90,8 @@ async def test_r3_streams_fsync_and_a_client_fails_over_between_seeds(nats_clust
 
 async def test_an_isolated_node_loses_its_routes_and_gets_them_back(net: RouteNet) -> None:
     cluster = net.cluster
-    assert routes(cluster, 0) == {"n2", "n3"}
+    # The routes through the proxies come up after the fixture's readiness: wait, don't assume.
+    await async_wait_until(lambda: routes(cluster, 0) == {"n2", "n3"}, what="n1 routed to n2 and n3")
     net.isolate([0])
     await async_wait_until(lambda: routes(cluster, 0) == set(), what="n1 without routes")
     await async_wait_until(lambda: routes(cluster, 1) == {"n3"} and routes(cluster, 2) == {"n2"})
