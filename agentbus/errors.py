@@ -8,7 +8,7 @@ Everything agentbus raises on purpose derives from :class:`AgentbusError`::
     ├── BusError                 talking to NATS failed
     │   ├── PublishError         a task could not be stored
     │   │   ├── StreamFullError  the stream refused it: limits reached (discard=new)
-    │   │   ├── TenantQuotaExceeded  the tenant's queued tasks of that kind are at its quota (tenant, kind, limit)
+    │   │   ├── TenantQuotaExceeded  a tenant's queued tasks of a kind are at its quota
     │   │   ├── PayloadTooLargeError  bigger than the stream or server accepts
     │   │   └── NoStreamError    no stream listens on that subject
     │   ├── InvalidSubjectError  tenant or kind is not a valid subject token
@@ -150,7 +150,7 @@ class StreamFullError(PublishError):
     """The stream is at its message or byte limit and refuses new tasks (discard=new)."""
 
 
-class TenantQuotaExceeded(PublishError):  # noqa: N818  # the name the design gives it
+class TenantQuotaExceeded(PublishError):
     """The tenant has ``limit`` tasks of ``kind`` queued (the server's per-subject quota);
     other tenants still publish. ``limit`` 0: not known to the publisher."""
 

@@ -42,6 +42,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    ConsumerInfo,
     DeliverPolicy,
     DiscardPolicy,
     RetentionPolicy,
@@ -63,6 +64,7 @@ __all__ = [
     "ensure_consumer",
     "ensure_streams",
     "ensure_tenant_consumer",
+    "kind_consumers",
     "remove_kind_consumer",
     "tenant_consumer_name",
 ]
@@ -118,8 +120,15 @@ class ConsumerSpec:
 
     def __post_init__(self) -> None:
         check_token("kind", self.kind)
-        if self.ack_wait_s <= 0 or self.max_deliver < 1 or self.max_ack_pending < 1 or self.inactive_threshold_s <= 0:
-                raise ConfigError("ack_wait_s, max_deliver, max_ack_pending and inactive_threshold_s must be positive")
+        if (
+            self.ack_wait_s <= 0
+            or self.max_deliver < 1
+            or self.max_ack_pending < 1
+            or self.inactive_threshold_s <= 0
+        ):
+            raise ConfigError(
+                "ack_wait_s, max_deliver, max_ack_pending and inactive_threshold_s must be positive"
+            )
         if self.backoff_s and (len(self.backoff_s) > self.max_deliver or min(self.backoff_s) <= 0):
             raise ConfigError("backoff_s needs 1..max_deliver positive delays")
 
@@ -185,7 +194,9 @@ async def ensure_streams(js: JetStreamContext, limits: StreamLimits | None = Non
 
 async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
     """Create or update the durable pull consumer of ``spec.kind`` (idempotent)."""
-    await js.add_consumer(TASKS_STREAM, _config(spec, consumer_name(spec.kind), f"{TASKS_PREFIX}.*.{spec.kind}"))
+    await js.add_consumer(
+        TASKS_STREAM, _config(spec, consumer_name(spec.kind), f"{TASKS_PREFIX}.*.{spec.kind}")
+    )
 
 
 async def ensure_tenant_consumer(js: JetStreamContext, spec: ConsumerSpec, tenant: str) -> str:
@@ -210,6 +221,16 @@ async def remove_kind_consumer(js: JetStreamContext, kind: str) -> bool:
         return bool(await js.delete_consumer(TASKS_STREAM, consumer_name(kind)))
     except NotFoundError:
         return False
+
+
+async def kind_consumers(js: JetStreamContext, kind: str) -> list[ConsumerInfo]:
+    """The consumers serving ``kind``: its tenants' (or, per-kind strategy, ``agents-<kind>``)."""
+    out = []
+    for info in await js.consumers_info(TASKS_STREAM):
+        tokens = (info.config.filter_subject or "").split(".")
+        if len(tokens) == 3 and tokens[0] == TASKS_PREFIX and tokens[2] == kind:
+            out.append(info)
+    return out
 
 
 def _config(spec: ConsumerSpec, name: str, filter_subject: str) -> ConsumerConfig:
