@@ -25,8 +25,10 @@ from bus.messages import DeadLetter, Result
 from bus.topology import kind_consumers
 
 __all__ = [
+    "ConsumerTotals",
     "ResultLog",
     "consumer_state",
+    "consumer_totals",
     "dead_letters",
     "launch",
     "metric",
@@ -124,7 +126,7 @@ async def consumer_totals(nc: Client, kind: str) -> ConsumerTotals:
         out.num_ack_pending += info.num_ack_pending or 0
         out.num_waiting += info.num_waiting or 0
         out.num_redelivered += info.num_redelivered or 0
-        out.delivered += info.delivered.consumer_seq or 0
+        out.delivered += (info.delivered.consumer_seq or 0) if info.delivered else 0
         out.consumers += 1
     return out
 
