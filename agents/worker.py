@@ -205,7 +205,7 @@ class Worker:
                 max_deliver=cfg.max_deliver,
                 retry=retry,
                 tenants=cfg.tenants,
-                consumer=self._strategy(nc, spec.kind, slots),
+                consumer=self._strategy(nc, dlq, spec.kind, slots),
                 reply_prefixes=cfg.reply_prefixes,
             )
             runner.stats.inflight = lambda r=runner: r.consumer.held  # type: ignore[misc]
@@ -250,7 +250,9 @@ class Worker:
                 except Exception as exc:  # the drain goes on
                     log.warning("agent %s: on_stop failed: %s", spec.kind, exc)
 
-    def _strategy(self, nc: Client, kind: str, slots: int) -> Callable[[Callable[[Msg], None]], TaskConsumer]:
+    def _strategy(
+        self, nc: Client, dlq: DeadLetterQueue, kind: str, slots: int
+    ) -> Callable[[Callable[[Msg], None]], TaskConsumer]:
         """How ``kind`` is consumed: per kind in arrival order, or fair between tenants."""
         cfg = self.config
         prefetch = cfg.prefetch_for(slots)
@@ -285,6 +287,7 @@ class Worker:
             slots=slots,
             on_message=on_message,
             provision=provision,
+            on_invalid=lambda: dlq.sweep_invalid(kind),
             prefetch=prefetch,
             tenant_cap=cfg.tenant_max_inflight,
             weights=cfg.tenant_weights,

@@ -50,7 +50,7 @@ from nats.aio.subscription import Subscription
 
 from bus._client import check_names, publish_now, route, unroute
 from bus.consumer import AckKind, ack
-from bus.subjects import TASKS_PREFIX
+from bus.subjects import TASKS_PREFIX, is_token
 
 __all__ = ["FairConsumer"]
 
@@ -115,6 +115,7 @@ class FairConsumer:
         slots: int,
         on_message: Callable[[Msg], None],
         provision: Callable[[str], Awaitable[str]],
+        on_invalid: Callable[[], Awaitable[object]] | None = None,
         prefetch: int = 0,
         tenant_cap: int | None = None,
         weights: Mapping[str, int] | None = None,
@@ -136,6 +137,7 @@ class FairConsumer:
         self.slots = slots
         self._on_message = on_message
         self._provision = provision
+        self._on_invalid = on_invalid
         self._places = places = slots + prefetch
         self._cap = max(1, tenant_cap if tenant_cap is not None else slots - slots // 8)
         self._weights = dict(weights or {})
@@ -573,6 +575,7 @@ class FairConsumer:
             log.debug("discovering tenants of %s failed: %s", self._kind, exc)
             return 0
         opened = 0
+        invalid = False
         for subject, count in subjects.items() if isinstance(subjects, dict) else ():
             if not (isinstance(subject, str) and isinstance(count, int) and count > 0):
                 continue
@@ -587,6 +590,9 @@ class FairConsumer:
             tokens = subject.split(".")
             if len(tokens) != 3 or tokens[2] != self._kind:
                 continue
+            if not is_token(tokens[1]):  # no consumer can name it (invalid UTF-8 reads as U+FFFD)
+                invalid = True
+                continue
             try:
                 name = await self._provision(tokens[1])
             except Exception as exc:
@@ -594,6 +600,11 @@ class FairConsumer:
                 continue
             self._open(tokens[1], subject, name)
             opened += 1
+        if invalid and self._on_invalid is not None:
+            try:
+                await self._on_invalid()
+            except Exception as exc:  # the next round tries again
+                log.warning("dead-lettering invalid subjects of %s failed: %s", self._kind, exc)
         if self.fetching:
             self._schedule_pull()
         return opened
