@@ -50,7 +50,7 @@ from nats.aio.subscription import Subscription
 
 from bus._client import check_names, publish_now, route, unroute
 from bus.consumer import AckKind, ack
-from bus.subjects import TASKS_PREFIX, is_token
+from bus.subjects import TASKS_PREFIX
 
 __all__ = ["FairConsumer"]
 
@@ -590,7 +590,7 @@ class FairConsumer:
             tokens = subject.split(".")
             if len(tokens) != 3 or tokens[2] != self._kind:
                 continue
-            if not is_token(tokens[1]):  # no consumer can name it (invalid UTF-8 reads as U+FFFD)
+            if "\ufffd" in tokens[1]:  # invalid UTF-8 reads as U+FFFD: no consumer can name it
                 invalid = True
                 continue
             try:
