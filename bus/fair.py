@@ -493,7 +493,9 @@ class FairConsumer:
             elif lane.credit:
                 lane.credit -= 1
                 self.credit -= 1
-            lane.pending = _pending_of(msg.reply)
+            lane.pending = pending = _pending_of(msg.reply)
+            if pending > lane.credit and not lane.wanting:  # more than asked for: it wants a share
+                self._settle(lane)
             if (
                 self.held < self.slots
                 and not self._ready

@@ -9,7 +9,9 @@ of stdout; ``--json-only`` prints just that). Suites run only when named:
 * ``llm``: LLM agents against a 200 ms model and a hand-written anchor
   (``loadtest.bench_llm``, in a child process);
 * ``scaler``: the autoscaler's reaction to a backlog (``loadtest.bench_scaler``, in a
-  child process).
+  child process);
+* ``fairness``: quiet tenants behind a noisy backlog, weighted shares, 1,000 tenants and a
+  single tenant's cost of fair scheduling (``loadtest.bench_fairness``, in a child process).
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ __all__ = ["build_parser", "main"]
 _ALIASES = {"a": "throughput", "b": "throughput", "c": "io", "d": "latency", "e": "memory"}
 STATE_SUITE = "state"
 """Shared-state CRDT costs and gossip convergence (no NATS needed); run only when named."""
-CHILD_SUITES = {"llm": "loadtest.bench_llm", "scaler": "loadtest.bench_scaler"}
+CHILD_SUITES = {
+    "llm": "loadtest.bench_llm",
+    "scaler": "loadtest.bench_scaler",
+    "fairness": "loadtest.bench_fairness",
+}
 """Suites with a command of their own, run as ``python -m <module>`` only when named."""
 
 
@@ -42,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--suite",
         action="append",
         metavar="SUITE",
-        help="throughput (a, b), io (c), latency (d), memory (e), state, llm, scaler; comma-separated"
+        help="throughput (a, b), io (c), latency (d), memory (e), state, llm, scaler, fairness; comma-separated"
         " or repeated; default the first four",
     )
     p.add_argument("--nats-url", help="use this nats-server instead of starting an embedded one")
@@ -148,7 +154,8 @@ def child_command(name: str, *, quick: bool) -> list[str]:
     """The command of a suite that runs as its own process (``--quick``: its smallest run)."""
     command = [sys.executable, "-m", CHILD_SUITES[name]]
     if quick:
-        command += ["--reps", "1", "--tasks", "2000"] if name == "llm" else ["--trials", "1"]
+        quick_args = {"llm": ["--reps", "1", "--tasks", "2000"], "fairness": ["--quick"]}
+        command += quick_args.get(name, ["--trials", "1"])
     return command
 
 
