@@ -493,8 +493,8 @@ class FairConsumer:
             elif lane.credit:
                 lane.credit -= 1
                 self.credit -= 1
-            lane.pending = pending = _pending_of(msg.reply)
-            if pending > lane.credit and not lane.wanting:  # more than asked for: it wants a share
+            lane.pending = left = _pending_of(msg.reply)
+            if left > lane.credit and not lane.wanting:  # more than asked for: it wants a share
                 self._settle(lane)
             if (
                 self.held < self.slots

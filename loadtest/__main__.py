@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--suite",
         action="append",
         metavar="SUITE",
-        help="throughput (a, b), io (c), latency (d), memory (e), state, llm, scaler, fairness; comma-separated"
+        help="throughput (a, b), io (c), latency (d), memory (e), state, llm, scaler, fairness;"
+        " comma-separated"
         " or repeated; default the first four",
     )
     p.add_argument("--nats-url", help="use this nats-server instead of starting an embedded one")
