@@ -84,6 +84,10 @@ class StreamLimits:
     max_msg_bytes: int = 1 << 20  # the server's default max_payload is 1 MiB
     duplicate_window_s: float = 120.0  # >= 2 min: publisher retries after a timeout stay deduped
     tenant_max_queued: int = 200_000  # queued tasks per tenant and kind; 0: no quota
+    # consumers on TASKS: one per tenant and kind with a backlog (or active in the last
+    # inactive_threshold). nats-server 2.15 caps a stream at 1,000 unless it sets its own,
+    # and has no "unlimited" any more
+    tasks_max_consumers: int = 20_000
     dlq_max_bytes: int = 256 << 20
     dlq_max_per_subject: int = 1_000  # dead letters kept per tenant and kind (the newest)
     dlq_max_age_s: float = 7 * 24 * 3600.0  # a week to inspect and replay
@@ -92,7 +96,8 @@ class StreamLimits:
     def __post_init__(self) -> None:
         if self.duplicate_window_s < 120:
             raise ConfigError("duplicate_window_s must be >= 120 s (publisher retries rely on it)")
-        if min(self.tasks_max_msgs, self.tasks_max_bytes, self.max_msg_bytes, self.dlq_max_per_subject) <= 0:
+        limits = (self.tasks_max_msgs, self.tasks_max_bytes, self.max_msg_bytes, self.dlq_max_per_subject)
+        if min(*limits, self.tasks_max_consumers) <= 0:
             raise ConfigError("stream limits must be positive")
         if self.tenant_max_queued < 0:
             raise ConfigError("tenant_max_queued must be >= 0 (0: no quota)")
@@ -116,7 +121,7 @@ class ConsumerSpec:
     """
     max_ack_pending: int = 20_000  # cap across all replicas; each worker holds <= slots + prefetch
     max_waiting: int = 512  # outstanding pull requests across replicas
-    inactive_threshold_s: float = 300.0  # a tenant's consumer without pull requests this long is removed
+    inactive_threshold_s: float = 120.0  # a tenant's consumer without pull requests this long is removed
 
     def __post_init__(self) -> None:
         check_token("kind", self.kind)
@@ -164,6 +169,7 @@ async def ensure_streams(js: JetStreamContext, limits: StreamLimits | None = Non
         discard=DiscardPolicy.NEW,
         max_msgs=limits.tasks_max_msgs,
         max_msgs_per_subject=limits.tenant_max_queued or -1,
+        max_consumers=limits.tasks_max_consumers,
         discard_new_per_subject=bool(limits.tenant_max_queued),
         max_bytes=limits.tasks_max_bytes,
         max_msg_size=limits.max_msg_bytes,
