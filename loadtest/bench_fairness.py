@@ -261,15 +261,22 @@ async def single_tenant(params: FairnessParams, say: Any) -> dict[str, Any]:
 async def run_fairness(params: FairnessParams, say: Any = print) -> dict[str, Any]:
     """Every scenario; one dict of figures."""
     out: dict[str, Any] = {}
-    say("fairness: single tenant, fair against per-kind")
-    out.update(await single_tenant(params, say))
+    errors: dict[str, str] = {}
+    scenarios: list[tuple[str, Any]] = [("single tenant, fair against per-kind", single_tenant(params, say))]
     for backlog in params.backlogs:
-        say(f"fairness: quiet tenants behind a noisy backlog of {backlog:,}")
-        out.update(await quiet_behind_noisy(params, backlog, say))
-    say("fairness: weights 3:1")
-    out.update(await weighted_shares(params, say))
-    say(f"fairness: {params.many_tenants:,} tenants")
-    out.update(await many_tenants(params, say))
+        scenario = quiet_behind_noisy(params, backlog, say)
+        scenarios.append((f"quiet tenants behind a noisy backlog of {backlog:,}", scenario))
+    scenarios.append(("weights 3:1", weighted_shares(params, say)))
+    scenarios.append((f"{params.many_tenants:,} tenants", many_tenants(params, say)))
+    for title, scenario in scenarios:
+        say(f"fairness: {title}")
+        try:  # one failed scenario still leaves the others' figures
+            out.update(await scenario)
+        except Exception as exc:
+            say(f"  FAILED: {exc!r}")
+            errors[title] = repr(exc)
+    if errors:
+        out["errors"] = errors
     return out
 
 
