@@ -272,3 +272,12 @@ values), failing the render with a message that names the key.
 {{- end }}
 {{- toJson (dict "kinds" $kinds) }}
 {{- end }}
+
+{{/* fairness.weights as AGENTBUS_TENANT_WEIGHTS: tenant=weight,... in key order. */}}
+{{- define "agentbus.tenantWeights" -}}
+{{- $items := list -}}
+{{- range $tenant, $weight := . -}}
+{{- $items = append $items (printf "%s=%d" $tenant (int $weight)) -}}
+{{- end -}}
+{{- join "," $items -}}
+{{- end -}}
