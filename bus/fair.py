@@ -51,6 +51,7 @@ from nats.aio.subscription import Subscription
 from bus._client import check_names, publish_now, route, unroute
 from bus.consumer import AckKind, ack
 from bus.subjects import TASKS_PREFIX
+from bus.topology import tasks_consumers, tenant_consumer_name
 
 __all__ = ["FairConsumer"]
 
@@ -58,7 +59,9 @@ log = logging.getLogger("agentbus.bus")
 
 _STATUS = "Status"
 _PENDING_MSGS = "Nats-Pending-Messages"
-_MAX_NEW_LANES = 64  # consumers created per discovery round: a flood of new tenants is paced
+_MAX_NEW_LANES = 256  # consumers created per discovery round: a flood of new tenants is paced
+_CONCURRENT_CREATES = 32
+_MAX_SCAN = 32  # wanting lanes looked at per pull request
 _DISCOVERY_TIMEOUT_S = 2.0
 
 
@@ -183,6 +186,7 @@ class FairConsumer:
         self._sub = await self._nc.subscribe(self._prefix + ".*", cb=self._on_inbox, pending_msgs_limit=-1)
         route(self._nc, self._sub, self._on_inbox_now)
         self.fetching = True
+        await self._open_existing()
         await self.discover()
         self._tasks = [
             asyncio.create_task(self._discover_forever(), name=f"agentbus-discover-{self._kind}"),
@@ -424,7 +428,7 @@ class FairConsumer:
         while places are free, then standing requests for idle lanes."""
         free = self._free()
         wanting = self._wanting
-        tries = len(wanting)
+        tries = min(len(wanting), _MAX_SCAN)  # lanes at their share rotate on: O(1) a request
         while wanting and free > 0 and tries > 0:
             lane = wanting[0]
             if lane.gone or lane.standing or lane.pending <= lane.credit:
@@ -576,7 +580,7 @@ class FairConsumer:
         except Exception as exc:  # the next round tries again
             log.debug("discovering tenants of %s failed: %s", self._kind, exc)
             return 0
-        opened = 0
+        new: list[tuple[str, str]] = []  # (tenant, subject)
         invalid = False
         for subject, count in subjects.items() if isinstance(subjects, dict) else ():
             if not (isinstance(subject, str) and isinstance(count, int) and count > 0):
@@ -587,7 +591,7 @@ class FairConsumer:
                     lane.pending = 1  # one message tells the lane its backlog
                     self._settle(lane)
                 continue
-            if opened >= _MAX_NEW_LANES or len(self._lanes) >= self._max_lanes:
+            if len(new) >= _MAX_NEW_LANES or len(self._lanes) + len(new) >= self._max_lanes:
                 continue
             tokens = subject.split(".")
             if len(tokens) != 3 or tokens[2] != self._kind:
@@ -595,13 +599,19 @@ class FairConsumer:
             if "\ufffd" in tokens[1]:  # invalid UTF-8 reads as U+FFFD: no consumer can name it
                 invalid = True
                 continue
-            try:
-                name = await self._provision(tokens[1])
-            except Exception as exc:
-                log.warning("cannot create the consumer of %s: %s", ascii(subject[:200]), exc)
-                continue
-            self._open(tokens[1], subject, name)
-            opened += 1
+            new.append((tokens[1], subject))
+        opened = 0
+        for start in range(0, len(new), _CONCURRENT_CREATES):  # a round trip each: in parallel
+            batch = new[start : start + _CONCURRENT_CREATES]
+            names = await asyncio.gather(*(self._provision(t) for t, _ in batch), return_exceptions=True)
+            for (tenant, subject), name in zip(batch, names, strict=True):
+                if isinstance(name, BaseException):
+                    log.warning("cannot create the consumer of %s: %s", ascii(subject[:200]), name)
+                elif subject not in self._lanes or self._lanes[subject].gone:
+                    self._open(tenant, subject, name)
+                    opened += 1
+            if self.fetching:
+                self._schedule_pull()
         if invalid and self._on_invalid is not None:
             try:
                 await self._on_invalid()
@@ -611,7 +621,28 @@ class FairConsumer:
             self._schedule_pull()
         return opened
 
-    def _open(self, tenant: str, subject: str, consumer: str) -> None:
+    async def _open_existing(self) -> None:
+        """Open a lane for every tenant consumer of the kind that exists (a restart, another
+        worker's tenants): each gets its standing request at once, before any discovery."""
+        try:
+            infos = await tasks_consumers(self._nc.jetstream())
+        except Exception as exc:  # discovery finds the backlogged ones anyway
+            log.debug("listing the consumers of %s failed: %s", self._kind, exc)
+            return
+        for info in infos:
+            tokens = (info.config.filter_subject or "").split(".")
+            if len(tokens) != 3 or tokens[0] != TASKS_PREFIX or tokens[2] != self._kind:
+                continue
+            if (
+                info.name != tenant_consumer_name(self._kind, tokens[1])
+                or len(self._lanes) >= self._max_lanes
+            ):
+                continue
+            subject = ".".join(tokens)
+            if subject not in self._lanes:
+                self._open(tokens[1], subject, info.name, pending=0)  # a standing request finds out
+
+    def _open(self, tenant: str, subject: str, consumer: str, *, pending: int = 1) -> None:
         old = self._lanes.get(subject)
         if old is not None:  # gone, with messages still running: let them finish under it
             self._by_token.pop(old.inbox.rsplit(".", 1)[1], None)
@@ -626,7 +657,7 @@ class FairConsumer:
         )
         if old is not None:
             lane.held = old.held
-        lane.pending = 1
+        lane.pending = pending  # 1: one message tells the lane its backlog
         self._lanes[subject] = lane
         self._by_token[token] = lane
         self._settle(lane)

@@ -66,6 +66,7 @@ __all__ = [
     "ensure_tenant_consumer",
     "kind_consumers",
     "remove_kind_consumer",
+    "tasks_consumers",
     "tenant_consumer_name",
 ]
 
@@ -229,10 +230,21 @@ async def remove_kind_consumer(js: JetStreamContext, kind: str) -> bool:
         return False
 
 
+async def tasks_consumers(js: JetStreamContext, *, max_pages: int = 200) -> list[ConsumerInfo]:
+    """Every consumer of ``TASKS``, page after page (the server lists 256 at a time)."""
+    out: list[ConsumerInfo] = []
+    for _ in range(max_pages):
+        page = await js.consumers_info(TASKS_STREAM, offset=len(out))
+        out += page
+        if not page:
+            break
+    return out
+
+
 async def kind_consumers(js: JetStreamContext, kind: str) -> list[ConsumerInfo]:
     """The consumers serving ``kind``: its tenants' (or, per-kind strategy, ``agents-<kind>``)."""
     out = []
-    for info in await js.consumers_info(TASKS_STREAM):
+    for info in await tasks_consumers(js):
         tokens = (info.config.filter_subject or "").split(".")
         if len(tokens) == 3 and tokens[0] == TASKS_PREFIX and tokens[2] == kind:
             out.append(info)
