@@ -291,7 +291,7 @@ class FairConsumer:
         if lane is not None and self._sole(lane):
             batch = self._batch(lane, self._free() + 1)
             if batch:
-                if not publish_now(self._nc, msg.reply, self._request(batch, lane), lane.inbox):
+                if not publish_now(self._nc, msg.reply, b"+NXT " + self._request(batch, lane), lane.inbox):
                     return False
                 self._freed(msg)
                 lane.credit += batch

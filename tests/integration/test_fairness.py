@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -22,7 +22,8 @@ from nats.aio.client import Client
 from nats.js.errors import APIError
 
 from agentbus.errors import StreamFullError, TenantQuotaExceeded
-from agents import Context, Registry, agent
+from agents import AgentSpec, Context, Registry, agent
+from agents.api import Handler
 from agents.config import WorkerConfig
 from agents.worker import Worker
 from bus.fair import FairConsumer
@@ -236,3 +237,27 @@ async def test_a_tenants_dead_letters_cannot_evict_anothers(nc: Client) -> None:
     assert subjects[dlq_subject("flood", "job")] == 3  # its own newest three
     victim = await js.get_last_msg(DLQ_STREAM, dlq_subject("victim", "job"))
     assert msgspec.json.decode(victim.data or b"", type=DeadLetter).detail == "0"
+
+
+async def test_one_tenants_backlog_drains_through_the_synchronous_ack(
+    nats_url: str, publisher: Publisher
+) -> None:
+    """No output, a handler that never suspends: every ack is ``ack_next_now``'s ``+NXT``. A
+    request sent without its ``+NXT`` is a plain ack to the server: the credit would be lost
+    and the lane would stall until the watchdog (this was a bug)."""
+    count: list[int] = [0]
+
+    async def quick(ctx: Context, task: Job) -> None:
+        count[0] += 1
+
+    no_output: Callable[[Handler[Job, None]], AgentSpec[Job, None]] = agent(
+        kind="job", input=Job, max_inflight=64
+    )
+    spec = no_output(quick)
+    await _queue(publisher, "solo", 3000)
+    worker = Worker(_config(nats_url, nats_fast_path=True), Registry([spec]))
+    await worker.start()
+    try:
+        await poll(lambda: count[0] == 3000, timeout_s=10, what="3,000 tasks, well inside the 15 s watchdog")
+    finally:
+        await worker.stop()
