@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
@@ -49,9 +48,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from bus._client import check_names, publish_now, route, unroute
+from bus._lanes import Lane, backlogged, pending_of, tenant_consumers
 from bus.consumer import AckKind, ack
 from bus.subjects import TASKS_PREFIX
-from bus.topology import tasks_consumers, tenant_consumer_name
 
 __all__ = ["FairConsumer"]
 
@@ -62,48 +61,6 @@ _PENDING_MSGS = "Nats-Pending-Messages"
 _MAX_NEW_LANES = 256  # consumers created per discovery round: a flood of new tenants is paced
 _CONCURRENT_CREATES = 32
 _MAX_SCAN = 32  # wanting lanes looked at per pull request
-_DISCOVERY_TIMEOUT_S = 2.0
-
-
-class _Lane:
-    """One tenant's consumer of this kind, as the worker sees it."""
-
-    __slots__ = (
-        "active_at",
-        "ahead",
-        "credit",
-        "deficit",
-        "gone",
-        "held",
-        "idle_queued",
-        "inbox",
-        "next_subject",
-        "pending",
-        "queued",
-        "standing",
-        "subject",
-        "tenant",
-        "wanting",
-        "weight",
-    )
-
-    def __init__(self, tenant: str, subject: str, next_subject: str, inbox: str, weight: int) -> None:
-        self.tenant = tenant
-        self.subject = subject
-        self.next_subject = next_subject
-        self.inbox = inbox
-        self.weight = weight
-        self.credit = 0  # messages asked for by regular requests, not yet delivered or expired
-        self.standing = False  # a one-message standing request is out (never together with credit)
-        self.held = 0
-        self.ahead: deque[tuple[float, Msg]] = deque()
-        self.pending = 0  # undelivered messages on the server, as the last delivery said
-        self.deficit = 0
-        self.queued = False  # in the ready ring (has messages ahead)
-        self.wanting = False  # in the wanting ring (the server has more than asked for)
-        self.idle_queued = False  # waiting for a standing request
-        self.gone = False
-        self.active_at = time.monotonic()
 
 
 class FairConsumer:
@@ -159,13 +116,13 @@ class FairConsumer:
         self.credit = 0
         self._ahead_n = 0
         self._standing_n = 0
-        self._lanes: dict[str, _Lane] = {}  # by subject
-        self._by_token: dict[str, _Lane] = {}  # by the last token of the lane's inbox
+        self._lanes: dict[str, Lane] = {}  # by subject
+        self._by_token: dict[str, Lane] = {}  # by the last token of the lane's inbox
         self._next_token = 0
-        self._ready: deque[_Lane] = deque()  # lanes with messages ahead, in DRR order
-        self._wanting: deque[_Lane] = deque()  # lanes the server has more of, round robin
+        self._ready: deque[Lane] = deque()  # lanes with messages ahead, in DRR order
+        self._wanting: deque[Lane] = deque()  # lanes the server has more of, round robin
         self._wanting_weight = 0
-        self._idle: deque[_Lane] = deque()  # lanes waiting for a standing request
+        self._idle: deque[Lane] = deque()  # lanes waiting for a standing request
         self._handing = False
         self.fetching = False
         self._prefix = ""
@@ -304,7 +261,7 @@ class FairConsumer:
             self._schedule_pull()
         return True
 
-    def _freed(self, msg: Msg | None) -> _Lane | None:
+    def _freed(self, msg: Msg | None) -> Lane | None:
         self.held -= 1
         lane = self._lanes.get(msg.subject) if msg is not None else None
         if lane is not None:
@@ -340,7 +297,7 @@ class FairConsumer:
             if lane.deficit <= 0 and ready and ready[0] is lane:
                 ready.rotate(-1)  # the next tenant's turn
 
-    def _start(self, lane: _Lane, msg: Msg) -> None:
+    def _start(self, lane: Lane, msg: Msg) -> None:
         lane.held += 1
         self.held += 1
         self._on_message(msg)
@@ -350,7 +307,7 @@ class FairConsumer:
     def _free(self) -> int:
         return self._places - self.held - self._ahead_n - self.credit
 
-    def _sole(self, lane: _Lane | None) -> bool:
+    def _sole(self, lane: Lane | None) -> bool:
         """Whether the place ``lane`` frees goes back to it, so its ack carries the pull request
         (``+NXT``) as the per-kind consumer's does: while every wanting lane has a share of the
         places (each is held to it by :meth:`_batch`), or when its turn has come.
@@ -368,12 +325,12 @@ class FairConsumer:
             return True
         return False
 
-    def _share(self, lane: _Lane) -> int:
+    def _share(self, lane: Lane) -> int:
         """The places ``lane`` may fill: all of them alone, its weighted part among the wanting."""
         total = self._wanting_weight if lane.wanting else self._wanting_weight + lane.weight
         return max(1, -(-self._places * lane.weight // max(total, lane.weight)))  # rounded up: no place idle
 
-    def _batch(self, lane: _Lane, free: int) -> int:
+    def _batch(self, lane: Lane, free: int) -> int:
         """How many ``lane`` should ask for now with ``free`` places (0: not worth a request)."""
         want = lane.pending - lane.credit
         share = self._share(lane)
@@ -386,7 +343,7 @@ class FairConsumer:
         busy = max(1, min(threshold, share // 32))
         return room if room >= busy and lane.credit <= share // 4 else 0
 
-    def _next_for(self, lane: _Lane | None) -> bytes | None:
+    def _next_for(self, lane: Lane | None) -> bytes | None:
         """The ``+NXT`` request to send with the ack of a message of ``lane``, credit granted."""
         if lane is None or not self._sole(lane) or self._sub is None:
             return None
@@ -397,15 +354,15 @@ class FairConsumer:
         self.credit += batch
         return b"+NXT " + self._request(batch, lane)
 
-    def _ungrant(self, lane: _Lane, request: bytes) -> None:
+    def _ungrant(self, lane: Lane, request: bytes) -> None:
         batch = int(request.split(b":", 1)[1].split(b",", 1)[0])
         lane.credit -= batch
         self.credit -= batch
 
-    def _request(self, batch: int, lane: _Lane) -> bytes:
+    def _request(self, batch: int, lane: Lane) -> bytes:
         return b'{"batch":%d%s' % (batch, self._long if len(self._lanes) == 1 else self._shared)
 
-    def _settle(self, lane: _Lane) -> None:
+    def _settle(self, lane: Lane) -> None:
         """Put ``lane`` where its credit says: wanting more, or idle (a standing request)."""
         if lane.gone or not self.fetching:
             return
@@ -418,12 +375,12 @@ class FairConsumer:
             lane.idle_queued = True
             self._idle.append(lane)
 
-    def _unwant(self, lane: _Lane) -> None:
+    def _unwant(self, lane: Lane) -> None:
         if lane.wanting:
             lane.wanting = False
             self._wanting_weight -= lane.weight
 
-    def _next_request(self) -> tuple[_Lane, bytes] | None:
+    def _next_request(self) -> tuple[Lane, bytes] | None:
         """The next pull request to send, credit granted: round robin over the wanting lanes
         while places are free, then standing requests for idle lanes."""
         free = self._free()
@@ -497,7 +454,7 @@ class FairConsumer:
             elif lane.credit:
                 lane.credit -= 1
                 self.credit -= 1
-            lane.pending = left = _pending_of(msg.reply)
+            lane.pending = left = pending_of(msg.reply)
             if left > lane.credit and not lane.wanting:  # more than asked for: it wants a share
                 self._settle(lane)
             if (
@@ -531,7 +488,7 @@ class FairConsumer:
                 if now - lane.active_at > self._idle_s and not (lane.held or lane.ahead):
                     self._forget(lane)  # idle: its consumer goes after inactive_threshold
                     return
-            elif pending is not None and pending.isdigit():
+            elif pending is not None and pending.isascii() and pending.isdigit() and len(pending) < 19:
                 returned = min(lane.credit, int(pending))
                 lane.credit -= returned
                 self.credit -= returned
@@ -553,7 +510,7 @@ class FairConsumer:
         if self.fetching:
             self._schedule_pull()
 
-    def _forget(self, lane: _Lane) -> None:
+    def _forget(self, lane: Lane) -> None:
         """Drop ``lane`` (its requests are done or void); its messages ahead still run."""
         lane.gone = True
         self.credit -= lane.credit
@@ -571,20 +528,14 @@ class FairConsumer:
     async def discover(self) -> int:
         """Read the subjects of this kind that hold messages; open a lane for each new tenant.
         Returns how many lanes were opened."""
-        request = json.dumps({"subjects_filter": self._filter}).encode()
         try:
-            reply = await self._nc.request(
-                f"$JS.API.STREAM.INFO.{self._stream}", request, timeout=_DISCOVERY_TIMEOUT_S
-            )
-            subjects = json.loads(reply.data)["state"].get("subjects") or {}
+            subjects = await backlogged(self._nc, self._stream, self._filter)
         except Exception as exc:  # the next round tries again
             log.debug("discovering tenants of %s failed: %s", self._kind, exc)
             return 0
         new: list[tuple[str, str]] = []  # (tenant, subject)
         invalid = False
-        for subject, count in subjects.items() if isinstance(subjects, dict) else ():
-            if not (isinstance(subject, str) and isinstance(count, int) and count > 0):
-                continue
+        for subject in subjects:
             lane = self._lanes.get(subject)
             if lane is not None and not lane.gone:
                 if not (lane.credit or lane.standing or lane.pending):
@@ -625,22 +576,13 @@ class FairConsumer:
         """Open a lane for every tenant consumer of the kind that exists (a restart, another
         worker's tenants): each gets its standing request at once, before any discovery."""
         try:
-            infos = await tasks_consumers(self._nc.jetstream())
+            existing = await tenant_consumers(self._nc.jetstream(), self._kind)
         except Exception as exc:  # discovery finds the backlogged ones anyway
             log.debug("listing the consumers of %s failed: %s", self._kind, exc)
             return
-        for info in infos:
-            tokens = (info.config.filter_subject or "").split(".")
-            if len(tokens) != 3 or tokens[0] != TASKS_PREFIX or tokens[2] != self._kind:
-                continue
-            if (
-                info.name != tenant_consumer_name(self._kind, tokens[1])
-                or len(self._lanes) >= self._max_lanes
-            ):
-                continue
-            subject = ".".join(tokens)
+        for tenant, subject, name in existing[: max(0, self._max_lanes - len(self._lanes))]:
             if subject not in self._lanes:
-                self._open(tokens[1], subject, info.name, pending=0)  # a standing request finds out
+                self._open(tenant, subject, name, pending=0)  # a standing request finds out
 
     def _open(self, tenant: str, subject: str, consumer: str, *, pending: int = 1) -> None:
         old = self._lanes.get(subject)
@@ -648,7 +590,7 @@ class FairConsumer:
             self._by_token.pop(old.inbox.rsplit(".", 1)[1], None)
         token = str(self._next_token)
         self._next_token += 1
-        lane = _Lane(
+        lane = Lane(
             tenant,
             subject,
             f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{consumer}",
@@ -679,9 +621,3 @@ class FairConsumer:
                 self.reset_credit()
             elif self.fetching:
                 self._schedule_pull()
-
-
-def _pending_of(reply: str) -> int:
-    """The consumer's undelivered count, the last token of a delivery's ack subject."""
-    tail = reply[reply.rfind(".") + 1 :]
-    return int(tail) if tail.isdigit() and len(tail) < 19 else 0

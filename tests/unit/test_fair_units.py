@@ -11,7 +11,7 @@ from nats.js.errors import APIError
 
 from agentbus.errors import ConfigError, PublishError, StreamFullError, TenantQuotaExceeded
 from agents.config import WorkerConfig
-from bus.fair import _pending_of
+from bus._lanes import pending_of as _pending_of
 from bus.publisher import map_publish_error
 from bus.topology import StreamLimits, tenant_consumer_name
 
