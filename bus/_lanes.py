@@ -81,12 +81,18 @@ async def backlogged(nc: Client, stream: str, subjects_filter: str) -> list[str]
     return [s for s, n in subjects.items() if isinstance(s, str) and isinstance(n, int) and n > 0]
 
 
-async def tenant_consumers(js: JetStreamContext, kind: str) -> list[tuple[str, str, str]]:
-    """``(tenant, subject, consumer)`` of every tenant consumer of ``kind`` on ``TASKS``."""
+async def tenant_consumers(js: JetStreamContext, kind: str, *, active_s: float) -> list[tuple[str, str, str]]:
+    """``(tenant, subject, consumer)`` of the tenant consumers of ``kind`` on ``TASKS`` created
+    or delivering within ``active_s`` (older ones are left to expire: a standing request would
+    keep them forever)."""
     out = []
+    since = time.time() - active_s
     for info in await tasks_consumers(js):
         tokens = (info.config.filter_subject or "").split(".")
         if len(tokens) != 3 or tokens[0] != TASKS_PREFIX or tokens[2] != kind:
+            continue
+        stamps = (info.delivered.last_active if info.delivered else None, info.created)
+        if max((t.timestamp() for t in stamps if t is not None), default=0.0) < since:
             continue
         if info.name == tenant_consumer_name(kind, tokens[1]):
             out.append((tokens[1], ".".join(tokens), info.name))

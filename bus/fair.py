@@ -61,6 +61,7 @@ _PENDING_MSGS = "Nats-Pending-Messages"
 _MAX_NEW_LANES = 256  # consumers created per discovery round: a flood of new tenants is paced
 _CONCURRENT_CREATES = 32
 _MAX_SCAN = 32  # wanting lanes looked at per pull request
+_REFRESH_ROUNDS = 25  # discovery rounds between two readings of the tenant consumers (5 s)
 
 
 class FairConsumer:
@@ -573,10 +574,11 @@ class FairConsumer:
         return opened
 
     async def _open_existing(self) -> None:
-        """Open a lane for every tenant consumer of the kind that exists (a restart, another
-        worker's tenants): each gets its standing request at once, before any discovery."""
+        """Open a lane for every tenant consumer of the kind active within ``idle_s`` (at a
+        restart; the tenants other workers serve, every few seconds): each gets its standing
+        request, so the tenant's next task is delivered to whichever worker has room."""
         try:
-            existing = await tenant_consumers(self._nc.jetstream(), self._kind)
+            existing = await tenant_consumers(self._nc.jetstream(), self._kind, active_s=self._idle_s)
         except Exception as exc:  # discovery finds the backlogged ones anyway
             log.debug("listing the consumers of %s failed: %s", self._kind, exc)
             return
@@ -605,11 +607,16 @@ class FairConsumer:
         self._settle(lane)
 
     async def _discover_forever(self) -> None:
+        rounds = 0
         while True:
             await asyncio.sleep(self._discover_s)
-            if self.fetching:
-                with contextlib.suppress(Exception):
-                    await self.discover()
+            rounds += 1
+            if not self.fetching:
+                continue
+            with contextlib.suppress(Exception):
+                if rounds % _REFRESH_ROUNDS == 0:  # tenants other workers served: a standing request here too
+                    await self._open_existing()
+                await self.discover()
 
     async def _watch(self) -> None:
         """Reset credit when the server went silent for three heartbeats (lost requests)."""

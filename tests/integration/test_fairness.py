@@ -261,3 +261,21 @@ async def test_one_tenants_backlog_drains_through_the_synchronous_ack(
         await poll(lambda: count[0] == 3000, timeout_s=10, what="3,000 tasks, well inside the 15 s watchdog")
     finally:
         await worker.stop()
+
+
+async def test_one_tenant_holds_at_most_its_cap_of_the_slots(nats_url: str, publisher: Publisher) -> None:
+    done: list[str] = []
+    await _queue(publisher, "noisy", 300, sleep_s=0.01)
+    await _queue(publisher, "other", 300, sleep_s=0.01)
+    worker = Worker(_config(nats_url, max_inflight=8, prefetch=8, tenant_max_inflight=3), _registry(done))
+    await worker.start()
+    consumer = _fair(worker)
+    noisy: list[int] = []
+    try:
+        while len(done) < 400:
+            noisy.append(consumer.held_by("noisy"))
+            await asyncio.sleep(0.001)
+            assert len(noisy) < 100_000, "the tasks never finished"
+    finally:
+        await worker.stop()
+    assert max(noisy) == 3, max(noisy)  # reached, never passed, though 8 slots were there
