@@ -118,6 +118,7 @@ class FairConsumer:
         self._ahead_n = 0
         self._standing_n = 0
         self._lanes: dict[str, Lane] = {}  # by subject
+        self._alone = False  # one lane: the per-kind consumer's rules and costs
         self._by_token: dict[str, Lane] = {}  # by the last token of the lane's inbox
         self._next_token = 0
         self._ready: deque[Lane] = deque()  # lanes with messages ahead, in DRR order
@@ -247,24 +248,30 @@ class FairConsumer:
         and nothing done, when it cannot."""
         lane = self._lanes.get(msg.subject)
         if lane is not None and self._sole(lane):
-            batch = self._batch(lane, self._free() + 1)
+            batch = self._batch(lane, self._places - self.held - self._ahead_n - self.credit + 1)
             if batch:
-                if not publish_now(self._nc, msg.reply, b"+NXT " + self._request(batch, lane), lane.inbox):
+                request = b'+NXT {"batch":%d%s' % (batch, self._long if self._alone else self._shared)
+                if not publish_now(self._nc, msg.reply, request, lane.inbox):
                     return False
-                self._freed(msg)
+                self._freed_in(lane)
                 lane.credit += batch
                 self.credit += batch
                 return True
         if not publish_now(self._nc, msg.reply, AckKind.ACK):
             return False
-        self._freed(msg)
+        self._freed_in(lane)
         if self.fetching and self._free() > 0:
             self._schedule_pull()
         return True
 
     def _freed(self, msg: Msg | None) -> Lane | None:
-        self.held -= 1
         lane = self._lanes.get(msg.subject) if msg is not None else None
+        self._freed_in(lane)
+        return lane
+
+    def _freed_in(self, lane: Lane | None) -> None:
+        """A slot of ``lane`` (None: unknown) is free again."""
+        self.held -= 1
         if lane is not None:
             lane.held -= 1
             if lane.ahead and not lane.queued:  # it was at its cap
@@ -276,13 +283,12 @@ class FairConsumer:
             # not inline: a handler's first step must not run inside the finishing task
             self._handing = True
             asyncio.get_running_loop().call_soon(self._hand_over)
-        return lane
 
     def _hand_over(self) -> None:
         """Start ready messages in free slots, deficit round robin over the lanes."""
         self._handing = False
         ready = self._ready
-        cap = self._cap if len(self._lanes) > 1 else self.slots
+        cap = self.slots if self._alone else self._cap
         while ready and self.held < self.slots:
             lane = ready[0]
             if not lane.ahead or lane.held >= cap:  # re-queued when a slot of its own frees
@@ -316,6 +322,8 @@ class FairConsumer:
         A separate ack and pull request, to two consumers, are applied by the server in either
         order, so its summed ``num_ack_pending`` can read a few above the places for an
         instant: only with more wanting tenants than places."""
+        if self._alone:
+            return self.fetching
         if lane is None or not lane.wanting or not self.fetching:
             return False
         wanting = self._wanting
@@ -333,6 +341,11 @@ class FairConsumer:
 
     def _batch(self, lane: Lane, free: int) -> int:
         """How many ``lane`` should ask for now with ``free`` places (0: not worth a request)."""
+        if self._alone:  # PullConsumer._wants: batches, a request only when worth it
+            if free >= self._threshold or (free > 0 and lane.credit == 0):
+                return min(free, self._max_batch)
+            worth = free >= self._busy_threshold and lane.credit <= self._busy_credit
+            return min(free, self._max_batch) if worth else 0
         want = lane.pending - lane.credit
         share = self._share(lane)
         room = min(free, share - lane.held - len(lane.ahead) - lane.credit, want, self._max_batch)
@@ -361,7 +374,7 @@ class FairConsumer:
         self.credit -= batch
 
     def _request(self, batch: int, lane: Lane) -> bytes:
-        return b'{"batch":%d%s' % (batch, self._long if len(self._lanes) == 1 else self._shared)
+        return b'{"batch":%d%s' % (batch, self._long if self._alone else self._shared)
 
     def _settle(self, lane: Lane) -> None:
         """Put ``lane`` where its credit says: wanting more, or idle (a standing request)."""
@@ -455,14 +468,11 @@ class FairConsumer:
             elif lane.credit:
                 lane.credit -= 1
                 self.credit -= 1
-            lane.pending = left = pending_of(msg.reply)
-            if left > lane.credit and not lane.wanting:  # more than asked for: it wants a share
-                self._settle(lane)
-            if (
-                self.held < self.slots
-                and not self._ready
-                and (lane.held < self._cap or len(self._lanes) == 1)
-            ):
+            if not self._alone or not lane.credit:  # alone, it asks like the per-kind consumer
+                lane.pending = left = pending_of(msg.reply)
+                if left > lane.credit and not lane.wanting:  # more than asked for: it wants a share
+                    self._settle(lane)
+            if self.held < self.slots and not self._ready and (lane.held < self._cap or self._alone):
                 self._start(lane, msg)
             else:
                 lane.ahead.append((now, msg))
@@ -522,6 +532,7 @@ class FairConsumer:
         self._unwant(lane)
         if not lane.held and not lane.ahead:
             self._lanes.pop(lane.subject, None)
+            self._alone = len(self._lanes) == 1
             self._by_token.pop(lane.inbox.rsplit(".", 1)[1], None)
 
     # -- discovery --------------------------------------------------------------------------
@@ -603,6 +614,12 @@ class FairConsumer:
             lane.held = old.held
         lane.pending = pending  # 1: one message tells the lane its backlog
         self._lanes[subject] = lane
+        if self._alone:  # no longer: the first lane asks by what the server says it has
+            for first in self._lanes.values():
+                if first is not lane:
+                    first.pending = max(first.pending, first.credit + 1)
+                    self._settle(first)
+        self._alone = len(self._lanes) == 1
         self._by_token[token] = lane
         self._settle(lane)
 
