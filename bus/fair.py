@@ -247,7 +247,7 @@ class FairConsumer:
         """:meth:`ack_next` done synchronously when the fast path can queue its message; False,
         and nothing done, when it cannot."""
         lane = self._lanes.get(msg.subject)
-        if lane is not None and self._sole(lane):
+        if lane is not None and ((self._alone and self.fetching) or self._sole(lane)):
             batch = self._batch(lane, self._places - self.held - self._ahead_n - self.credit + 1)
             if batch:
                 request = b'+NXT {"batch":%d%s' % (batch, self._long if self._alone else self._shared)
@@ -473,7 +473,9 @@ class FairConsumer:
                 if left > lane.credit and not lane.wanting:  # more than asked for: it wants a share
                     self._settle(lane)
             if self.held < self.slots and not self._ready and (lane.held < self._cap or self._alone):
-                self._start(lane, msg)
+                lane.held += 1  # _start, inline: the hot path
+                self.held += 1
+                self._on_message(msg)
             else:
                 lane.ahead.append((now, msg))
                 self._ahead_n += 1
