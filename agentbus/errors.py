@@ -8,6 +8,7 @@ Everything agentbus raises on purpose derives from :class:`AgentbusError`::
     ├── BusError                 talking to NATS failed
     │   ├── PublishError         a task could not be stored
     │   │   ├── StreamFullError  the stream refused it: limits reached (discard=new)
+    │   │   ├── TenantQuotaExceeded  a tenant's queued tasks of a kind are at its quota
     │   │   ├── PayloadTooLargeError  bigger than the stream or server accepts
     │   │   └── NoStreamError    no stream listens on that subject
     │   ├── InvalidSubjectError  tenant or kind is not a valid subject token
@@ -100,6 +101,7 @@ __all__ = [
     "StreamFullError",
     "TaskFate",
     "TenantLimitError",
+    "TenantQuotaExceeded",
     "UnsafeSubjectError",
     "UsageError",
 ]
@@ -154,6 +156,22 @@ class PublishError(BusError):
 
 class StreamFullError(PublishError):
     """The stream is at its message or byte limit and refuses new tasks (discard=new)."""
+
+
+class TenantQuotaExceeded(PublishError):
+    """The tenant has ``limit`` tasks of ``kind`` queued (the server's per-subject quota);
+    other tenants still publish. ``limit`` 0: not known to the publisher."""
+
+    def __init__(self, tenant: str, kind: str, limit: int, *, task_id: str = "", subject: str = "") -> None:
+        quota = f"its quota of {limit}" if limit else "its quota"
+        super().__init__(
+            f"tenant {tenant!r} has {quota} tasks of kind {kind!r} queued; task refused",
+            task_id=task_id,
+            subject=subject,
+        )
+        self.tenant = tenant
+        self.kind = kind
+        self.limit = limit
 
 
 class PayloadTooLargeError(PublishError):

@@ -37,7 +37,7 @@ import contextvars
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from types import CoroutineType
 from typing import Any
 
@@ -56,7 +56,7 @@ from agents.metrics import KindStats, Outcome
 from agents.tenancy import _tenant
 from bus import _client, tracing
 from bus.admission import DEFAULT_REPLY_PREFIXES, reply_problem
-from bus.consumer import AckKind, PullConsumer, ack, stream_seq
+from bus.consumer import AckKind, TaskConsumer, ack, stream_seq
 from bus.dlq import DeadLetterQueue
 from bus.messages import (
     DLQ_MAX_DATA_BYTES,
@@ -72,7 +72,6 @@ from bus.messages import (
 from bus.publisher import Publisher
 from bus.records import audit_subject
 from bus.subjects import INVALID_TOKEN, is_task_id, result_subject, split_task_subject
-from bus.topology import TASKS_STREAM, consumer_name
 
 __all__ = ["KindRunner"]
 
@@ -102,8 +101,7 @@ class KindRunner:
         max_deliver: int,
         retry: Backoff,
         tenants: frozenset[str] | None,
-        slots: int,
-        prefetch: int = 0,
+        consumer: Callable[[Callable[[Msg], None]], TaskConsumer],
         reply_prefixes: tuple[str, ...] = DEFAULT_REPLY_PREFIXES,
     ) -> None:
         self.spec = spec
@@ -133,14 +131,7 @@ class KindRunner:
         # tracing is decided once, here: with no tracer provider the hot path is untouched
         self._traced = tracing.enabled()
         self._ack = _traced_ack if self._traced else ack
-        self.consumer = PullConsumer(
-            nc,
-            stream=TASKS_STREAM,
-            consumer=consumer_name(spec.kind),
-            slots=slots,
-            on_message=self._on_message,
-            prefetch=prefetch,
-        )
+        self.consumer = consumer(self._on_message)  # the strategy: per kind, or fair between tenants
 
     # -- delivery ---------------------------------------------------------------------------
 
@@ -151,7 +142,7 @@ class KindRunner:
             slot = Slot(msg, tenant, kind, self._scope(tenant))
         except Exception:  # a bug here must not kill the loop; the message returns after ack_wait
             self._log.exception("unexpected error processing a message")
-            self.consumer.release()
+            self.consumer.release(msg)
             return
         try:
             if self.draining:
@@ -213,7 +204,7 @@ class KindRunner:
         """Keep ``slot`` while ``task`` runs; free it if there is nothing left to run."""
         if task is None:  # done without suspending: no Task, no slot to track
             if not slot.released:
-                self.consumer.release()
+                self.consumer.release(slot.msg)
             return
         slot.task = task
         self.slots[task] = slot
@@ -290,7 +281,7 @@ class KindRunner:
             self._expiry.cancel()
             self._expiry = None
         if slot is None or not slot.released:
-            self.consumer.release()
+            self.consumer.release(slot.msg if slot is not None else None)
 
     def cancel_handlers(self) -> int:
         """Cancel every task whose handler is still running (end of the drain); returns how many."""

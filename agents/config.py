@@ -23,11 +23,13 @@ from agentbus.errors import ConfigError
 from bus.admission import DEFAULT_REPLY_PREFIXES, check_reply_prefix
 from bus.connection import NatsAuth
 from bus.records import RecordLimits
+from bus.subjects import is_token
 from bus.topology import StreamLimits
 from state.mac import ClusterKey
 
 __all__ = [
     "DEFAULT_NATS_URL",
+    "FAIRNESS",
     "GOSSIP_PRESETS",
     "NATS_AUTH_VARIABLES",
     "UP_STATE_FILE",
@@ -113,6 +115,14 @@ class WorkerConfig:
     # None: neither is authenticated (one user's laptop), docs/state.md "Security"
     cluster_key: ClusterKey | None = field(default=None, repr=False)
     gc_gen0_threshold: int = 50_000  # the worker process's gen-0 GC threshold; 0: Python's (700)
+    # fair share between tenants (docs/fairness.md): "tenant", a consumer per tenant served by
+    # deficit round robin; "kind", one consumer per kind in arrival order (the old path, kept
+    # as the benchmarks' baseline; a kind cannot be served both ways at once)
+    fairness: str = "tenant"
+    tenant_weights: Mapping[str, int] = field(default_factory=dict)  # tenant -> weight; others 1
+    # slots one tenant may hold while other tenants are served by the worker; None: all but
+    # an eighth of the slots, kept for a tenant that arrives while another fills the rest
+    tenant_max_inflight: int | None = None
 
     def __post_init__(self) -> None:
         if self.drain_timeout_s < 0 or self.ack_wait_s <= 0 or self.max_deliver < 1:
@@ -134,6 +144,12 @@ class WorkerConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         object.__setattr__(self, "reply_prefixes", prefixes)  # normalized: each ends with a dot
+        if self.fairness not in FAIRNESS:
+            raise ConfigError(f"fairness must be one of {', '.join(FAIRNESS)}")
+        if self.tenant_max_inflight is not None and self.tenant_max_inflight < 1:
+            raise ConfigError("tenant_max_inflight must be >= 1")
+        if any(not is_token(t) or not 1 <= w <= 1000 for t, w in self.tenant_weights.items()):
+            raise ConfigError("tenant_weights: each tenant a valid token, each weight 1..1000")
         if self.gossip_preset not in GOSSIP_PRESETS:
             raise ConfigError(f"gossip_preset must be one of {', '.join(GOSSIP_PRESETS)}")
 
@@ -185,17 +201,23 @@ class WorkerConfig:
             "audit_tasks": env.flag("AGENTBUS_AUDIT_TASKS"),
             "nats_fast_path": env.flag("AGENTBUS_NATS_FAST_PATH"),
             "reply_prefixes": env.items("AGENTBUS_REPLY_PREFIXES"),  # set but empty: no reply is allowed
+            "fairness": env.text("AGENTBUS_FAIRNESS"),
+            "tenant_max_inflight": env.integer("AGENTBUS_TENANT_MAX_INFLIGHT"),
         }
         if key_file := env.file("AGENTBUS_CLUSTER_KEY_FILE"):
             out["cluster_key"] = ClusterKey.from_file(key_file)
+        if (weights := env.items("AGENTBUS_TENANT_WEIGHTS")) is not None:
+            out["tenant_weights"] = _weights(env, weights)
         if tenants := env.items("AGENTBUS_TENANTS"):
             out["tenants"] = frozenset(tenants)
         replicas = env.integer("AGENTBUS_STREAM_REPLICAS")  # R3 on a NATS cluster (the Helm chart sets it)
-        if replicas is not None:
+        quota = env.integer("AGENTBUS_TENANT_MAX_QUEUED")  # queued tasks per tenant and kind
+        limits = {"replicas": replicas, "tenant_max_queued": quota}
+        if replicas is not None or quota is not None:
             try:
-                out["stream_limits"] = StreamLimits(replicas=replicas)
+                out["stream_limits"] = StreamLimits(**{k: v for k, v in limits.items() if v is not None})
             except ValueError as exc:
-                raise ConfigError(f"AGENTBUS_STREAM_REPLICAS={replicas!r}: {exc}") from exc
+                raise ConfigError(f"AGENTBUS_STREAM_REPLICAS / AGENTBUS_TENANT_MAX_QUEUED: {exc}") from exc
         out["records"] = _record_limits(env, replicas)
         return cls(**{k: v for k, v in out.items() if v is not None})
 
@@ -216,6 +238,21 @@ def _record_limits(env: Env, replicas: int | None) -> RecordLimits | None:
         return RecordLimits(**given)
     except ValueError as exc:
         raise ConfigError(f"AGENTBUS_RESULTS_TTL_S/AUDIT_TTL_S/ONCE_TTL_S: {exc}") from exc
+
+
+FAIRNESS = ("tenant", "kind")
+"""The consumption strategies (``WorkerConfig.fairness``)."""
+
+
+def _weights(env: Env, items: tuple[str, ...]) -> dict[str, int]:
+    """``tenant=weight`` items of ``AGENTBUS_TENANT_WEIGHTS``."""
+    out: dict[str, int] = {}
+    for item in items:
+        tenant, _, weight = item.partition("=")
+        if not weight.strip().isdecimal():
+            raise env.error("AGENTBUS_TENANT_WEIGHTS", "tenant=weight items, comma-separated")
+        out[tenant.strip()] = int(weight)
+    return out
 
 
 UP_STATE_FILE = ".agentbus/up.json"

@@ -30,11 +30,13 @@ import contextlib
 import gc
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 from prometheus_client import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
@@ -50,11 +52,23 @@ from agents.lifecycle import Lifecycle, State
 from agents.metrics import StatsCollector, WorkerStats
 from agents.registry import Registry
 from bus.connection import connect, redact_url
+from bus.consumer import PullConsumer, TaskConsumer
 from bus.dlq import DeadLetterQueue
+from bus.fair import FairConsumer
 from bus.ledger import Ledger
 from bus.publisher import Publisher
 from bus.records import KV_BUCKET, ONCE_BUCKET, bucket
-from bus.topology import TASKS_STREAM, ConsumerSpec, consumer_name, ensure_consumer, ensure_streams
+from bus.subjects import TASKS_PREFIX
+from bus.topology import (
+    TASKS_STREAM,
+    ConsumerSpec,
+    consumer_name,
+    ensure_consumer,
+    ensure_streams,
+    ensure_tenant_consumer,
+    remove_kind_consumer,
+    tenant_consumer_name,
+)
 
 __all__ = ["EXIT_LOST_NATS", "Worker", "run_worker", "tune_gc"]
 
@@ -170,12 +184,19 @@ class Worker:
         js = nc.jetstream()
         if cfg.provision:
             await ensure_streams(js, cfg.stream_limits, cfg.records)
-        publisher = Publisher(nc, max_msg_bytes=cfg.stream_limits.max_msg_bytes)
+        publisher = Publisher(
+            nc,
+            max_msg_bytes=cfg.stream_limits.max_msg_bytes,
+            tenant_quota=cfg.stream_limits.tenant_max_queued,
+        )
         dlq = DeadLetterQueue(nc, worker=self.name)
         retry = Backoff(cfg.retry_base_s, cfg.retry_max_s)
         for spec in self.registry:
-            if cfg.provision:
+            if cfg.provision and cfg.fairness == "kind":
                 await ensure_consumer(js, self._consumer_spec(spec.kind))
+            elif cfg.provision and await remove_kind_consumer(js, spec.kind):
+                log.warning("removed the per-kind consumer of %s: tenants get their own", spec.kind)
+            slots = cfg.max_inflight or spec.max_inflight
             runner = KindRunner(
                 spec,
                 nc=nc,
@@ -186,8 +207,7 @@ class Worker:
                 max_deliver=cfg.max_deliver,
                 retry=retry,
                 tenants=cfg.tenants,
-                slots=(slots := cfg.max_inflight or spec.max_inflight),
-                prefetch=cfg.prefetch_for(slots),
+                consumer=self._strategy(nc, dlq, spec.kind, slots),
                 reply_prefixes=cfg.reply_prefixes,
             )
             runner.stats.inflight = lambda r=runner: r.consumer.held  # type: ignore[misc]
@@ -234,6 +254,49 @@ class Worker:
                     await spec.on_stop()
                 except Exception as exc:  # the drain goes on
                     log.warning("agent %s: on_stop failed: %s", spec.kind, exc)
+
+    def _strategy(
+        self, nc: Client, dlq: DeadLetterQueue, kind: str, slots: int
+    ) -> Callable[[Callable[[Msg], None]], TaskConsumer]:
+        """How ``kind`` is consumed: per kind in arrival order, or fair between tenants."""
+        cfg = self.config
+        prefetch = cfg.prefetch_for(slots)
+        if cfg.fairness == "kind":
+            return lambda on_message: PullConsumer(
+                nc,
+                stream=TASKS_STREAM,
+                consumer=consumer_name(kind),
+                slots=slots,
+                on_message=on_message,
+                prefetch=prefetch,
+            )
+        js = nc.jetstream()
+        spec = self._consumer_spec(kind)
+
+        async def provision(tenant: str) -> str:
+            if not cfg.provision:
+                return tenant_consumer_name(kind, tenant)
+            try:
+                return await ensure_tenant_consumer(js, spec, tenant)
+            except BadRequestError as exc:
+                if exc.err_code != _FILTER_NOT_UNIQUE:
+                    raise
+                # a worker of the per-kind strategy (a rolling update) brought agents-<kind> back
+                await remove_kind_consumer(js, kind)
+                return await ensure_tenant_consumer(js, spec, tenant)
+
+        return lambda on_message: FairConsumer(
+            nc,
+            stream=TASKS_STREAM,
+            kind=kind,
+            slots=slots,
+            on_message=on_message,
+            provision=provision,
+            on_invalid=lambda: dlq.sweep_invalid(kind),
+            prefetch=prefetch,
+            tenant_cap=cfg.tenant_max_inflight,
+            weights=cfg.tenant_weights,
+        )
 
     def _consumer_spec(self, kind: str) -> ConsumerSpec:
         cfg = self.config
@@ -362,6 +425,9 @@ class Worker:
         js = self._nc.jetstream()
         while True:
             for runner in self.runners:
+                if self.config.fairness != "kind":
+                    await self._queue_depth(js, runner)
+                    continue
                 try:
                     info = await js.consumer_info(TASKS_STREAM, consumer_name(runner.kind), timeout=2.0)
                 except NotFoundError:
@@ -385,6 +451,22 @@ class Worker:
                         bounded,
                     )
             await asyncio.sleep(self.config.consumer_info_interval_s)
+
+    async def _queue_depth(self, js: JetStreamContext, runner: KindRunner) -> None:
+        """The kind's depth over all its tenants' consumers: the messages its subjects hold
+        (a work queue keeps exactly the queued and the unacknowledged ones)."""
+        try:
+            info = await js.stream_info(TASKS_STREAM, subjects_filter=f"{TASKS_PREFIX}.*.{runner.kind}")
+        except Exception as exc:
+            log.debug("stream info failed: %s", exc)
+            return
+        total = sum((info.state.subjects or {}).values())
+        mine = runner.consumer.held + runner.consumer.prefetched
+        runner.stats.pending = max(0, total - mine)
+        runner.stats.ack_pending = min(total, mine)
+
+
+_FILTER_NOT_UNIQUE = 10100  # "filtered consumer not unique on workqueue stream"
 
 
 async def _quietly(coro: Any) -> None:

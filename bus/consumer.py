@@ -43,6 +43,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -50,7 +51,7 @@ from nats.aio.subscription import Subscription
 
 from bus._client import check_names, publish_now, route, unroute
 
-__all__ = ["AckKind", "PullConsumer", "ack", "delivery_count", "stream_seq"]
+__all__ = ["AckKind", "PullConsumer", "TaskConsumer", "ack", "delivery_count", "stream_seq"]
 
 log = logging.getLogger("agentbus.bus")
 
@@ -92,6 +93,33 @@ def stream_seq(msg: Msg) -> int:
     """The message's sequence in the stream."""
     tokens = msg.reply.split(".")
     return int(tokens[5] if len(tokens) == 9 else tokens[7])
+
+
+class TaskConsumer(Protocol):
+    """What a worker's kind runner needs of a consumption strategy (:class:`PullConsumer`,
+    :class:`bus.fair.FairConsumer`): messages in ``on_message``, one release per message."""
+
+    held: int
+    fetching: bool
+
+    @property
+    def prefetched(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    def release(self, msg: Msg | None) -> None: ...
+
+    async def ack_next(self, msg: Msg) -> None: ...
+
+    def ack_next_now(self, msg: Msg) -> bool: ...
+
+    def waiting_since(self, before: float) -> Iterator[Msg]: ...
+
+    async def stop_fetching(self) -> None: ...
+
+    def reset_credit(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class PullConsumer:
@@ -153,9 +181,9 @@ class PullConsumer:
         """The prefetched messages that arrived before ``before`` (monotonic), for heartbeats."""
         return (msg for arrived, msg in self._ahead if arrived < before)
 
-    def release(self, n: int = 1) -> None:
-        """The worker finished with ``n`` messages: their slots are free again."""
-        self.held -= n
+    def release(self, msg: Msg | None = None) -> None:
+        """The worker finished with a message: its slot is free again."""
+        self.held -= 1
         if self._ahead:
             self._hand_over_soon()
         if self.fetching and self._wants(self._free()):

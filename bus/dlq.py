@@ -156,6 +156,32 @@ class DeadLetterQueue:
                     moved += 1
         return moved
 
+    async def sweep_invalid(self, kind: str) -> int:
+        """Move the tasks of ``kind`` whose tenant token is not valid (``invalid_subject``) at once.
+
+        Per-tenant consumers (``bus.fair``) cannot name such a subject (invalid UTF-8 reads as
+        U+FFFD in the stream's subject list), so they are walked through ``tasks.*.<kind>``,
+        skipping at most ``_SWEEP_SKIPS`` valid ones per call. Returns how many moved.
+        """
+        seq, skips, moved = 1, 0, 0
+        while skips <= _SWEEP_SKIPS:
+            try:
+                raw = await self._js.get_msg(
+                    TASKS_STREAM, seq=seq, subject=f"{TASKS_PREFIX}.*.{kind}", next=True
+                )
+            except NotFoundError:
+                break
+            if raw.seq is None:
+                break
+            seq = raw.seq + 1
+            problem = subject_problem(raw.subject or "")
+            if not problem:
+                skips += 1
+                continue
+            if await self._move(raw.seq, DlqReason.INVALID_SUBJECT, problem, 0):
+                moved += 1
+        return moved
+
     async def sweep_forever(self, served_kinds: set[str], *, interval_s: float, grace_s: float) -> None:
         """Run :meth:`sweep_unrouted` every ``interval_s`` until cancelled."""
         while True:

@@ -36,6 +36,7 @@ from agentbus.errors import (
     PublishError,
     ResultTimeoutError,
     StreamFullError,
+    TenantQuotaExceeded,
 )
 from bus import tracing
 from bus.connection import NatsAuth
@@ -48,6 +49,7 @@ __all__ = ["Publisher", "TaskRef", "TaskSpec", "map_publish_error", "new_task_id
 # JetStream API error codes (nats-server errors.json).
 _STREAM_FULL_CODES = frozenset({10077, 10047, 10028})  # store failed (limits), resources exceeded
 _TOO_LARGE_CODES = frozenset({10054})  # message size exceeds maximum allowed
+_PER_SUBJECT_FULL = "maximum messages per subject exceeded"  # 10077 with discard_new_per_subject
 
 _result_decoder = msgspec.json.Decoder(Result[Any])
 
@@ -108,8 +110,12 @@ class Publisher:
         max_pending_acks: int = 4096,
         max_msg_bytes: int = 1 << 20,
         ack_timeout_s: float = 10.0,
+        tenant_quota: int = 0,
     ) -> None:
+        """``tenant_quota``: the stream's ``StreamLimits.tenant_max_queued``, named in
+        :class:`~agentbus.errors.TenantQuotaExceeded` (0: unknown here)."""
         self._nc = nc
+        self._quota = tenant_quota
         self._js = _JetStream(nc, publish_async_max_pending=max_pending_acks)
         self._max_msg_bytes = max_msg_bytes
         # an ack lost with a dying server never arrives: without a bound, submit would hang
@@ -187,7 +193,7 @@ class Publisher:
 
         def done(f: asyncio.Future[PubAck]) -> None:
             timer.cancel()
-            _resolve(f, out, tid, subject, len(data))
+            _resolve(f, out, tid, subject, len(data), self._quota)
 
         ack.add_done_callback(done)
         return out
@@ -292,7 +298,12 @@ def _expire(ack: asyncio.Future[PubAck], timeout_s: float) -> None:
 
 
 def _resolve(
-    ack: asyncio.Future[PubAck], out: asyncio.Future[TaskRef], task_id: str, subject: str, size: int
+    ack: asyncio.Future[PubAck],
+    out: asyncio.Future[TaskRef],
+    task_id: str,
+    subject: str,
+    size: int,
+    quota: int = 0,
 ) -> None:
     if out.done():
         return
@@ -304,11 +315,14 @@ def _resolve(
         pub = ack.result()
         out.set_result(TaskRef(task_id, subject, pub.seq, bool(pub.duplicate)))
     else:
-        out.set_exception(map_publish_error(exc, task_id, subject, size))
+        out.set_exception(map_publish_error(exc, task_id, subject, size, quota))
 
 
-def map_publish_error(exc: BaseException, task_id: str, subject: str, size: int = 0) -> PublishError:
-    """Translate a nats-py publish failure into the agentbus error tree (``size``: the task's bytes)."""
+def map_publish_error(
+    exc: BaseException, task_id: str, subject: str, size: int = 0, quota: int = 0
+) -> PublishError:
+    """Translate a nats-py publish failure into the agentbus error tree (``size``: the task's
+    bytes; ``quota``: the per-tenant limit, for :class:`TenantQuotaExceeded`)."""
     if isinstance(exc, _AckTimeout):
         return PublishError(
             f"no ack from JetStream within {exc.timeout_s:g}s: the task may or may not be stored; "
@@ -322,6 +336,9 @@ def map_publish_error(exc: BaseException, task_id: str, subject: str, size: int 
         desc = exc.description or ""
         if exc.err_code in _TOO_LARGE_CODES:  # the stream's max_msg_size is below our limit
             return PayloadTooLargeError(size, 0, task_id=task_id, subject=subject, detail=desc)
+        if desc == _PER_SUBJECT_FULL:  # the tenant's quota: other tenants still publish
+            _, tenant, kind = [*subject.split(".", 2), "", ""][:3]
+            return TenantQuotaExceeded(tenant, kind, quota, task_id=task_id, subject=subject)
         if exc.err_code in _STREAM_FULL_CODES or "maximum" in desc:
             return StreamFullError(
                 f"stream full, task refused ({desc}); consume or raise the limits",

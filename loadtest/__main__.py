@@ -12,6 +12,8 @@ of stdout; ``--json-only`` prints just that). Suites run only when named:
   child process);
 * ``mcp``: retrieval latency and recall on the shipped corpus, and an MCP tool call (stdio,
   HTTP) against the same tool in-process (``loadtest.bench_mcp``, in a child process).
+* ``fairness``: quiet tenants behind a noisy backlog, weighted shares, 1,000 tenants and a
+  single tenant's cost of fair scheduling (``loadtest.bench_fairness``, in a child process).
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ __all__ = ["build_parser", "main"]
 _ALIASES = {"a": "throughput", "b": "throughput", "c": "io", "d": "latency", "e": "memory"}
 STATE_SUITE = "state"
 """Shared-state CRDT costs and gossip convergence (no NATS needed); run only when named."""
-CHILD_SUITES = {"llm": "loadtest.bench_llm", "scaler": "loadtest.bench_scaler", "mcp": "loadtest.bench_mcp"}
+CHILD_SUITES = {
+    "llm": "loadtest.bench_llm",
+    "scaler": "loadtest.bench_scaler",
+    "mcp": "loadtest.bench_mcp",
+    "fairness": "loadtest.bench_fairness",
+}
 """Suites with a command of their own, run as ``python -m <module>`` only when named."""
 
 
@@ -44,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--suite",
         action="append",
         metavar="SUITE",
-        help="throughput (a, b), io (c), latency (d), memory (e), state, llm, scaler, mcp; comma-separated"
+        help="throughput (a, b), io (c), latency (d), memory (e), state, llm, scaler, mcp, fairness;"
+        " comma-separated"
         " or repeated; default the first four",
     )
     p.add_argument("--nats-url", help="use this nats-server instead of starting an embedded one")
@@ -162,7 +170,7 @@ def child_command(name: str, *, quick: bool) -> list[str]:
     """The command of a suite that runs as its own process (``--quick``: its smallest run)."""
     command = [sys.executable, "-m", CHILD_SUITES[name]]
     if quick:
-        quick_args = {"llm": ["--reps", "1", "--tasks", "2000"], "mcp": ["--quick"]}
+        quick_args = {"llm": ["--reps", "1", "--tasks", "2000"], "mcp": ["--quick"], "fairness": ["--quick"]}
         command += quick_args.get(name, ["--trials", "1"])
     return command
 

@@ -30,7 +30,15 @@ from agents.registry import Registry
 from agents.worker import Worker, tune_gc
 from bus.messages import Task, encode
 from bus.publisher import Publisher
-from bus.topology import TASKS_STREAM, ConsumerSpec, consumer_name, ensure_consumer, ensure_streams
+from bus.topology import (
+    TASKS_STREAM,
+    ConsumerSpec,
+    consumer_name,
+    ensure_consumer,
+    ensure_streams,
+    ensure_tenant_consumer,
+    tenant_consumer_name,
+)
 from loadtest.stats import percentile
 
 __all__ = [
@@ -115,12 +123,17 @@ class Countdown:
 
 
 class Queue:
-    """The work queue of one phase: a fresh durable consumer for one kind on ``TASKS``."""
+    """The work queue of one phase: a fresh durable consumer for one kind on ``TASKS``: the
+    kind's (raw anchors), or with ``per_tenant`` the bench tenant's, which the worker's default
+    fair strategy serves (docs/fairness.md; the bench worker does not provision)."""
 
-    def __init__(self, js: JetStreamContext, kind: str, *, owns_server: bool) -> None:
+    def __init__(
+        self, js: JetStreamContext, kind: str, *, owns_server: bool, per_tenant: bool = False
+    ) -> None:
         self.js = js
         self.kind = kind
         self._owns_server = owns_server
+        self._name = tenant_consumer_name(kind, TENANT) if per_tenant else consumer_name(kind)
 
     async def create(self, *, max_ack_pending: int = 20_000) -> None:
         """Provision the stream (recreated when we own the server) and this kind's consumer."""
@@ -133,12 +146,16 @@ class Queue:
                 await self.js.stream_info(TASKS_STREAM)
             except NotFoundError:
                 await ensure_streams(self.js)
-        await ensure_consumer(self.js, ConsumerSpec(kind=self.kind, max_ack_pending=max_ack_pending))
+        spec = ConsumerSpec(kind=self.kind, max_ack_pending=max_ack_pending)
+        if self._name == consumer_name(self.kind):
+            await ensure_consumer(self.js, spec)
+        else:
+            await ensure_tenant_consumer(self.js, spec, TENANT)
 
     async def delete(self) -> None:
         """Drop the consumer (and with it any pull request a finished phase left behind)."""
         with contextlib.suppress(NotFoundError):
-            await self.js.delete_consumer(TASKS_STREAM, consumer_name(self.kind))
+            await self.js.delete_consumer(TASKS_STREAM, self._name)
 
 
 async def publish(nc: Client, kind: str, n: int, *, start: int = 0) -> float:
@@ -154,15 +171,17 @@ async def publish(nc: Client, kind: str, n: int, *, start: int = 0) -> float:
 
 
 async def wait_drained(js: JetStreamContext, kind: str, *, timeout_s: float = 60.0) -> None:
-    """Wait until the server has applied every ack of ``kind`` (nothing pending, nothing unacked)."""
+    """Wait until the server has applied every ack of ``kind``: the work queue holds none of its
+    tasks (neither pending nor unacked), whichever consumer served them."""
     deadline = time.monotonic() + timeout_s
-    name = consumer_name(kind)
+    subject = f"tasks.{TENANT}.{kind}"
     while True:
-        info = await js.consumer_info(TASKS_STREAM, name)
-        if not info.num_pending and not info.num_ack_pending:
+        info = await js.stream_info(TASKS_STREAM, subjects_filter=subject)
+        left = (info.state.subjects or {}).get(subject, 0)
+        if not left:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{name}: {info.num_pending} pending, {info.num_ack_pending} unacked")
+            raise TimeoutError(f"{subject}: {left} tasks not acked")
         await asyncio.sleep(0.01)
 
 

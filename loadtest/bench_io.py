@@ -155,7 +155,7 @@ async def run_io(
 
     async def one(side: str, rep: int) -> dict[str, Any]:
         side_kind = f"{kind}-{side}{rep}"
-        queue = Queue(nc.jetstream(), side_kind, owns_server=owns_server)
+        queue = Queue(nc.jetstream(), side_kind, owns_server=owns_server, per_tenant=side == "agentbus")
         await queue.create()
         await publish(nc, side_kind, params.n)
         child = await Child.start(

@@ -141,7 +141,7 @@ async def run_latency(
 
     async def one(side: str, rep: int) -> dict[str, Any]:
         side_kind = f"{kind}-{side}{rep}"
-        queue = Queue(nc.jetstream(), side_kind, owns_server=owns_server)
+        queue = Queue(nc.jetstream(), side_kind, owns_server=owns_server, per_tenant=side == "agentbus")
         await queue.create()
         child = await Child.start(
             "latency" if side == "agentbus" else "raw_latency",

@@ -148,7 +148,7 @@ async def run_memory(
     out: dict[str, Any] = {"memory_n": params.n}
     for side, phase in (("raw", "raw_memory"), ("agentbus", "memory")):
         side_kind = f"{kind}-{side}"
-        queue = Queue(nc.jetstream(), side_kind, owns_server=owns_server)
+        queue = Queue(nc.jetstream(), side_kind, owns_server=owns_server, per_tenant=side == "agentbus")
         await queue.create(max_ack_pending=2 * (params.n + params.warmup))
         child = await Child.start(
             phase, {"url": url, "kind": side_kind, "n": params.n, "warmup": params.warmup}

@@ -128,7 +128,7 @@ async def run_throughput(
 
     async def one(side: str, rep: int) -> dict[str, Any]:
         side_kind = f"{kind}-{side}{rep}"
-        queue = Queue(nc.jetstream(), side_kind, owns_server=owns_server)
+        queue = Queue(nc.jetstream(), side_kind, owns_server=owns_server, per_tenant=side == "agentbus")
         await queue.create()
         publish_rates.append(await publish(nc, side_kind, params.n))
         child = await Child.start(

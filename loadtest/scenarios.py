@@ -8,9 +8,11 @@ duration, result timeout) come from the scenario's table in ``loadtest/slo.toml`
 * ``steady``: constant rate; echo, summarize and order for three tenants; 70% of the
   tasks fire-and-forget (``submit``), 30% wait for their result (``call``).
 * ``spike``: the steady mix; 10x the users for 30 s (from 10 s in), then back.
-* ``noisy``: tenant ``noisy`` sends 100x the tasks of each quiet tenant (acme, globex,
-  initech), 75% fire-and-forget; the quiet tenants only ``call``, so each tenant's
-  end-to-end latency is measured (the baseline for tenant fairness).
+* ``noisy``: first a calm phase: the calm tenants (``calm-acme``, ...) ``call`` at the
+  quiet tenants' rate, alone, which is the baseline; then tenant ``noisy`` sends 100x the
+  tasks of each quiet tenant (acme, globex, initech), fire-and-forget tasks of 1 s, more
+  than the workers' slots can run, so a real backlog builds; the quiet tenants ``call``
+  behind it. The gate compares the quiet tenants' p99 with the calm tenants' (docs/fairness.md).
 * ``long``: echo tasks sleeping 2-5 s, mostly fire-and-forget: they outlive a short ack
   wait only through in-progress heartbeats, and they pile up until the autoscaler adds
   workers.
@@ -36,6 +38,7 @@ from loadtest.locust_nats import ACK_TIMEOUT_S, NatsUser
 from loadtest.slo import Scenario
 
 __all__ = [
+    "CALM_TENANTS",
     "NOISY_TENANT",
     "TENANTS",
     "LongTaskUser",
@@ -50,6 +53,10 @@ __all__ = [
 TENANTS = ("acme", "globex", "initech")
 NOISY_TENANT = "noisy"
 _NOISY_WEIGHT = 100  # the noisy tenant's share against each quiet tenant's 1
+CALM_TENANTS = tuple(f"calm-{t}" for t in TENANTS)
+"""The quiet tenants' twins of the calm phase: their latency is the baseline of the noisy gate."""
+_CALM_S = 8.0  # the calm phase of the noisy scenario (a quarter of shorter runs)
+_NOISY_SLEEP_S = 1.0  # 2 workers x 56 slots a tenant may take run ~112 of these a second: a backlog
 
 _SENTENCES = (
     "The quarterly report shows revenue growth in every region.",
@@ -145,22 +152,32 @@ class SpikeUser(ScenarioUser):
 
 
 class NoisyNeighbourUser(ScenarioUser):
-    """One tenant sends 100x the tasks of each other tenant; the quiet ones measure latency."""
+    """A calm phase (the baseline), then one tenant sends 100x the tasks of each other tenant,
+    more than the workers can run; the quiet ones measure their latency behind its backlog."""
 
     scenario = "noisy"
     tenants = (NOISY_TENANT, *TENANTS)
     weights = (_NOISY_WEIGHT, *(1 for _ in TENANTS))
 
+    def on_start(self) -> None:
+        super().on_start()
+        options = self.environment.parsed_options
+        duration_s = float(getattr(options, "run_time", None) or self.scenarios[self.scenario].duration_s)
+        self._calm_until = time.monotonic() + min(_CALM_S, duration_s / 4)
+
     @tag("noisy")
     @task
     def tenant_task(self) -> None:
-        """One echo task of a tenant drawn by weight: the noisy one mostly fires and forgets."""
+        """One echo task of a tenant drawn by weight: the noisy one fires and forgets 1 s tasks;
+        in the calm phase the noisy draws send nothing and the quiet ones go to the calm twins."""
         tenant = self.rng.choices(self.tenants, self.weights)[0]
-        payload = {"text": f"{tenant} {self.rng.randrange(1_000_000)}"}
-        if tenant == NOISY_TENANT and self.rng.random() < 0.75:
-            self.submit(tenant, "echo", payload)
+        calm = time.monotonic() < self._calm_until
+        payload: dict[str, Any] = {"text": f"{tenant} {self.rng.randrange(1_000_000)}"}
+        if tenant == NOISY_TENANT:
+            if not calm:
+                self.submit(tenant, "echo", payload | {"sleep_s": _NOISY_SLEEP_S})
         else:
-            self.call(tenant, "echo", payload)
+            self.call(f"calm-{tenant}" if calm else tenant, "echo", payload)
 
 
 class LongTaskUser(ScenarioUser):

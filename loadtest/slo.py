@@ -27,7 +27,7 @@ from rich.table import Table
 
 from agentbus.errors import ConfigError
 from loadtest.cluster_counts import ClusterDelta
-from loadtest.locust_report import CALL, SUBMIT, LocustReport
+from loadtest.locust_report import CALL, SUBMIT, LocustReport, Tally
 
 __all__ = [
     "SLO_FILE",
@@ -64,6 +64,11 @@ class Slo(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     min_requests: int = 1
     min_peak_workers: int = 0
     """Workers the pool must have reached (checked only for a cluster the runner started)."""
+    quiet_tenants: list[str] = []
+    baseline_tenants: list[str] = []
+    max_quiet_p99_ratio: float = 0.0
+    """Above 0: the ``quiet_tenants``' call p99 over the ``baseline_tenants``' must stay below it
+    (the noisy scenario: the same quiet load, behind a backlog and alone; docs/fairness.md)."""
 
 
 class Scenario(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -164,6 +169,14 @@ def judge(
         measured = "no requests" if p99 is None else f"{p99:,.0f} ms"
         check(f"p99 {rtype}", measured, f"<= {bound:,.0f} ms", p99 is not None and p99 <= bound)
 
+    if slo.max_quiet_p99_ratio:
+        quiet, calm = (_calls(report, slo.quiet_tenants), _calls(report, slo.baseline_tenants))
+        ok = quiet is not None and calm is not None and quiet <= slo.max_quiet_p99_ratio * calm
+        measured = "no calls" if quiet is None or calm is None else f"{quiet:,.0f} / {calm:,.0f} ms"
+        if quiet is not None and calm is not None:
+            measured += f" = {quiet / calm:.2f}x"
+        check("quiet p99 / calm p99 (call)", measured, f"<= {slo.max_quiet_p99_ratio:g}x", ok)
+
     published = total.published
     check(
         "stored by JetStream (TASKS)",
@@ -221,6 +234,14 @@ def judge(
         errors=dict(sorted(report.errors.items(), key=lambda kv: -kv[1])),
         notes=notes,
     )
+
+
+def _calls(report: LocustReport, tenants: list[str]) -> float | None:
+    """The call p99 of ``tenants`` together."""
+    tally = Tally()
+    for tenant in tenants:
+        tally.add(report.total(request_type=CALL, tenant=tenant))
+    return tally.percentile_ms(99)
 
 
 def _tenant_rows(report: LocustReport, cluster: ClusterDelta) -> list[TenantRow]:

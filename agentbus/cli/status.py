@@ -44,7 +44,7 @@ def safe(text: str) -> str:
 
 
 class KindRow(msgspec.Struct):
-    """One kind's consumer."""
+    """One kind's consumers (per tenant, or the per-kind one), summed."""
 
     kind: str
     queued: int
@@ -102,27 +102,24 @@ async def snapshot(js: JetStreamContext, interval_s: float = 1.0) -> Snapshot:
     await asyncio.sleep(interval_s)
     t1, d1, c1 = await _sample(js)
     before = {c.name: c for c in c0}
-    rows = []
+    rows: dict[str, KindRow] = {}  # a kind's consumers summed: one per tenant (docs/fairness.md)
     for c in sorted(c1, key=lambda c: c.name):
         prev = before.get(c.name)
         delivered = (c.delivered.consumer_seq or 0) - ((prev.delivered.consumer_seq or 0) if prev else 0)
-        rows.append(
-            KindRow(
-                kind=(c.config.filter_subject or c.name).rsplit(".", 1)[-1],
-                queued=c.num_pending or 0,
-                inflight=c.num_ack_pending or 0,
-                redelivered=c.num_redelivered or 0,
-                waiting_pulls=c.num_waiting or 0,
-                delivered_per_s=delivered / interval_s,
-            )
-        )
+        kind = (c.config.filter_subject or c.name).rsplit(".", 1)[-1]
+        row = rows.setdefault(kind, KindRow(kind, 0, 0, 0, 0, 0.0))
+        row.queued += c.num_pending or 0
+        row.inflight += c.num_ack_pending or 0
+        row.redelivered += c.num_redelivered or 0
+        row.waiting_pulls += c.num_waiting or 0
+        row.delivered_per_s += delivered / interval_s
     published = (t1.state.last_seq - t0.state.last_seq) / interval_s
     removed0 = t0.state.last_seq - t0.state.messages
     removed1 = t1.state.last_seq - t1.state.messages
     return Snapshot(
         queued=_by_tenant_kind(t1.state.subjects),
         dead_letters=_by_tenant_kind(d1.state.subjects),
-        kinds=rows,
+        kinds=sorted(rows.values(), key=lambda r: r.kind),
         published_per_s=published,
         completed_per_s=(removed1 - removed0) / interval_s,
         tasks_total=t1.state.messages,

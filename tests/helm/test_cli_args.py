@@ -254,3 +254,31 @@ def test_locust_scenarios_are_the_ones_slo_toml_defines() -> None:
     offered = schema["properties"]["locust"]["properties"]["scenario"]["enum"]
     defined = tomllib.loads((CHART.parents[1] / "loadtest" / "slo.toml").read_text())
     assert sorted(offered) == sorted(defined)
+
+
+def test_fairness_values_reach_the_config(
+    render: Callable[..., Rendered], clean_env: pytest.MonkeyPatch
+) -> None:
+    values = {
+        "fairness": {"weights": {"gold": 3, "silver": 2}, "tenantMaxInflight": 12, "tenantMaxQueued": 5000}
+    }
+    rendered = render(values)
+    _, c = component_containers(rendered, "agent")[0]
+    for var, value in container_env(rendered, c, "pod-0").items():
+        clean_env.setenv(var, value)
+    config = worker_cli.config_from_args(build_parser().parse_args(c["args"]))
+    assert config.fairness == "tenant"
+    assert dict(config.tenant_weights) == {"gold": 3, "silver": 2}
+    assert config.tenant_max_inflight == 12
+    assert config.stream_limits.tenant_max_queued == 5000
+
+
+def test_fairness_defaults_are_the_workers(default: Rendered, clean_env: pytest.MonkeyPatch) -> None:
+    _, c = component_containers(default, "agent")[0]
+    for var, value in container_env(default, c, "pod-0").items():
+        clean_env.setenv(var, value)
+    config = worker_cli.config_from_args(build_parser().parse_args(c["args"]))
+    plain = WorkerConfig()
+    assert (config.fairness, dict(config.tenant_weights)) == (plain.fairness, {})
+    assert config.tenant_max_inflight is None
+    assert config.stream_limits.tenant_max_queued == plain.stream_limits.tenant_max_queued

@@ -11,6 +11,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -21,11 +22,13 @@ from nats.aio.subscription import Subscription
 
 from agents.builtin.basic import EchoOut
 from bus.messages import DeadLetter, Result
-from bus.topology import TASKS_STREAM, consumer_name
+from bus.topology import kind_consumers
 
 __all__ = [
+    "ConsumerTotals",
     "ResultLog",
     "consumer_state",
+    "consumer_totals",
     "dead_letters",
     "launch",
     "metric",
@@ -98,9 +101,34 @@ async def poll(
 
 
 async def consumer_state(nc: Client, kind: str) -> tuple[int, int]:
-    """``(num_pending, num_ack_pending)`` of the kind's durable consumer."""
-    info = await nc.jetstream().consumer_info(TASKS_STREAM, consumer_name(kind))
-    return info.num_pending or 0, info.num_ack_pending or 0
+    """``(num_pending, num_ack_pending)`` summed over the kind's consumers (per tenant or per kind)."""
+    totals = await consumer_totals(nc, kind)
+    return totals.num_pending, totals.num_ack_pending
+
+
+@dataclass
+class ConsumerTotals:
+    """A kind's consumers' counts, summed."""
+
+    num_pending: int = 0
+    num_ack_pending: int = 0
+    num_waiting: int = 0
+    num_redelivered: int = 0
+    delivered: int = 0
+    consumers: int = 0
+
+
+async def consumer_totals(nc: Client, kind: str) -> ConsumerTotals:
+    """Counts of every consumer of ``kind`` (the tenants' consumers, or ``agents-<kind>``), summed."""
+    out = ConsumerTotals()
+    for info in await kind_consumers(nc.jetstream(), kind):
+        out.num_pending += info.num_pending or 0
+        out.num_ack_pending += info.num_ack_pending or 0
+        out.num_waiting += info.num_waiting or 0
+        out.num_redelivered += info.num_redelivered or 0
+        out.delivered += (info.delivered.consumer_seq or 0) if info.delivered else 0
+        out.consumers += 1
+    return out
 
 
 async def dead_letters(nc: Client) -> list[DeadLetter]:

@@ -15,12 +15,12 @@ from collections.abc import Callable
 
 import pytest
 from conftest import WorkerProcess
-from helpers_a import ResultLog, dead_letters, launch, metric, poll, queue_empty
+from helpers_a import ResultLog, consumer_totals, dead_letters, launch, metric, poll, queue_empty
 from nats.aio.client import Client
 
 from agents.builtin.basic import EchoIn
 from bus.publisher import Publisher, TaskRef, TaskSpec
-from bus.topology import TASKS_STREAM, consumer_name
+from bus.topology import TASKS_STREAM
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -150,12 +150,11 @@ async def test_a_draining_worker_takes_no_new_tasks(
 
     await poll(a_has_it, timeout_s=20, what="A running the slow task")
     js = nc.jetstream()
-    assert (await js.consumer_info(TASKS_STREAM, consumer_name("echo"))).num_waiting, "A asks for 9 more"
+    assert (await consumer_totals(nc, "echo")).num_waiting, "A asks for more"
     a.signal(signal.SIGTERM)
 
     async def withdrawn() -> bool:
-        info = await js.consumer_info(TASKS_STREAM, consumer_name("echo"))
-        return bool(info.num_waiting == 0)
+        return (await consumer_totals(nc, "echo")).num_waiting == 0
 
     # Well inside the slow task's 8 s: A is still draining (checked just below).
     await poll(withdrawn, timeout_s=5, what="the server holding no pull request of the draining A")
@@ -164,8 +163,10 @@ async def test_a_draining_worker_takes_no_new_tasks(
     assert await asyncio.to_thread(a.wait, 30) == 0, a.log()
 
     assert await dead_letters(nc) == []
-    info = await js.consumer_info(TASKS_STREAM, consumer_name("echo"))
-    assert (info.num_pending, info.num_ack_pending, info.delivered.consumer_seq) == (5, 0, 1)
+    info = await consumer_totals(nc, "echo")
+    assert (info.num_ack_pending, info.delivered) == (0, 1), "only the slow task was ever delivered"
+    stream = await js.stream_info(TASKS_STREAM, subjects_filter="tasks.*.echo")
+    assert stream.state.subjects == {"tasks.globex.echo": 5}, "the fresh tasks wait, untouched"
     assert log.ok_ids() == {slow}, "A finished its slow task during the drain"
 
     await launch(start_worker, "B", *args)

@@ -85,7 +85,10 @@ async def test_one_hostile_frame_does_not_stop_the_fleet(
         totals = [await metric(w, "agentbus_nats_bad_frames_total") for w in workers]
         return sum(t or 0 for t in totals) >= 1
 
-    await poll(counted, timeout_s=30, what="the bad frame in some worker's /metrics")
+    if case != "task-subject-not-utf8":
+        await poll(counted, timeout_s=30, what="the bad frame in some worker's /metrics")
+    # else: no tenant consumer can name the subject, so it is never delivered as a frame: the
+    # workers' discovery sees its U+FFFD and moves it to the DLQ by sequence (docs/fairness.md)
     for worker in workers:
         assert worker.proc.poll() is None, worker.log()
         assert f"(client {'FastClient' if fast_path == '1' else 'GuardedClient'})" in worker.log()

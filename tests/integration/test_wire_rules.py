@@ -391,8 +391,8 @@ async def test_invalid_utf8_subjects_no_agent_serves_are_swept_as_invalid_subjec
 async def test_an_invalid_utf8_tenant_is_dead_lettered_by_the_worker(
     nats_url: str, nc: Client, worker: Worker, runs: Counter[str]
 ) -> None:
-    """Delivered to the kind's consumer (its filter matches any tenant token): the worker reads
-    the subject with replacement characters and dead-letters it on ``dlq._invalid.count``."""
+    """No tenant consumer can name it (the stream lists it with replacement characters): the
+    worker's discovery sees an invalid token and moves it to ``dlq._invalid.count`` at once."""
     js = nc.jetstream()
     await raw_publish(nats_url, (b"tasks.\xff\xfe.count", envelope("bad-tenant")))
     await Publisher(nc).submit("globex", "count", CountIn(text="good"), task_id="good")
@@ -413,7 +413,8 @@ async def test_a_worker_that_does_not_provision_warns_of_a_bounded_server_max_de
     info = await js.consumer_info(TASKS_STREAM, "agents-count")
     info.config.max_deliver = 5  # as older agentbus (or an operator) made it
     await js.add_consumer(TASKS_STREAM, info.config)
-    w = Worker(config(nats_url, provision=False, consumer_info_interval_s=0.05), counting_registry(runs))
+    changes = {"provision": False, "consumer_info_interval_s": 0.05, "fairness": "kind"}  # agents-count's
+    w = Worker(config(nats_url, **changes), counting_registry(runs))
     await w.start()
     try:
         await poll(lambda: "has max_deliver 5 on the server" in caplog.text, timeout_s=10, what="the warning")

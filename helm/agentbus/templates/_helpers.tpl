@@ -350,3 +350,11 @@ the workers' cluster key) come from an existing Secret mounted at /etc/agentbus/
 {{- define "agentbus.tenants" -}}
 {{- concat (.Values.tenants.allowlist | default list) (.Values.agents.tenants | default list) | uniq | join "," -}}
 {{- end }}
+{{/* fairness.weights as AGENTBUS_TENANT_WEIGHTS: tenant=weight,... in key order. */}}
+{{- define "agentbus.tenantWeights" -}}
+{{- $items := list -}}
+{{- range $tenant, $weight := . -}}
+{{- $items = append $items (printf "%s=%d" $tenant (int $weight)) -}}
+{{- end -}}
+{{- join "," $items -}}
+{{- end -}}
