@@ -20,6 +20,9 @@ dead-letters ``rejected``, a timeout retries. ``ctx.publish`` records the follow
 them (``stream=True``). No NATS, no threads, no sleeping: a retry's delay is reported,
 not waited for.
 
+:func:`bare_context` is a :class:`Context` alone, for calling a tool or a helper directly
+(no agent, no tester): publishing or streaming from it fails the test.
+
 The worker's wire rules (ids, headers, sizes, subjects) are not checked here; the real
 server tests in ``tests/integration`` cover them.
 """
@@ -43,7 +46,7 @@ from bus.publisher import TaskRef, new_task_id
 from bus.subjects import check_token, task_subject
 from state.replica import ReplicaState
 
-__all__ = ["AgentTester", "Outcome", "PublishedTask"]
+__all__ = ["AgentTester", "Outcome", "PublishedTask", "bare_context"]
 
 Fate = Literal["ok", "retry", "dead_letter"]
 Out = TypeVar("Out")
@@ -230,3 +233,21 @@ class AgentTester(Generic[Out]):
                 return TaskRef(task_id=tid, subject=subject, seq=seq, duplicate=True)
         self.published.append(PublishedTask(tenant, kind, payload, tid, deadline))
         return TaskRef(task_id=tid, subject=subject, seq=len(self.published), duplicate=False)
+
+
+def bare_context(tenant: str = "acme", *, kind: str = "test", task_id: str = "t1") -> Context:
+    """A first delivery's :class:`Context` with no deadline; ``ctx.publish`` and ``ctx.stream`` raise."""
+
+    async def unused(*_: Any, **__: Any) -> Any:
+        raise AssertionError("a bare context cannot publish or stream")
+
+    return Context(
+        tenant=tenant,
+        kind=kind,
+        task_id=task_id,
+        attempt=1,
+        deadline=None,
+        log=logging.getLogger(f"agents.testing.{kind}"),
+        submit=unused,
+        emit=unused,
+    )

@@ -33,9 +33,9 @@ from nats.js.api import (
     StreamConfig,
     StreamSource,
 )
-from nats.js.errors import NotFoundError
 
 from agentbus.errors import ConfigError
+from bus._streams import ensure_stream
 from bus.embedded import EmbeddedNats
 from bus.subjects import TASKS_PREFIX, check_token
 from bus.topology import TASKS_STREAM, StreamLimits
@@ -107,12 +107,7 @@ async def ensure_edge_stream(
         duplicate_window=limits.duplicate_window_s,
         num_replicas=1,
     )
-    try:
-        await js.stream_info(EDGE_STREAM)
-    except NotFoundError:
-        await js.add_stream(config)
-    else:
-        await js.update_stream(config)
+    await ensure_stream(js, config)
 
 
 async def source_edge(js: JetStreamContext, domain: str) -> None:

@@ -34,6 +34,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from agentbus.errors import BusError, ConfigError, RecordNotFoundError, ResultTimeoutError
+from bus._streams import ensure_stream
 from bus.messages import AuditRecord, Result
 from bus.subjects import RESULTS_PREFIX, check_task_id, check_token, result_subject
 
@@ -90,16 +91,6 @@ def audit_subject(tenant: str, task_id: str) -> str:
     return f"{AUDIT_PREFIX}.{tenant}.{task_id}"
 
 
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    assert config.name is not None
-    try:
-        await js.stream_info(config.name)
-    except NotFoundError:
-        await js.add_stream(config)
-    else:
-        await js.update_stream(config)
-
-
 async def ensure_records(js: JetStreamContext, limits: RecordLimits | None = None) -> None:
     """Create or update ``RESULTS``, ``AUDIT`` and the KV buckets (idempotent)."""
     limits = limits or RecordLimits()
@@ -111,7 +102,7 @@ async def ensure_records(js: JetStreamContext, limits: RecordLimits | None = Non
         "allow_direct": True,
         "duplicate_window": 120.0,
     }
-    await _ensure_stream(
+    await ensure_stream(
         js,
         StreamConfig(
             name=RESULTS_STREAM,
@@ -122,7 +113,7 @@ async def ensure_records(js: JetStreamContext, limits: RecordLimits | None = Non
             **common,
         ),
     )
-    await _ensure_stream(
+    await ensure_stream(
         js,
         StreamConfig(
             name=AUDIT_STREAM,

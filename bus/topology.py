@@ -49,9 +49,9 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
 
 from agentbus.errors import ConfigError
+from bus._streams import ensure_stream
 from bus.records import RecordLimits, ensure_records
 from bus.subjects import DLQ_PREFIX, TASKS_PREFIX, check_token
 
@@ -192,15 +192,8 @@ async def ensure_streams(
         duplicate_window=limits.duplicate_window_s,
         num_replicas=limits.replicas,
     )
-    for config in (tasks, dlq):
-        assert config.name is not None
-        try:
-            info = await js.stream_info(config.name)
-        except NotFoundError:
-            await js.add_stream(config)
-        else:
-            config.sources = info.config.sources  # an edge site's source (bus.edge) stays
-            await js.update_stream(config)
+    await ensure_stream(js, tasks, keep_sources=True)  # an edge site's source (bus.edge) stays
+    await ensure_stream(js, dlq)
     await ensure_records(js, records)
 
 

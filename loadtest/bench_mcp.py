@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -42,6 +41,7 @@ from agents.llm.mcp import MCPToolset
 from agents.llm.mcp_config import MCPServerConfig
 from agents.llm.tools import Toolbox, tool
 from agents.registry import Registry
+from agents.testing import bare_context
 from agents.worker import Worker
 from bus.connection import connect
 from bus.embedded import EmbeddedNats
@@ -64,22 +64,6 @@ class _Add(msgspec.Struct, forbid_unknown_fields=True):
 def add(ctx: Context, args: _Add) -> int:
     """Add two integers."""
     return args.a + args.b
-
-
-def _ctx() -> Context:
-    async def unused(*_: Any, **__: Any) -> Any:
-        raise AssertionError("not used")
-
-    return Context(
-        tenant="bench",
-        kind="bench",
-        task_id="t",
-        attempt=1,
-        deadline=None,
-        log=logging.getLogger("bench"),
-        submit=unused,
-        emit=unused,
-    )
 
 
 def _ms(samples: list[float]) -> dict[str, float]:
@@ -151,7 +135,7 @@ async def _http_server() -> tuple[asyncio.subprocess.Process, str]:
 
 
 async def _tool_calls(n: int, concurrency: int) -> dict[str, Any]:
-    ctx = _ctx()
+    ctx = bare_context("bench", kind="bench")
     local = Toolbox([add])
     out: dict[str, Any] = {"calls": n}
     await _timed(lambda: local.call(ctx, "add", '{"a": 1, "b": 2}'), 200)  # warm

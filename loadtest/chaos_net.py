@@ -1,5 +1,7 @@
 """Network partitions on loopback: TCP proxies that can be cut and healed (:class:`ProxyNet`),
-one per directed pair of cluster nodes (:class:`RouteNet`) or one per uplink of an edge site.
+one per directed pair of cluster nodes (:class:`RouteNet`) or one per uplink of an edge site;
+and :class:`TcpProxy`, one proxy on the caller's loop that can inject bytes into its
+clients' streams or filter what they send (a subclass overrides ``_client_to_server``).
 
 Node ``i`` reaches node ``j``'s route port only through the proxy of ``(i, j)``
 (:meth:`bus.cluster.NatsCluster.route_via`), so a proxy knows which two nodes a route
@@ -19,14 +21,50 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Coroutine, Hashable, Iterable
-from typing import Any
+from collections.abc import Callable, Coroutine, Hashable, Iterable
+from typing import Any, Self
 
 from bus.cluster import NatsCluster
 
-__all__ = ["ProxyNet", "RouteNet"]
+__all__ = ["ProxyNet", "RouteNet", "TcpProxy"]
 
 _CHUNK = 1 << 16
+
+_Pump = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy ``reader`` to ``writer`` in whole reads until either side ends."""
+    with contextlib.suppress(OSError):
+        while data := await reader.read(_CHUNK):
+            writer.write(data)
+            await writer.drain()
+
+
+async def _splice(
+    client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    conns: set[asyncio.StreamWriter],
+    forward: _Pump = _pump,
+) -> None:
+    """Pump both ways (``forward`` client to server) until one side ends; then close both.
+
+    Both writers are in ``conns`` meanwhile, so a cut or a close can abort them.
+    """
+    (reader, writer), (up_reader, up_writer) = client, upstream
+    conns.update((writer, up_writer))
+    pumps = [
+        asyncio.ensure_future(forward(reader, up_writer)),
+        asyncio.ensure_future(_pump(up_reader, writer)),
+    ]
+    try:
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in pumps:
+            task.cancel()
+        for w in (writer, up_writer):
+            conns.discard(w)
+            w.close()
 
 
 class ProxyNet:
@@ -68,27 +106,7 @@ class ProxyNet:
         except OSError:  # the target is down: so is this connection
             writer.transport.abort()
             return
-        conns = self._conns[name]
-        conns.update((writer, up_writer))
-        pumps = [
-            asyncio.ensure_future(self._pump(reader, up_writer)),
-            asyncio.ensure_future(self._pump(up_reader, writer)),
-        ]
-        try:
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in pumps:
-                task.cancel()
-            for w in (writer, up_writer):
-                conns.discard(w)
-                w.close()
-
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(_CHUNK):
-                writer.write(data)
-                await writer.drain()
+        await _splice((reader, writer), (up_reader, up_writer), self._conns[name])
 
     def cut(self, names: Iterable[Hashable]) -> None:
         """Close the open connections of ``names`` (both sides see them end) and refuse new ones."""
@@ -150,3 +168,58 @@ class RouteNet(ProxyNet):
         """Cut every route to and from ``nodes``."""
         cut = set(nodes)
         self.cut(pair for pair in self.ports if isinstance(pair, tuple) and cut.intersection(pair))
+
+
+class TcpProxy:
+    """A loopback TCP proxy to ``127.0.0.1:<upstream_port>`` on the running event loop.
+
+    :meth:`inject` writes bytes into the server-to-client stream of every client connected
+    now (between two whole reads, never inside one); a subclass that overrides
+    ``_client_to_server`` sees, and may change, every byte a client sends.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream = upstream_port
+        self._server: asyncio.Server | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
+        self._conns: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    async def start(self) -> Self:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream = await asyncio.open_connection("127.0.0.1", self._upstream)
+        except OSError:  # the server is down: so is this connection
+            writer.transport.abort()
+            return
+        self._clients.add(writer)
+        try:
+            await _splice((reader, writer), upstream, self._conns, self._client_to_server)
+        finally:
+            self._clients.discard(writer)
+
+    async def _client_to_server(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _pump(reader, writer)
+
+    def inject(self, data: bytes) -> int:
+        """Write ``data`` to every client connected now; how many there were."""
+        for writer in self._clients:
+            writer.write(data)
+        return len(self._clients)
+
+    async def close(self) -> None:
+        """Stop listening and abort every connection."""
+        if self._server is not None:
+            self._server.close()
+        for w in list(self._conns):
+            w.transport.abort()
+        if self._server is not None:
+            await self._server.wait_closed()

@@ -80,6 +80,17 @@ async def llm() -> AsyncIterator[ScriptedLLM]:
         await server.aclose()
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float, sig: int = signal.SIGTERM) -> int:
+    """Send ``sig`` (drain), wait up to ``timeout_s``, then kill; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
 def wait_until(check: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
     """Poll ``check`` until it holds; a generous liveness bound, not a timing assertion."""
     deadline = time.monotonic() + timeout_s
@@ -187,13 +198,7 @@ class WorkerProcess:
 
     def stop(self) -> None:
         """Terminate (drain) and, past a bound, kill."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 30)
 
 
 @pytest.fixture

@@ -18,12 +18,15 @@ docs/security.md has the roles and the threat model.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from bus.authdir import AuthDir
 from bus.permissions import Role, inbox_prefix, permissions
 
 __all__ = ["register"]
+
+_Run = Callable[[argparse.Namespace], int]
 
 
 def register(sub: Any) -> None:
@@ -36,21 +39,39 @@ def register(sub: Any) -> None:
     init.add_argument("dir", help="a new directory (created with mode 0700)")
     init.add_argument("--tenant", action="append", default=[], help="a tenant (repeat for more)")
     init.set_defaults(run=_init)
-    add = actions.add_parser("add-tenant", help="add a tenant and reload the embedded server")
-    add.add_argument("dir", help="a directory written by `agentbus auth init`")
-    add.add_argument("name", help="the tenant (a subject token)")
-    add.set_defaults(run=_add_tenant)
-    remove = actions.add_parser("remove-tenant", help="revoke a tenant and reload the embedded server")
-    remove.add_argument("dir", help="a directory written by `agentbus auth init`")
-    remove.add_argument("name", help="the tenant")
-    remove.set_defaults(run=_remove_tenant)
-    rotate = actions.add_parser("rotate", help="a new key for an identity; the old one stops working")
-    rotate.add_argument("dir", help="a directory written by `agentbus auth init`")
-    rotate.add_argument("name", help="worker, scaler, operator or a tenant")
-    rotate.set_defaults(run=_rotate)
+    for command, run, what, name in (
+        (
+            "add-tenant",
+            _add_tenant,
+            "add a tenant and reload the embedded server",
+            "the tenant (a subject token)",
+        ),
+        ("remove-tenant", _remove_tenant, "revoke a tenant and reload the embedded server", "the tenant"),
+        (
+            "rotate",
+            _rotate,
+            "a new key for an identity; the old one stops working",
+            "worker, scaler, operator or a tenant",
+        ),
+    ):
+        _with_name(actions, command, run, what, name)
     show = actions.add_parser("show", help="list the identities, their inbox prefixes and permissions")
     show.add_argument("dir")
     show.set_defaults(run=_show)
+
+
+def _with_name(actions: Any, command: str, run: _Run, what: str, name: str) -> None:
+    """An action on ``DIR NAME`` (an auth directory and one identity in it)."""
+    parser = actions.add_parser(command, help=what)
+    parser.add_argument("dir", help="a directory written by `agentbus auth init`")
+    parser.add_argument("name", help=name)
+    parser.set_defaults(run=run)
+
+
+def _reload(d: AuthDir, *, then: str = "", otherwise: str = "reload your server") -> str:
+    """Reload the server ``up --auth`` runs on ``d``, if one does; what happened, for the summary line."""
+    pid = d.reload_server()
+    return f"reloaded nats-server (pid {pid}){then}" if pid else otherwise
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -67,8 +88,7 @@ def _init(args: argparse.Namespace) -> int:
 def _add_tenant(args: argparse.Namespace) -> int:
     d = AuthDir(args.dir)
     d.add_tenant(args.name)
-    pid = d.reload_server()
-    where = f"reloaded nats-server (pid {pid})" if pid else "no server runs on it: reload yours"
+    where = _reload(d, otherwise="no server runs on it: reload yours")
     print(f"agentbus auth: added tenant {args.name} to {d.path}; {where}")
     print(f"  tenant {args.name}: set -a; . {d.env_file(args.name)}; set +a")
     return 0
@@ -77,8 +97,7 @@ def _add_tenant(args: argparse.Namespace) -> int:
 def _remove_tenant(args: argparse.Namespace) -> int:
     d = AuthDir(args.dir)
     d.remove_tenant(args.name)
-    pid = d.reload_server()
-    where = f"reloaded nats-server (pid {pid}): its connections are closed" if pid else "reload your server"
+    where = _reload(d, then=": its connections are closed")
     print(f"agentbus auth: removed tenant {args.name} from {d.path}; {where}")
     return 0
 
@@ -86,8 +105,7 @@ def _remove_tenant(args: argparse.Namespace) -> int:
 def _rotate(args: argparse.Namespace) -> int:
     d = AuthDir(args.dir)
     d.rotate(args.name)
-    pid = d.reload_server()
-    where = f"reloaded nats-server (pid {pid})" if pid else "reload your server"
+    where = _reload(d)
     print(f"agentbus auth: new key for {args.name} in {d.seed_file(args.name)}; {where}")
     print(f"  the old key is refused: restart every process of {args.name} (they keep the old public key)")
     return 0

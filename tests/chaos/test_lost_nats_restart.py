@@ -1,7 +1,8 @@
 """A worker whose NATS connection was closed for good fails /healthz, exits 70, is
 restarted by ``agentbus up``'s supervisor, and the fleet completes work again.
 
-The worker process reaches nats-server through a TCP proxy run by this test; the proxy
+The worker process reaches nats-server through a TCP proxy run by this test
+(:class:`loadtest.chaos_net.TcpProxy`); the proxy
 injects ``-ERR 'Unknown Protocol Operation'`` into the server-to-client stream, after
 which nats-py 2.16 closes the connection and never reconnects (its ``_process_err``).
 Before, the worker stayed up and kept answering 200 on ``/healthz`` while it would never
@@ -23,70 +24,16 @@ from agents.worker import EXIT_LOST_NATS
 from bus.connection import connect
 from bus.embedded import EmbeddedNats
 from bus.publisher import Publisher
+from loadtest.chaos_net import TcpProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 
 POISON = b"-ERR 'Unknown Protocol Operation'\r\n"
 
 
-class Proxy:
-    """A loopback TCP proxy to nats-server that can inject bytes into the server-to-client streams."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self._upstream = upstream_port
-        self._clients: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    async def start(self) -> Proxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream)
-        self._clients.add(writer)
-        pumps = [
-            asyncio.create_task(self._pump(reader, up_writer)),
-            asyncio.create_task(self._pump(up_reader, writer)),
-        ]
-        self._tasks.update(pumps)
-        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-        for task in pumps:
-            task.cancel()
-        self._clients.discard(writer)
-        for w in (writer, up_writer):
-            w.close()
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)  # whole reads, so an injection lands between them
-            await writer.drain()
-
-    def inject(self, data: bytes) -> int:
-        """Write ``data`` to every client connected now; how many there were."""
-        for writer in self._clients:
-            writer.write(data)
-        return len(self._clients)
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for writer in self._clients:
-            writer.close()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-
 @contextlib.asynccontextmanager
-async def proxy_to(server: EmbeddedNats) -> AsyncIterator[Proxy]:
-    proxy = await Proxy(server.port).start()
+async def proxy_to(server: EmbeddedNats) -> AsyncIterator[TcpProxy]:
+    proxy = await TcpProxy(server.port).start()
     try:
         yield proxy
     finally:

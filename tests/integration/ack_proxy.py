@@ -11,55 +11,29 @@ task after ``ack_wait``, exactly what a lost ack does in production.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+
+from loadtest.chaos_net import TcpProxy
 
 __all__ = ["AckDropProxy"]
 
 
-class AckDropProxy:
+class AckDropProxy(TcpProxy):
     """Forwards to ``127.0.0.1:<upstream_port>``, dropping ``share`` of the acks (seeded)."""
 
     def __init__(self, upstream_port: int, *, share: float, seed: int = 21) -> None:
-        self._upstream = upstream_port
+        super().__init__(upstream_port)
         self._share = share
         self._random = random.Random(seed)
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.port = 0
         self.acks = 0
         self.dropped = 0
 
-    async def start(self) -> AckDropProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream)
-        self._writers.update((writer, up_writer))
-        pumps = [
-            asyncio.create_task(self._client_to_server(reader, up_writer)),
-            asyncio.create_task(self._pump(up_reader, writer)),
-        ]
-        self._tasks.update(pumps)
-        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-        for task in pumps:
-            task.cancel()
-        for w in (writer, up_writer):
-            w.close()
-
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-
     async def _client_to_server(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, OSError):  # the client went away
+            await self._filter(reader, writer)
+
+    async def _filter(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             line = await reader.readuntil(b"\r\n")
             op = line[:5].upper()
@@ -91,12 +65,3 @@ class AckDropProxy:
         reply = args[2] if len(args) == 4 else b""
         line = b"PUB $JS.API.CONSUMER.MSG.NEXT.%s.%s %s %d\r\n" % (stream, consumer, reply, len(request))
         return line, request + b"\r\n"
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for writer in self._writers:
-            writer.close()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()

@@ -33,7 +33,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -45,7 +44,7 @@ from typing import Any
 import nats
 import psutil
 import pytest
-from conftest import ROOT, wait_until
+from conftest import ROOT, stop_process, wait_until
 from helpers_a import dead_letters, poll
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -120,12 +119,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         wait_until(up, 60, "agentbus up --auth with two ready workers")
         yield c
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 60)
 
 
 async def _connect(c: Cluster, name: str) -> tuple[Client, list[str]]:

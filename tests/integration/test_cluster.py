@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, async_wait_until
+from conftest import ROOT, async_wait_until, stop_process
 from nats.aio.client import Client
 
 from agents.builtin.basic import EchoIn, EchoOut
@@ -128,12 +127,7 @@ def up_cluster(tmp_path: Path) -> Iterator[Path]:
     try:
         yield tmp_path
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 60)
     assert proc.returncode == 0, (tmp_path / "up.log").read_text()
 
 

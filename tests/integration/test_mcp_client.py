@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -19,7 +18,6 @@ import pytest
 from conftest import ROOT
 from prometheus_client import CollectorRegistry, generate_latest
 
-from agents.api import Context
 from agents.builtin.assistant import order_rules, order_tools
 from agents.builtin.orders import Inventory
 from agents.config import WorkerConfig
@@ -38,7 +36,7 @@ from agents.llm import testing as s
 from agents.llm.mcp import MCPToolset
 from agents.llm.mcp_config import MCPServerConfig, mcp_servers_from_env
 from agents.registry import Registry
-from agents.testing import AgentTester
+from agents.testing import AgentTester, bare_context
 from agents.worker import Worker
 from bus.messages import StepEvent
 from bus.publisher import Publisher
@@ -74,22 +72,6 @@ def http_url() -> Iterator[str]:
             proc.stdout.close()
 
 
-def ctx(tenant: str = "acme") -> Context:
-    async def nothing(*_: Any, **__: Any) -> Any:
-        raise AssertionError("not used")
-
-    return Context(
-        tenant=tenant,
-        kind="t",
-        task_id="t1",
-        attempt=1,
-        deadline=None,
-        log=logging.getLogger("test"),
-        submit=nothing,
-        emit=nothing,
-    )
-
-
 @pytest.fixture
 async def opened(request: pytest.FixtureRequest) -> AsyncIterator[MCPToolset]:
     toolset = MCPToolset(request.param)
@@ -108,30 +90,32 @@ async def _exercise(toolset: MCPToolset, prefix: str) -> None:
     params = spec.function.parameters
     assert params["properties"]["priority"]["enum"] == ["low", "normal", "high"]
     assert params["required"] == ["title"]
-    ok = await box.call(ctx(), f"{prefix}__add", '{"a": 2, "b": 40}')
+    ok = await box.call(bare_context(), f"{prefix}__add", '{"a": 2, "b": 40}')
     assert (ok.ok, ok.result) == (True, {"result": 42})
     conn = toolset.connections[0]
     sent = conn.calls
     for bad in ('{"a": "2", "b": 40}', '{"a": 1}', "[1, 2]", "{not json", '{"a": 1, "b": 2.5}'):
-        refused = await box.call(ctx(), f"{prefix}__add", bad)
+        refused = await box.call(bare_context(), f"{prefix}__add", bad)
         assert not refused.ok
         assert "invalid arguments" in refused.error or "JSON" in refused.error
     assert conn.calls == sent  # refused here: the server never saw them
     assert conn.outcomes["invalid_arguments"] == 3
-    bad_enum = await box.call(ctx(), f"{prefix}__open_ticket", '{"title": "x", "priority": "urgent"}')
+    bad_enum = await box.call(
+        bare_context(), f"{prefix}__open_ticket", '{"title": "x", "priority": "urgent"}'
+    )
     assert not bad_enum.ok
     assert "priority" in bad_enum.error
-    failed = await box.call(ctx(), f"{prefix}__fail", '{"message": "disk full"}')
+    failed = await box.call(bare_context(), f"{prefix}__fail", '{"message": "disk full"}')
     assert not failed.ok
     assert "disk full" in failed.error
     assert conn.outcomes["tool_error"] == 1
     assert "bad name!" in [t.name for t in conn.listed]
     assert f"{prefix}__bad name!" not in box  # a name no model accepts is left out
-    huge = await box.call(ctx(), f"{prefix}__big", '{"size": 1000000}')
+    huge = await box.call(bare_context(), f"{prefix}__big", '{"size": 1000000}')
     assert huge.ok
     assert len(huge.result) < 17_000  # cut at max_result_chars: it goes to the model and the audit
     assert huge.result.endswith("[cut at 16384 characters]")
-    ticket = await box.call(ctx(), f"{prefix}__open_ticket", '{"title": "printer on fire"}')
+    ticket = await box.call(bare_context(), f"{prefix}__open_ticket", '{"title": "printer on fire"}')
     assert ticket.ok
     assert ticket.result["ticket_id"] == "T-0001"
 
@@ -152,9 +136,9 @@ async def test_http_server_tools_schemas_validation_results_and_errors(http_url:
     try:
         await _exercise(toolset, "web")
         box = toolset.toolbox(Toolbox(), "acme")
-        sent = await box.call(ctx(), "keyed__header", '{"name": "X-Api-Key"}')
+        sent = await box.call(bare_context(), "keyed__header", '{"name": "X-Api-Key"}')
         assert (sent.ok, sent.result) == (True, {"result": "k1"})  # configured headers go with every call
-        bare = await box.call(ctx(), "web__header", '{"name": "X-Api-Key"}')
+        bare = await box.call(bare_context(), "web__header", '{"name": "X-Api-Key"}')
         assert (bare.ok, bare.result) == (True, {"result": ""})
     finally:
         await toolset.close()
@@ -163,17 +147,17 @@ async def test_http_server_tools_schemas_validation_results_and_errors(http_url:
 @pytest.mark.parametrize("opened", [[stdio("desk", timeout_s=0.5)]], indirect=True)
 async def test_a_timeout_keeps_the_session_and_a_dead_server_is_restarted(opened: MCPToolset) -> None:
     box = opened.toolbox(Toolbox(), "acme")
-    slow = await box.call(ctx(), "desk__sleep", '{"seconds": 30}')
+    slow = await box.call(bare_context(), "desk__sleep", '{"seconds": 30}')
     assert not slow.ok
     assert "did not answer within 0.5s" in slow.error
-    ticket = await box.call(ctx(), "desk__open_ticket", '{"title": "before the crash"}')
+    ticket = await box.call(bare_context(), "desk__open_ticket", '{"title": "before the crash"}')
     assert ticket.ok, ticket.error  # the same session, the same process
     assert ticket.result["ticket_id"] == "T-0001"
-    crashed = await box.call(ctx(), "desk__crash", "{}")
+    crashed = await box.call(bare_context(), "desk__crash", "{}")
     assert not crashed.ok
     assert "connection to MCP server desk failed" in crashed.error
     # many calls at once after the crash: one of them reopens the session, the others wait for it
-    calls = [box.call(ctx(), "desk__open_ticket", '{"title": "after the crash"}') for _ in range(8)]
+    calls = [box.call(bare_context(), "desk__open_ticket", '{"title": "after the crash"}') for _ in range(8)]
     again = await asyncio.gather(*calls)
     assert all(a.ok for a in again), [a.error for a in again]
     assert sorted(a.result["ticket_id"] for a in again) == [
@@ -189,8 +173,8 @@ async def test_a_timeout_keeps_the_session_and_a_dead_server_is_restarted(opened
 )
 async def test_an_open_breaker_fails_fast_without_touching_the_server(opened: MCPToolset) -> None:
     box = opened.toolbox(Toolbox(), "acme")
-    assert not (await box.call(ctx(), "desk__crash", "{}")).ok
-    refused = await box.call(ctx(), "desk__whoami", "{}")
+    assert not (await box.call(bare_context(), "desk__crash", "{}")).ok
+    refused = await box.call(bare_context(), "desk__whoami", "{}")
     assert not refused.ok
     assert "MCP server desk is unavailable" in refused.error
     conn = opened.connections[0]

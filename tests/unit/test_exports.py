@@ -35,7 +35,7 @@ EXPECTED: dict[types.ModuleType, list[str]] = {
         "agent",
         "current_tenant",
     ],
-    agents.testing: ["AgentTester", "Outcome", "PublishedTask"],
+    agents.testing: ["AgentTester", "Outcome", "PublishedTask", "bare_context"],
     agents.kb: [
         "Chunk",
         "Document",

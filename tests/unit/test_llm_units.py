@@ -20,6 +20,7 @@ from agents.llm import (
 )
 from agents.llm._sse import SSEDecoder
 from agents.llm.chat import ChatChunk, CompletionBuilder
+from agents.testing import bare_context
 
 
 class Clock:
@@ -187,24 +188,6 @@ async def slow(ctx: Context, args: Order) -> Order:
     return args
 
 
-def _ctx() -> Context:
-    import logging
-
-    async def nope(*a: object, **k: object) -> None:
-        raise AssertionError("not used")
-
-    return Context(
-        tenant="acme",
-        kind="k",
-        task_id="t",
-        attempt=1,
-        deadline=None,
-        log=logging.getLogger("t"),
-        submit=nope,  # type: ignore[arg-type]
-        emit=nope,
-    )
-
-
 def test_tool_schema_comes_from_msgspec_and_is_an_object() -> None:
     spec = place.spec()
     assert spec.function.name == "place"
@@ -233,18 +216,20 @@ def test_tool_schema_comes_from_msgspec_and_is_an_object() -> None:
     ],
 )
 async def test_bad_calls_become_errors_for_the_model(name: str, arguments: str, error: str) -> None:
-    outcome = await Toolbox([place, slow]).call(_ctx(), name, arguments)
+    outcome = await Toolbox([place, slow]).call(bare_context(), name, arguments)
     assert not outcome.ok
     assert error in outcome.error
 
 
 async def test_good_calls_and_fates() -> None:
     box = Toolbox([place, slow])
-    assert (await box.call(_ctx(), "place", '{"sku": "A", "quantity": 2}')).result == {"placed": 2}
-    echoed = await box.call(_ctx(), "slow_place", '{"sku": "A", "quantity": 2, "parts": [{"name": "p"}]}')
+    assert (await box.call(bare_context(), "place", '{"sku": "A", "quantity": 2}')).result == {"placed": 2}
+    echoed = await box.call(
+        bare_context(), "slow_place", '{"sku": "A", "quantity": 2, "parts": [{"name": "p"}]}'
+    )
     assert echoed.result == {"sku": "A", "quantity": 2, "parts": [{"name": "p"}]}
     with pytest.raises(Reject):
-        await box.call(_ctx(), "place", '{"sku": "A", "quantity": 666}')
+        await box.call(bare_context(), "place", '{"sku": "A", "quantity": 666}')
 
 
 def test_tool_needs_a_struct_argument() -> None:

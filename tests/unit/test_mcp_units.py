@@ -6,7 +6,6 @@ tests/integration/test_mcp_client.py."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -17,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema.exceptions import SchemaError
 
-from agents.api import Context
 from agents.llm.mcp import MCPConnection, MCPTool
 from agents.llm.mcp_config import MCPServerConfig
+from agents.testing import bare_context
 
 SCHEMA = {
     "type": "object",
@@ -40,22 +39,6 @@ class _Recording(MCPConnection):
         return SimpleNamespace(is_error=False, content=[text], structured_content={"result": "ok"})
 
 
-def _ctx() -> Context:
-    async def unused(*_: Any, **__: Any) -> Any:
-        raise AssertionError
-
-    return Context(
-        tenant="t",
-        kind="k",
-        task_id="i",
-        attempt=1,
-        deadline=None,
-        log=logging.getLogger("t"),
-        submit=unused,
-        emit=unused,
-    )
-
-
 def _valid(args: Any) -> bool:
     return (
         isinstance(args, dict)
@@ -69,7 +52,7 @@ def _valid(args: Any) -> bool:
 
 CONN = _Recording()
 TOOL = MCPTool(CONN, SimpleNamespace(name="check", description="Check stock.", input_schema=SCHEMA))
-CTX = _ctx()
+CTX = bare_context("t")
 
 
 @pytest.fixture(scope="module")
