@@ -52,7 +52,7 @@ from nats.aio.client import Client
 from nats.aio.client import __version__ as _nats_version
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
+from nats.protocol.parser import AWAITING_CONTROL_LINE, CRLF_SIZE, Parser
 
 from agentbus.errors import UnsafeSubjectError
 from bus.messages import HDR_UNREADABLE
@@ -102,6 +102,7 @@ class GuardedClient(Client):
         super().__init__()
         self.bad_frames: dict[str, int] = dict.fromkeys(BAD_FRAME_REASONS, 0)
         """Frames counted by reason (see :data:`BAD_FRAME_REASONS`), for /metrics."""
+        self._ps = _LineParser(self)
 
     def _bad_frame(self, reason: str, subject: bytes, exc: BaseException | None) -> None:
         n = self.bad_frames[reason] = self.bad_frames[reason] + 1
@@ -250,7 +251,47 @@ class FastClient(GuardedClient):
         self._deliver(sub, handler, subject, reply, data, fields)
 
 
-class _FastParser(Parser):
+class _LineParser(Parser):
+    """nats-py's parser fed one control line, or one message's bytes, at a time.
+
+    nats-py's ``MSG_RE``/``HMSG_RE`` separate the fields of a control line with ``\\s+``,
+    which matches CRLF: given ``HMSG <subject> <sid> <hsize> <size>\\r\\n`` followed by a
+    header block that starts with digits and CRLF (the publisher writes the block, and
+    nats-server relays any), the regular expression reads ``<hsize>`` as a reply and takes its
+    sizes from the block, and the parser cuts the stream where the publisher chose: a message
+    written inside the block is delivered to any subscription of the connection, or the
+    parser ends the read loop with a protocol error (docs/nats-py-read-loop.md). Here its
+    buffer never holds more than one control line when it matches one."""
+
+    async def parse(self, data: bytes = b"") -> None:
+        await self._feed(data, 0, until_idle=False)
+
+    async def _feed(self, data: bytes, pos: int, *, until_idle: bool) -> int:
+        """Feed ``data[pos:]`` to nats-py's parser up to the next control line's CRLF (or the
+        end of the message it awaits), again and again; return where it stopped: the end, or
+        with ``until_idle`` the first point where nats-py's parser holds nothing; -1 when the
+        parser was reset meanwhile (a reconnect: the rest is dropped, as nats-py drops it)."""
+        parse = super().parse
+        end = len(data)
+        while pos < end:
+            buf = self.buf
+            if self.state != AWAITING_CONTROL_LINE:  # the message's bytes and its CRLF, no more
+                cut = min(end, pos + max(self.needed + CRLF_SIZE - len(buf), 1))
+            elif buf and buf[-1] == 13 and data[pos] == 10:  # the line's CR came with the last read
+                cut = pos + 1
+            else:
+                eol = data.find(b"\r\n", pos)
+                cut = end if eol < 0 else eol + 2  # no CRLF yet: nats-py's parser buffers the part
+            await parse(data[pos:cut] if pos or cut < end else data)
+            if self.buf is not buf:
+                return -1
+            pos = cut
+            if until_idle and not buf and self.state == AWAITING_CONTROL_LINE:
+                break
+        return pos
+
+
+class _FastParser(_LineParser):
     """nats-py's parser with a fast lane: whole ``MSG``/``HMSG`` frames at the start of a read
     (nothing left over from the last one) are cut here, and a routed delivery goes to its
     handler without the parser's regular expressions and coroutine; everything else, from the
