@@ -275,8 +275,10 @@ class _LineParser(Parser):
         end = len(data)
         while pos < end:
             buf = self.buf
-            if self.state != AWAITING_CONTROL_LINE:  # the message's bytes and its CRLF, no more
-                cut = min(end, pos + max(self.needed + CRLF_SIZE - len(buf), 1))
+            if self.state != AWAITING_CONTROL_LINE:  # the message's bytes and its CRLF,
+                cut = pos + max(self.needed + CRLF_SIZE - len(buf), 1)
+                eol = -1 if cut >= end or until_idle else data.find(b"\r\n", cut)
+                cut = min(end, cut) if eol < 0 else eol + 2  # and the next control line: alone then
             elif buf and buf[-1] == 13 and data[pos] == 10:  # the line's CR came with the last read
                 cut = pos + 1
             else:
@@ -291,55 +293,65 @@ class _LineParser(Parser):
         return pos
 
 
+_Frame = tuple[int, bytes, bytes, bytes | None, bytes, int]
+
+
+def _whole_frame(data: bytes, pos: int) -> _Frame | None:
+    """The whole ``MSG``/``HMSG`` frame at ``pos`` as (sid, subject, reply, header block or
+    None, payload, where the next frame starts), or None: another op, a partial or odd frame."""
+    if data.startswith(b"HMSG ", pos):
+        skip = 5
+    elif data.startswith(b"MSG ", pos):
+        skip = 4
+    else:
+        return None
+    eol = data.find(b"\r\n", pos)
+    if eol < 0:
+        return None
+    args = data[pos + skip : eol].split(b" ")
+    try:
+        if skip == 5:  # subject sid [reply] header-size total-size
+            if len(args) == 4:
+                args.insert(2, b"")
+            if len(args) != 5 or not (args[3].isdigit() and args[4].isdigit()):
+                return None
+            hsize, size = int(args[3]), int(args[4])
+        else:  # subject sid [reply] size
+            if len(args) == 3:
+                args.insert(2, b"")
+            if len(args) != 4 or not args[3].isdigit():
+                return None
+            hsize, size = 0, int(args[3])
+        start = eol + 2
+        if start + size + 2 > len(data) or hsize > size or not args[1].isdigit() or not args[0]:
+            return None
+        sid = int(args[1])
+    except ValueError:  # digits past int()'s limit: nats-py's parser reports the protocol error
+        return None
+    headers = data[start : start + hsize] if hsize else None  # None, as nats-py's parser passes
+    return sid, args[0], args[2], headers, data[start + hsize : start + size], start + size + 2
+
+
 class _FastParser(_LineParser):
-    """nats-py's parser with a fast lane: whole ``MSG``/``HMSG`` frames at the start of a read
-    (nothing left over from the last one) are cut here, and a routed delivery goes to its
-    handler without the parser's regular expressions and coroutine; everything else, from the
-    first frame this lane does not take (another op, a partial or odd frame), goes to nats-py's."""
+    """nats-py's parser with a fast lane: whole ``MSG``/``HMSG`` frames are cut here while
+    nats-py's parser holds nothing, and a routed delivery goes to its handler without the
+    parser's regular expressions and coroutine; a frame this lane does not take (another op,
+    a partial or odd frame) goes to nats-py's, and the lane resumes after it."""
 
     nc: FastClient
 
     async def parse(self, data: bytes = b"") -> None:
-        if self.buf or self.state != AWAITING_CONTROL_LINE:
-            await super().parse(data)
-            return
+        pos, end = 0, len(data)
+        if self.buf or self.state != AWAITING_CONTROL_LINE:  # the frame the last read left
+            pos = await self._feed(data, 0, until_idle=True)
         nc = self.nc
         routes, subs, deliver, not_plain = nc._routes, nc._subs, nc._deliver, _NOT_PLAIN  # per read
-        pos, end = 0, len(data)
-        while pos < end:
-            if data.startswith(b"HMSG ", pos):
-                skip = 5
-            elif data.startswith(b"MSG ", pos):
-                skip = 4
-            else:
-                break
-            eol = data.find(b"\r\n", pos)
-            if eol < 0:
-                break
-            args = data[pos + skip : eol].split(b" ")
-            try:
-                if skip == 5:  # subject sid [reply] header-size total-size
-                    if len(args) == 4:
-                        args.insert(2, b"")
-                    if len(args) != 5 or not (args[3].isdigit() and args[4].isdigit()):
-                        break
-                    hsize, size = int(args[3]), int(args[4])
-                else:  # subject sid [reply] size
-                    if len(args) == 3:
-                        args.insert(2, b"")
-                    if len(args) != 4 or not args[3].isdigit():
-                        break
-                    hsize, size = 0, int(args[3])
-                start = eol + 2
-                if start + size + 2 > end or hsize > size or not args[1].isdigit() or not args[0]:
-                    break  # partial (or odd): nats-py's parser buffers it
-                sid = int(args[1])
-            except ValueError:  # digits past int()'s limit: nats-py's parser reports the protocol error
-                break
-            subject, reply = args[0], args[2]
-            headers = data[start : start + hsize] if hsize else None  # None, as nats-py's parser passes
-            payload = data[start + hsize : start + size]
-            pos = start + size + 2
+        while 0 <= pos < end:
+            frame = _whole_frame(data, pos)
+            if frame is None:
+                pos = await self._feed(data, pos, until_idle=True)
+                continue
+            sid, subject, reply, headers, payload, pos = frame
             handler = routes.get(sid)
             if handler is not None and reply and (sub := subs.get(sid)) is not None:
                 fields = _fields(headers) if headers else None
@@ -347,8 +359,6 @@ class _FastParser(_LineParser):
                     deliver(sub, handler, subject, reply, payload, fields)
                     continue
             await nc._process_msg(sid, subject, reply, payload, headers)
-        if pos < end:
-            await super().parse(data[pos:] if pos else data)
 
 
 def client_class(*, fast_path: bool) -> type[Client]:
