@@ -13,7 +13,10 @@ subject stopped all of them. Here subjects and replies decode with replacement, 
 message whose header block cannot be parsed is dropped (a JetStream delivery is handed
 on marked instead, so the worker dead-letters it rather than see it redelivered
 forever), a failing handler is logged, each is counted in
-:attr:`GuardedClient.bad_frames`, and the read loop carries on.
+:attr:`GuardedClient.bad_frames`, and the read loop carries on. nats-py's parser is fed
+one control line at a time (:class:`_LineParser`): its regular expressions would read a
+header block starting with digits and CRLF as the line's sizes, and cut the stream where
+the publisher chose (a protocol error, or a message smuggled into another subscription).
 
 **The fast path** (:class:`FastClient`, ``connect(fast_path=True)``), for the
 worker's hot path, with the same guard:
@@ -23,8 +26,8 @@ worker's hot path, with the same guard:
   that a task per subscription awaits (a put, a get, a wake-up and a coroutine, after a
   general header parser, after a regular expression or two): about a tenth of the LLM
   benchmark's worker CPU for the pull inbox. A fast lane in front of nats-py's parser
-  cuts whole ``MSG``/``HMSG`` frames at the start of a read and leaves every other op
-  and any partial frame to nats-py's parser. Deliveries (with a reply) get their
+  cuts whole ``MSG``/``HMSG`` frames while that parser holds nothing, hands it every
+  other op and any partial frame, and resumes after it. Deliveries (with a reply) get their
   ``Name: value`` lines parsed here; statuses (inline status lines) and any block not
   starting ``NATS/1.0\r\n`` go through nats-py's header parsing (so what is delivered is
   what nats-py would deliver: tests/property/test_frame_fuzz.py). A handler must not block.
