@@ -75,6 +75,7 @@ async def test_a_header_block_cannot_smuggle_a_task_or_disconnect_a_worker(
     await poll(counted, timeout_s=30, what="the unreadable block '0\\r\\n' counted")
     assert "smuggled" not in {r.task_id for r in results.results}
     log = worker.log()
+    assert f"(client {'FastClient' if fast_path == '1' else 'GuardedClient'})" in log, log
     assert "nats disconnected" not in log, log
     assert "nats reconnected" not in log, log
     assert worker.proc.poll() is None, log
