@@ -13,7 +13,10 @@ subject stopped all of them. Here subjects and replies decode with replacement, 
 message whose header block cannot be parsed is dropped (a JetStream delivery is handed
 on marked instead, so the worker dead-letters it rather than see it redelivered
 forever), a failing handler is logged, each is counted in
-:attr:`GuardedClient.bad_frames`, and the read loop carries on.
+:attr:`GuardedClient.bad_frames`, and the read loop carries on. nats-py's parser is fed
+one control line at a time (:class:`_LineParser`): its regular expressions would read a
+header block starting with digits and CRLF as the line's sizes, and cut the stream where
+the publisher chose (a protocol error, or a message smuggled into another subscription).
 
 **The fast path** (:class:`FastClient`, ``connect(fast_path=True)``), for the
 worker's hot path, with the same guard:
@@ -23,8 +26,8 @@ worker's hot path, with the same guard:
   that a task per subscription awaits (a put, a get, a wake-up and a coroutine, after a
   general header parser, after a regular expression or two): about a tenth of the LLM
   benchmark's worker CPU for the pull inbox. A fast lane in front of nats-py's parser
-  cuts whole ``MSG``/``HMSG`` frames at the start of a read and leaves every other op
-  and any partial frame to nats-py's parser. Deliveries (with a reply) get their
+  cuts whole ``MSG``/``HMSG`` frames while that parser holds nothing, hands it every
+  other op and any partial frame, and resumes after it. Deliveries (with a reply) get their
   ``Name: value`` lines parsed here; statuses (inline status lines) and any block not
   starting ``NATS/1.0\r\n`` go through nats-py's header parsing (so what is delivered is
   what nats-py would deliver: tests/property/test_frame_fuzz.py). A handler must not block.
@@ -52,7 +55,7 @@ from nats.aio.client import Client
 from nats.aio.client import __version__ as _nats_version
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
+from nats.protocol.parser import AWAITING_CONTROL_LINE, CRLF_SIZE, Parser
 
 from agentbus.errors import UnsafeSubjectError
 from bus.messages import HDR_UNREADABLE
@@ -102,6 +105,7 @@ class GuardedClient(Client):
         super().__init__()
         self.bad_frames: dict[str, int] = dict.fromkeys(BAD_FRAME_REASONS, 0)
         """Frames counted by reason (see :data:`BAD_FRAME_REASONS`), for /metrics."""
+        self._ps = _LineParser(self)
 
     def _bad_frame(self, reason: str, subject: bytes, exc: BaseException | None) -> None:
         n = self.bad_frames[reason] = self.bad_frames[reason] + 1
@@ -250,55 +254,107 @@ class FastClient(GuardedClient):
         self._deliver(sub, handler, subject, reply, data, fields)
 
 
-class _FastParser(Parser):
-    """nats-py's parser with a fast lane: whole ``MSG``/``HMSG`` frames at the start of a read
-    (nothing left over from the last one) are cut here, and a routed delivery goes to its
-    handler without the parser's regular expressions and coroutine; everything else, from the
-    first frame this lane does not take (another op, a partial or odd frame), goes to nats-py's."""
+class _LineParser(Parser):
+    """nats-py's parser fed one control line, or one message's bytes, at a time.
+
+    nats-py's ``MSG_RE``/``HMSG_RE`` separate the fields of a control line with ``\\s+``,
+    which matches CRLF: given ``HMSG <subject> <sid> <hsize> <size>\\r\\n`` followed by a
+    header block that starts with digits and CRLF (the publisher writes the block, and
+    nats-server relays any), the regular expression reads ``<hsize>`` as a reply and takes its
+    sizes from the block, and the parser cuts the stream where the publisher chose: a message
+    written inside the block is delivered to any subscription of the connection, or the
+    parser ends the read loop with a protocol error (docs/nats-py-read-loop.md). Here its
+    buffer never holds more than one control line when it matches one."""
+
+    async def parse(self, data: bytes = b"") -> None:
+        await self._feed(data, 0, until_idle=False)
+
+    async def _feed(self, data: bytes, pos: int, *, until_idle: bool) -> int:
+        """Feed ``data[pos:]`` to nats-py's parser up to the next control line's CRLF (or the
+        end of the message it awaits), again and again; return where it stopped: the end, or
+        with ``until_idle`` the first point where nats-py's parser holds nothing; -1 when the
+        parser was reset meanwhile (a reconnect: the rest is dropped, as nats-py drops it)."""
+        parse = super().parse
+        end = len(data)
+        while pos < end:
+            buf = self.buf
+            if self.state != AWAITING_CONTROL_LINE:  # the message's bytes and its CRLF,
+                cut = pos + max(self.needed + CRLF_SIZE - len(buf), 1)
+                eol = -1 if cut >= end or until_idle else data.find(b"\r\n", cut)
+                cut = min(end, cut) if eol < 0 else eol + 2  # and the next control line: alone then
+            elif buf and buf[-1] == 13 and data[pos] == 10:  # the line's CR came with the last read
+                cut = pos + 1
+            else:
+                eol = data.find(b"\r\n", pos)
+                cut = end if eol < 0 else eol + 2  # no CRLF yet: nats-py's parser buffers the part
+            await parse(data[pos:cut] if pos or cut < end else data)
+            if self.buf is not buf:
+                return -1
+            pos = cut
+            if until_idle and not buf and self.state == AWAITING_CONTROL_LINE:
+                break
+        return pos
+
+
+_Frame = tuple[int, bytes, bytes, bytes | None, bytes, int]
+
+
+def _whole_frame(data: bytes, pos: int) -> _Frame | None:
+    """The whole ``MSG``/``HMSG`` frame at ``pos`` as (sid, subject, reply, header block or
+    None, payload, where the next frame starts), or None: another op, a partial or odd frame."""
+    if data.startswith(b"HMSG ", pos):
+        skip = 5
+    elif data.startswith(b"MSG ", pos):
+        skip = 4
+    else:
+        return None
+    eol = data.find(b"\r\n", pos)
+    if eol < 0:
+        return None
+    args = data[pos + skip : eol].split(b" ")
+    try:
+        if skip == 5:  # subject sid [reply] header-size total-size
+            if len(args) == 4:
+                args.insert(2, b"")
+            if len(args) != 5 or not (args[3].isdigit() and args[4].isdigit()):
+                return None
+            hsize, size = int(args[3]), int(args[4])
+        else:  # subject sid [reply] size
+            if len(args) == 3:
+                args.insert(2, b"")
+            if len(args) != 4 or not args[3].isdigit():
+                return None
+            hsize, size = 0, int(args[3])
+        start = eol + 2
+        if start + size + 2 > len(data) or hsize > size or not args[1].isdigit() or not args[0]:
+            return None
+        sid = int(args[1])
+    except ValueError:  # digits past int()'s limit: nats-py's parser reports the protocol error
+        return None
+    headers = data[start : start + hsize] if hsize else None  # None, as nats-py's parser passes
+    return sid, args[0], args[2], headers, data[start + hsize : start + size], start + size + 2
+
+
+class _FastParser(_LineParser):
+    """nats-py's parser with a fast lane: whole ``MSG``/``HMSG`` frames are cut here while
+    nats-py's parser holds nothing, and a routed delivery goes to its handler without the
+    parser's regular expressions and coroutine; a frame this lane does not take (another op,
+    a partial or odd frame) goes to nats-py's, and the lane resumes after it."""
 
     nc: FastClient
 
     async def parse(self, data: bytes = b"") -> None:
-        if self.buf or self.state != AWAITING_CONTROL_LINE:
-            await super().parse(data)
-            return
+        pos, end = 0, len(data)
+        if self.buf or self.state != AWAITING_CONTROL_LINE:  # the frame the last read left
+            pos = await self._feed(data, 0, until_idle=True)
         nc = self.nc
         routes, subs, deliver, not_plain = nc._routes, nc._subs, nc._deliver, _NOT_PLAIN  # per read
-        pos, end = 0, len(data)
-        while pos < end:
-            if data.startswith(b"HMSG ", pos):
-                skip = 5
-            elif data.startswith(b"MSG ", pos):
-                skip = 4
-            else:
-                break
-            eol = data.find(b"\r\n", pos)
-            if eol < 0:
-                break
-            args = data[pos + skip : eol].split(b" ")
-            try:
-                if skip == 5:  # subject sid [reply] header-size total-size
-                    if len(args) == 4:
-                        args.insert(2, b"")
-                    if len(args) != 5 or not (args[3].isdigit() and args[4].isdigit()):
-                        break
-                    hsize, size = int(args[3]), int(args[4])
-                else:  # subject sid [reply] size
-                    if len(args) == 3:
-                        args.insert(2, b"")
-                    if len(args) != 4 or not args[3].isdigit():
-                        break
-                    hsize, size = 0, int(args[3])
-                start = eol + 2
-                if start + size + 2 > end or hsize > size or not args[1].isdigit() or not args[0]:
-                    break  # partial (or odd): nats-py's parser buffers it
-                sid = int(args[1])
-            except ValueError:  # digits past int()'s limit: nats-py's parser reports the protocol error
-                break
-            subject, reply = args[0], args[2]
-            headers = data[start : start + hsize] if hsize else None  # None, as nats-py's parser passes
-            payload = data[start + hsize : start + size]
-            pos = start + size + 2
+        while 0 <= pos < end:
+            frame = _whole_frame(data, pos)
+            if frame is None:
+                pos = await self._feed(data, pos, until_idle=True)
+                continue
+            sid, subject, reply, headers, payload, pos = frame
             handler = routes.get(sid)
             if handler is not None and reply and (sub := subs.get(sid)) is not None:
                 fields = _fields(headers) if headers else None
@@ -306,8 +362,6 @@ class _FastParser(Parser):
                     deliver(sub, handler, subject, reply, payload, fields)
                     continue
             await nc._process_msg(sid, subject, reply, payload, headers)
-        if pos < end:
-            await super().parse(data[pos:] if pos else data)
 
 
 def client_class(*, fast_path: bool) -> type[Client]:

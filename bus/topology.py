@@ -49,6 +49,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
+from nats.js.errors import NotFoundError
 
 from agentbus.errors import ConfigError
 from bus._streams import ensure_stream

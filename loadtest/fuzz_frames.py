@@ -11,7 +11,8 @@ sequences of canaries a forged advisory may name), so a failure is reproduced wi
   ``Nats-Msg-Id`` headers.
 * ``subject``: tasks on subjects with invalid UTF-8, reserved or over-long tokens,
   too few or too many tokens.
-* ``headers``: ``HPUB`` with short, empty, truncated or binary header blocks on
+* ``headers``: ``HPUB`` with short, empty, truncated or binary header blocks (and blocks
+  that start with digits and CRLF, which nats-py's control-line regex read as sizes) on
   ``tasks.>``, ``agentbus.>``, ``$JS.EVENT.>`` and ``results.>``.
 * ``advisory``: forged ``MAX_DELIVERIES`` advisories naming canaries' stream sequences,
   and garbage under ``$JS.EVENT.>``.
@@ -134,6 +135,8 @@ class FrameGen:
                 b"x",
                 bytes(r.randrange(256) for _ in range(r.randrange(1, 64))) + b"\r\n\r\n",
                 b"NATS/1.0\r\nK: " + b"v" * r.randrange(1000, 8000) + b"\r\n\r\n",
+                b"0\r\n",  # nats-py's control-line regex took its sizes from such a block
+                self._smuggling_block(),
             )
         )
         subject = r.choice(
@@ -152,6 +155,16 @@ class FrameGen:
             return Frame("headers", subject, payload, block)
         tenant = subject.split(b".")[1].decode()
         return Frame("headers", subject, payload, block, stored=True, tenant=tenant, task_id=task_id)
+
+    def _smuggling_block(self) -> bytes:
+        """A block nats-py 2.16 read as a 0-byte message followed by a forged task delivery
+        on another subscription of the subscriber's connection (tests/unit/test_control_line.py)."""
+        r = self.rng
+        task = json.dumps({"id": f"smuggled-{r.randrange(1 << 30)}", "payload": {"text": "x"}}).encode()
+        sid, tenant = r.randrange(1, 40), r.choice(HOSTILE_TENANTS)
+        ack = b"$JS.ACK.TASKS.agents-echo.1.%d.%d.1700000000000000000.0" % (sid, sid)
+        forged = b"MSG tasks.%s.echo %d %s %d\r\n%s\r\n" % (tenant.encode(), sid, ack, len(task), task)
+        return b"0\r\nxx" + forged + b"+OK"
 
     def _advisory(self) -> Frame:
         r = self.rng
