@@ -91,8 +91,15 @@ async def test_stream_partials_and_hostile_names_stay_out_of_the_store(nc: Clien
     # a result stored for a task keeps only the newest (a replayed task replaces its failure)
     await nc.publish("results.acme.same", b'{"task_id":"same","tenant":"acme","kind":"echo","ok":false}')
     await nc.publish("results.acme.same", b'{"task_id":"same","tenant":"acme","kind":"echo","ok":true}')
-    await nc.flush()
-    assert (await pub.result("same", tenant="acme")).ok
+    await nc.flush()  # the server has both; the stream stores them in order, a moment later
+
+    async def newest() -> bool:
+        try:
+            return (await pub.result("same", tenant="acme")).ok
+        except RecordNotFoundError:  # neither stored yet
+            return False
+
+    await poll(newest, what="the newest result stored")
     assert (await js.stream_info(RESULTS_STREAM)).state.messages == 1
 
 

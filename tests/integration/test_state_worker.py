@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 import pytest
 from conftest import RedisServer, async_wait_until
+from helpers_a import consumer_totals, poll
 from nats.aio.client import Client
 
 from agentbus.errors import Reject
@@ -112,10 +113,18 @@ def values(workers: list[Worker], tenant: str, name: str) -> set[int]:
 async def test_handlers_on_two_workers_share_their_tenants_counters(start: Start, nc: Client) -> None:
     workers = [await start("w1", [bump, forge]), await start("w2", [bump, forge])]
     pub = Publisher(nc)
-    acme = [
-        pub.call("acme", "bump", {"name": "hits", "by": 1}, timeout_s=20, output_type=Seen) for _ in range(60)
+    # a tenant's consumer exists once it has tasks (docs/fairness.md): one task each first, then
+    # both workers find both tenants (a standing pull request each), so both take part
+    warm = [
+        pub.call("acme", "bump", {"name": "hits", "by": 1}, timeout_s=20),
+        pub.call("globex", "bump", {"name": "secret", "by": 1000}, timeout_s=20),
     ]
-    globex = [pub.call("globex", "bump", {"name": "secret", "by": 1000}, timeout_s=20) for _ in range(5)]
+    assert all(r.ok for r in await asyncio.gather(*warm))
+    await poll(lambda: _waiting(nc, "bump", 4), what="both workers' pull requests for both tenants")
+    acme = [
+        pub.call("acme", "bump", {"name": "hits", "by": 1}, timeout_s=20, output_type=Seen) for _ in range(59)
+    ]
+    globex = [pub.call("globex", "bump", {"name": "secret", "by": 1000}, timeout_s=20) for _ in range(4)]
     results = await asyncio.gather(*acme, *globex)
     assert all(r.ok for r in results), [r.error for r in results if not r.ok]
     assert {r.worker for r in results} == {"w1", "w2"}  # both did some of the work
@@ -141,6 +150,10 @@ async def test_handlers_on_two_workers_share_their_tenants_counters(start: Start
     assert not forged.ok
     assert forged.error is not None
     assert "reserved for agentbus" in forged.error
+
+
+async def _waiting(nc: Client, kind: str, n: int) -> bool:
+    return (await consumer_totals(nc, kind)).num_waiting >= n
 
 
 async def test_usage_counters_and_live_agents_converge_and_survive_a_drain(start: Start, nc: Client) -> None:
