@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, WorkerProcess, async_wait_until, wait_until
-from helpers_a import ResultLog, poll
+from helpers_a import ResultLog, consumer_totals, poll
 from nats.aio.client import Client
 
 from agents.builtin.basic import EchoIn, EchoOut
@@ -29,7 +29,7 @@ from bus.connection import connect
 from bus.edge import EDGE_STREAM, ensure_edge_stream, source_edge, start_edge_server
 from bus.embedded import EmbeddedNats, free_port
 from bus.publisher import Publisher, TaskRef, TaskSpec
-from bus.topology import TASKS_STREAM, StreamLimits, consumer_name, ensure_streams
+from bus.topology import TASKS_STREAM, StreamLimits, ensure_streams
 from loadtest.chaos_net import ProxyNet
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -80,9 +80,8 @@ def site(hub: NatsCluster, tmp_path: Path) -> Iterator[Site]:
 
 
 async def delivered(cloud: Client) -> int:
-    """Deliveries the cloud's echo consumer has made so far."""
-    info = await cloud.jetstream().consumer_info(TASKS_STREAM, consumer_name("echo"))
-    return info.delivered.consumer_seq if info.delivered else 0
+    """Deliveries the cloud's echo consumers (one per tenant) have made so far."""
+    return (await consumer_totals(cloud, "echo")).delivered
 
 
 async def test_tasks_published_at_a_cut_off_edge_complete_in_the_cloud_after_the_uplink_returns(

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from ack_proxy import AckDropProxy
 from conftest import ROOT, WorkerProcess
-from helpers_a import poll
+from helpers_a import consumer_totals, poll
 from nats.aio.client import Client
 
 from bus.embedded import EmbeddedNats
@@ -113,7 +113,7 @@ async def test_counting_effects_equal_tasks_with_lost_acks_and_a_killed_worker(
 
         async def all_done() -> bool:
             stored = (await js.stream_info(RESULTS_STREAM)).state.messages
-            info = await js.consumer_info("TASKS", "agents-count")
+            info = await consumer_totals(nc, "count")  # acme's consumer of count (docs/fairness.md)
             return stored == TASKS and info.num_pending == 0 and info.num_ack_pending == 0
 
         await poll(all_done, timeout_s=120, what="every task acked")
