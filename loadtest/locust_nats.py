@@ -55,6 +55,7 @@ from loadtest.locust_report import (
     REFUSED_PREFIX,
     RESULT_TIMEOUT,
     SUBMIT,
+    WARM,
     FailureRecord,
     failures_path,
     request_name,
@@ -139,10 +140,13 @@ class NatsBridge:
         tenant = self._tenant or tenant
         self._request(self._submit(tenant, kind, payload, time.perf_counter()), ACK_TIMEOUT_S)
 
-    def call(self, tenant: str, kind: str, payload: Any, *, result_timeout_s: float) -> None:
-        """Publish one task, wait for its Result and record it (request type ``call``)."""
+    def call(
+        self, tenant: str, kind: str, payload: Any, *, result_timeout_s: float, request_type: str = CALL
+    ) -> None:
+        """Publish one task, wait for its Result and record it (request type ``call``, or
+        ``warm`` for a call before the measured window)."""
         tenant = self._tenant or tenant
-        coro = self._call(tenant, kind, payload, result_timeout_s, time.perf_counter())
+        coro = self._call(tenant, kind, payload, result_timeout_s, time.perf_counter(), request_type)
         self._request(coro, ACK_TIMEOUT_S + result_timeout_s)
 
     def _request(self, coro: Coroutine[Any, Any, None], timeout_s: float) -> None:
@@ -171,7 +175,7 @@ class NatsBridge:
             self.inflight -= 1
 
     async def _call(
-        self, tenant: str, kind: str, payload: Any, result_timeout_s: float, started: float
+        self, tenant: str, kind: str, payload: Any, result_timeout_s: float, started: float, request_type: str
     ) -> None:
         try:
             failure: str | None = None
@@ -190,7 +194,7 @@ class NatsBridge:
                     failure = ACK_TIMEOUT
                 except Exception as exc:
                     failure = _refusal(exc)
-            self._record(CALL, tenant, kind, started, failure)
+            self._record(request_type, tenant, kind, started, failure)
         finally:
             self.inflight -= 1
 
@@ -302,3 +306,8 @@ class NatsUser(User):
     def call(self, tenant: str, kind: str, payload: Any) -> None:
         """Request-style: a success is a task that completed; ``ok=false`` fails as ``dlq:<reason>``."""
         self._bridge().call(tenant, kind, payload, result_timeout_s=self.result_timeout_s)
+
+    def warm(self, tenant: str, kind: str, payload: Any) -> None:
+        """A call before the measured window (request type ``warm``): a task like any other,
+        never in the call percentiles."""
+        self._bridge().call(tenant, kind, payload, result_timeout_s=self.result_timeout_s, request_type=WARM)

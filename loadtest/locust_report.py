@@ -2,7 +2,9 @@
 
 Every Locust request of the NATS user is one task. Its ``request_type`` says how it was
 sent: ``submit`` (fire-and-forget, timed until JetStream acknowledged the publish) or
-``call`` (timed until the task's :class:`~bus.messages.Result` arrived). Its name is
+``call`` (timed until the task's :class:`~bus.messages.Result` arrived) or ``warm`` (a call
+made before a scenario's measured window, e.g. to open a tenant's lane in the workers: counted
+as a task, never in the call percentiles). Its name is
 ``<tenant>/<kind>``. A failure's error is the task's fate, one of :data:`FAILURES` or
 ``dlq:<reason>``, and the fate says whether JetStream had stored the task:
 
@@ -33,6 +35,7 @@ __all__ = [
     "REFUSED_PREFIX",
     "RESULT_TIMEOUT",
     "SUBMIT",
+    "WARM",
     "FailureRecord",
     "LocustReport",
     "Tally",
@@ -47,6 +50,8 @@ SUBMIT = "submit"
 """Request type of a fire-and-forget publish (timed to the JetStream ack)."""
 CALL = "call"
 """Request type of a publish that waits for the Result."""
+WARM = "warm"
+"""Request type of a call made before the measured window (a task, never in the percentiles)."""
 
 ACK_TIMEOUT = "timeout:ack"
 RESULT_TIMEOUT = "timeout:result"

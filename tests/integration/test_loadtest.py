@@ -251,7 +251,9 @@ def test_without_workers_the_run_fails_and_the_gate_exits_nonzero(
 def test_noisy_neighbour_reports_each_tenants_latency_in_distributed_mode(
     nats_server: EmbeddedNats, start_worker: Any, tmp_path: Path
 ) -> None:
-    worker = start_worker("w1")
+    # 32 slots (28 for one tenant among others) against 40-145 noisy 1 s tasks a second (by the
+    # machine's load): a real backlog (with echo's 256 slots there was none: no fairness to measure).
+    worker = start_worker("w1", "--max-inflight", "32")
     result = run_loadtest(
         tmp_path,
         "--scenario", "noisy",
@@ -268,14 +270,17 @@ def test_noisy_neighbour_reports_each_tenants_latency_in_distributed_mode(
     assert set(rows) == {"noisy", *quiet_tenants, *(f"calm-{t}" for t in quiet_tenants)}
     assert rows["noisy"]["call_p50_ms"] is None, "the noisy tenant only fires and forgets"
     assert any(c["name"].startswith("quiet p99 / calm p99") and c["ok"] for c in v["checks"])
+    measured = {t for t, row in rows.items() if row["call_p50_ms"] is not None}
+    assert measured & set(quiet_tenants)
+    assert measured & {f"calm-{t}" for t in quiet_tenants}
     for tenant, row in rows.items():
         assert row["published"] == row["completed"], tenant  # per tenant, against the worker's counters
         if tenant == "noisy":
             continue
-        assert row["call_p50_ms"] is not None, tenant
-        assert row["call_p99_ms"] is not None, tenant
-        assert row["call_p50_ms"] <= row["call_p99_ms"]
-    quiet = max(rows[t]["requests"] for t in quiet_tenants)
+        assert row["requests"] >= 10, tenant  # each of the 10 users warms each tenant's lane first
+        if tenant in measured:  # a tenant drawn ~1% of the time may have no measured call
+            assert row["call_p50_ms"] <= row["call_p99_ms"]
+    quiet = max(rows[t]["requests"] for t in quiet_tenants) - 10  # the measured ones
     assert rows["noisy"]["requests"] > 20 * quiet, "the noisy tenant sends ~100x each quiet one"
     for tenant in rows:
         assert tenant in result.stdout  # the per-tenant table is printed
