@@ -8,8 +8,10 @@ duration, result timeout) come from the scenario's table in ``loadtest/slo.toml`
 * ``steady``: constant rate; echo, summarize and order for three tenants; 70% of the
   tasks fire-and-forget (``submit``), 30% wait for their result (``call``).
 * ``spike``: the steady mix; 10x the users for 30 s (from 10 s in), then back.
-* ``noisy``: first a calm phase: the calm tenants (``calm-acme``, ...) ``call`` at the
-  quiet tenants' rate, alone, which is the baseline; then tenant ``noisy`` sends 100x the
+* ``noisy``: each user first warms every measured tenant's lane with one ``warm`` call
+  (not in the percentiles: a tenant's first task waits for the workers' discovery); then
+  a calm phase: the calm tenants (``calm-acme``, ...) ``call`` at the quiet tenants' rate,
+  alone, which is the baseline; then tenant ``noisy`` sends 100x the
   tasks of each quiet tenant (acme, globex, initech), fire-and-forget tasks of 1 s, more
   than the workers' slots can run, so a real backlog builds; the quiet tenants ``call``
   behind it. The gate compares the quiet tenants' p99 with the calm tenants' (docs/fairness.md).
@@ -56,7 +58,7 @@ _NOISY_WEIGHT = 100  # the noisy tenant's share against each quiet tenant's 1
 CALM_TENANTS = tuple(f"calm-{t}" for t in TENANTS)
 """The quiet tenants' twins of the calm phase: their latency is the baseline of the noisy gate."""
 _CALM_S = 8.0  # the calm phase of the noisy scenario (a quarter of shorter runs)
-_NOISY_SLEEP_S = 1.0  # 2 workers x 56 slots a tenant may take run ~112 of these a second: a backlog
+_NOISY_SLEEP_S = 1.0  # 2 workers x 56 slots a tenant may take (slo.toml) run ~112 of these a second
 
 _SENTENCES = (
     "The quarterly report shows revenue growth in every region.",
