@@ -39,6 +39,7 @@ from agentbus.cli.worker import worker_argv
 from agentbus.errors import AgentbusError, ConfigError
 from agents.config import nats_auth_from_env, read_up_state
 from bus.connection import connect
+from bus.embedded import free_port
 from loadtest.cluster_counts import ClusterDelta, settle, snapshot
 from loadtest.locust_report import failures_path, read_report, stats_path
 from loadtest.slo import SLO_FILE, ClusterSpec, Scenario, judge, load_scenarios, render
@@ -241,7 +242,10 @@ async def _locust(
     if args.result_timeout_s:
         cmd += ["--result-timeout-s", str(args.result_timeout_s)]
     if args.processes and args.processes > 1:
-        cmd += ["--processes", str(args.processes)]
+        # Locust's master binds 5557 by default: two runs at once (CI, shared hosts) would
+        # refuse each other, or one run's workers would join the other's master.
+        port = str(free_port())
+        cmd += ["--processes", str(args.processes), "--master-bind-port", port, "--master-port", port]
     if args.quiet:
         cmd += ["--only-summary", "--loglevel", "WARNING"]
     rate = args.task_rate or scenario.task_rate_per_user
