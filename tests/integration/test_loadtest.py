@@ -254,9 +254,19 @@ def test_noisy_neighbour_reports_each_tenants_latency_in_distributed_mode(
     # 32 slots (28 for one tenant among others) against 40-145 noisy 1 s tasks a second (by the
     # machine's load): a real backlog (with echo's 256 slots there was none: no fairness to measure).
     worker = start_worker("w1", "--max-inflight", "32")
+    # This test is about distributed-mode reporting. Its gate on the quiet tenants' p99 is set
+    # to 20x here (3x in slo.toml, which `make loadtest` and the fairness benchmark hold): with a
+    # handful of quiet calls per tenant, p99 is the slowest one, and on a loaded 2-core machine
+    # one call in a few hundred still waits 0.2-0.9 s (docs/loadtest.md, "What the noisy gate
+    # measures"). Arrival order (AGENTBUS_FAIRNESS=kind) measured 128x: this still catches it.
+    text = SLO_FILE.read_text()
+    assert "max_quiet_p99_ratio = 3.0" in text
+    slo_file = tmp_path / "slo.toml"
+    slo_file.write_text(text.replace("max_quiet_p99_ratio = 3.0", "max_quiet_p99_ratio = 20.0"))
     result = run_loadtest(
         tmp_path,
         "--scenario", "noisy",
+        "--slo-file", str(slo_file),
         "--nats-url", nats_server.url,
         "--metrics", f"http://127.0.0.1:{worker.http_port}/metrics",
         "--duration-s", "10", "--users", "10", "--task-rate", "15",
