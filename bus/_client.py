@@ -74,6 +74,8 @@ __all__ = [
     "publish_now",
     "route",
     "unroute",
+    "unsubscribe",
+    "withdraw",
 ]
 
 log = logging.getLogger("agentbus.bus")
@@ -386,6 +388,26 @@ def unroute(nc: Client, sub: Subscription) -> None:
     """Stop routing ``sub``'s messages (after it is unsubscribed or drained)."""
     if isinstance(nc, FastClient):
         nc._routes.pop(sub._id, None)
+
+
+async def withdraw(nc: Client, sub: Subscription) -> None:
+    """Drain a pull consumer's inbox: the server drops the pull requests it still holds for it,
+    and whatever it sent before still reaches the callback. A closed connection has none left."""
+    try:
+        await sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+    except Exception as exc:
+        log.debug("withdrawing pull requests failed: %s", exc)
+    finally:
+        unroute(nc, sub)
+
+
+async def unsubscribe(nc: Client, sub: Subscription) -> None:
+    """Unsubscribe and stop routing ``sub``; a closed connection has nothing to unsubscribe."""
+    try:
+        await sub.unsubscribe()
+    except Exception as exc:
+        log.debug("unsubscribe failed: %s", exc)
+    unroute(nc, sub)
 
 
 def _plain(name: str) -> bool:

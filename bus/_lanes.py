@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 from bus.subjects import TASKS_PREFIX
 from bus.topology import tasks_consumers, tenant_consumer_name
 
-__all__ = ["Lane", "backlogged", "pending_of", "tenant_consumers"]
+__all__ = ["Lane", "backlogged", "pending_of", "shared_batch", "sort_backlogged", "tenant_consumers"]
 
 _TIMEOUT_S = 2.0
 
@@ -97,3 +97,44 @@ async def tenant_consumers(js: JetStreamContext, kind: str, *, active_s: float) 
         if info.name == tenant_consumer_name(kind, tokens[1]):
             out.append((tokens[1], ".".join(tokens), info.name))
     return out
+
+
+def sort_backlogged(
+    subjects: list[str], lanes: dict[str, Lane], kind: str, room: int
+) -> tuple[list[Lane], list[tuple[str, str]], bool]:
+    """Sort the backlogged ``subjects`` of ``kind`` (:func:`backlogged`): the open lanes among
+    them, up to ``room`` new ``(tenant, subject)`` pairs to open, and whether one had a tenant
+    no consumer can name (invalid UTF-8 reads as U+FFFD: it goes to the DLQ instead)."""
+    known: list[Lane] = []
+    new: list[tuple[str, str]] = []
+    invalid = False
+    for subject in subjects:
+        lane = lanes.get(subject)
+        if lane is not None and not lane.gone:
+            known.append(lane)
+            continue
+        if len(new) >= room:
+            continue
+        tokens = subject.split(".")
+        if len(tokens) != 3 or tokens[2] != kind:
+            continue
+        if "\ufffd" in tokens[1]:
+            invalid = True
+            continue
+        new.append((tokens[1], subject))
+    return known, new, invalid
+
+
+def shared_batch(lane: Lane, free: int, share: int, max_batch: int) -> int:
+    """How many messages ``lane`` asks for among other wanting lanes: what it wants, within its
+    ``share`` of the places and the ``free`` ones; a request only when worth a round trip
+    (half its share, or none outstanding, or a few while little is outstanding)."""
+    want = lane.pending - lane.credit
+    room = min(free, share - lane.held - len(lane.ahead) - lane.credit, want, max_batch)
+    if room <= 0:
+        return 0
+    threshold = max(1, min(share // 2, max_batch))
+    if room >= threshold or lane.credit == 0:
+        return room
+    busy = max(1, min(threshold, share // 32))
+    return room if room >= busy and lane.credit <= share // 4 else 0

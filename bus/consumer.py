@@ -49,7 +49,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from bus._client import check_names, publish_now, route, unroute
+from bus._client import check_names, publish_now, route, unsubscribe, withdraw
 
 __all__ = ["AckKind", "PullConsumer", "TaskConsumer", "ack", "delivery_count", "stream_seq"]
 
@@ -281,12 +281,7 @@ class PullConsumer:
         self.fetching = False
         sub, self._sub = self._sub, None
         if sub is not None:
-            try:
-                await sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
-            except Exception as exc:  # a closed connection has no requests left to withdraw
-                log.debug("withdrawing pull requests failed: %s", exc)
-            finally:
-                unroute(self._nc, sub)
+            await withdraw(self._nc, sub)
         self._start_ahead(self.held + len(self._ahead))  # all of them, slots or not
 
     def reset_credit(self) -> None:
@@ -304,11 +299,7 @@ class PullConsumer:
             if task is not None:
                 task.cancel()
         if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception as exc:  # a closed connection has nothing to unsubscribe
-                log.debug("unsubscribe failed: %s", exc)
-            unroute(self._nc, self._sub)
+            await unsubscribe(self._nc, self._sub)
             self._sub = None
 
     def _schedule_pull(self) -> None:

@@ -1,43 +1,27 @@
 """Fair share between tenants: one pull consumer per tenant of a kind, served by deficit round robin.
 
-The per-kind :class:`~bus.consumer.PullConsumer` serves ``tasks.*.<kind>`` in arrival order,
-so every tenant waits behind the largest backlog. :class:`FairConsumer` pulls each tenant's
-tasks from that tenant's own durable consumer (a *lane*, ``tasks.<tenant>.<kind>``) and
-decides twice which tenant comes next (docs/fairness.md):
-
-* **which lane may ask for messages**: free places go round robin to the lanes the server
-  says have more (every delivery carries its consumer's remaining count), each lane up to
-  its weighted share of ``slots + prefetch``. One lane alone gets every place and the
-  batching of the per-kind consumer (``+NXT`` with the ack), so a single tenant pays
-  almost nothing;
-* **which ready message takes a freed slot**: deficit round robin over the lanes with
-  delivered messages, ``weight`` messages per turn, and no tenant above ``tenant_cap``
-  slots while other tenants are known, so a quiet tenant's task starts at the next free slot
-  whatever the backlog of another.
-
-A quiet tenant's first message must not wait for a poll: every known lane without credit
-keeps one *standing* pull request for one message (at most ``max_standing`` lanes), so the
-message is delivered the moment it is stored and waits here, ready, for a slot. Standing
-messages are the only ones beyond the places; the bound is::
+:class:`FairConsumer` pulls each tenant's tasks from that tenant's own durable consumer (a
+*lane*, ``tasks.<tenant>.<kind>``) and decides twice which tenant comes next: which lane may
+ask for messages (free places round robin to the lanes the server says have more, each up to
+its weighted share; a lone lane gets the per-kind consumer's batching), and which ready
+message takes a freed slot (deficit round robin, ``weight`` per turn, no tenant above
+``tenant_cap`` while others are known). Every known lane without credit keeps one *standing*
+one-message request, so a quiet tenant's task is in hand when a slot frees; lanes are found
+from the stream's backlogged subjects every ``discover_s`` (:mod:`bus._lanes`). The bound::
 
     held <= slots
     held + prefetched + credit <= slots + prefetch + standing lanes (<= max_standing)
 
-Lanes are discovered from the stream itself: every ``discover_s`` the stream's info lists
-the subjects of this kind that hold messages (a work queue keeps only unacked tasks, so
-exactly the tenants with a backlog); a new one gets its consumer (``provision``) and a
-lane. A lane without deliveries for ``idle_s`` lets its standing request expire and is
-forgotten; the server removes the consumer after its ``inactive_threshold``.
-
-Credit is returned by 408/409 statuses, reset after a reconnect, and reset when
-heartbeats stop, as in :mod:`bus.consumer`; a lane whose consumer is gone (503, or 409
-"Consumer Deleted") is dropped, and discovery creates it again.
+Credit is returned by 408/409 statuses and reset after a reconnect or when heartbeats stop,
+as in :mod:`bus.consumer`; a lane whose consumer is gone is dropped and rediscovered.
+The design, its costs and its figures: docs/fairness.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -47,8 +31,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from bus._client import check_names, publish_now, route, unroute
-from bus._lanes import Lane, backlogged, pending_of, tenant_consumers
+from bus._client import check_names, publish_now, route, unsubscribe, withdraw
+from bus._lanes import Lane, backlogged, pending_of, shared_batch, sort_backlogged, tenant_consumers
 from bus.consumer import AckKind, ack
 from bus.subjects import TASKS_PREFIX
 
@@ -157,12 +141,7 @@ class FairConsumer:
         self.fetching = False
         sub, self._sub = self._sub, None
         if sub is not None:
-            try:
-                await sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
-            except Exception as exc:  # a closed connection has no requests left to withdraw
-                log.debug("withdrawing pull requests failed: %s", exc)
-            finally:
-                unroute(self._nc, sub)
+            await withdraw(self._nc, sub)
         for lane in list(self._lanes.values()):  # all of them, slots or not: the worker hands them back
             while lane.ahead:
                 self._ahead_n -= 1
@@ -179,11 +158,7 @@ class FairConsumer:
             lane.ahead.clear()
         self._ahead_n = 0
         if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception as exc:  # a closed connection has nothing to unsubscribe
-                log.debug("unsubscribe failed: %s", exc)
-            unroute(self._nc, self._sub)
+            await unsubscribe(self._nc, self._sub)
             self._sub = None
 
     def reset_credit(self) -> None:
@@ -346,16 +321,7 @@ class FairConsumer:
                 return min(free, self._max_batch)
             worth = free >= self._busy_threshold and lane.credit <= self._busy_credit
             return min(free, self._max_batch) if worth else 0
-        want = lane.pending - lane.credit
-        share = self._share(lane)
-        room = min(free, share - lane.held - len(lane.ahead) - lane.credit, want, self._max_batch)
-        if room <= 0:
-            return 0
-        threshold = max(1, min(share // 2, self._max_batch))
-        if room >= threshold or lane.credit == 0:
-            return room
-        busy = max(1, min(threshold, share // 32))
-        return room if room >= busy and lane.credit <= share // 4 else 0
+        return shared_batch(lane, free, self._share(lane), self._max_batch)
 
     def _next_for(self, lane: Lane | None) -> bytes | None:
         """The ``+NXT`` request to send with the ack of a message of ``lane``, credit granted."""
@@ -547,24 +513,12 @@ class FairConsumer:
         except Exception as exc:  # the next round tries again
             log.debug("discovering tenants of %s failed: %s", self._kind, exc)
             return 0
-        new: list[tuple[str, str]] = []  # (tenant, subject)
-        invalid = False
-        for subject in subjects:
-            lane = self._lanes.get(subject)
-            if lane is not None and not lane.gone:
-                if not (lane.credit or lane.standing or lane.pending):
-                    lane.pending = 1  # one message tells the lane its backlog
-                    self._settle(lane)
-                continue
-            if len(new) >= _MAX_NEW_LANES or len(self._lanes) + len(new) >= self._max_lanes:
-                continue
-            tokens = subject.split(".")
-            if len(tokens) != 3 or tokens[2] != self._kind:
-                continue
-            if "\ufffd" in tokens[1]:  # invalid UTF-8 reads as U+FFFD: no consumer can name it
-                invalid = True
-                continue
-            new.append((tokens[1], subject))
+        room = min(_MAX_NEW_LANES, self._max_lanes - len(self._lanes))
+        known, new, invalid = sort_backlogged(subjects, self._lanes, self._kind, room)
+        for lane in known:
+            if not (lane.credit or lane.standing or lane.pending):
+                lane.pending = 1  # one message tells the lane its backlog
+                self._settle(lane)
         opened = 0
         for start in range(0, len(new), _CONCURRENT_CREATES):  # a round trip each: in parallel
             batch = new[start : start + _CONCURRENT_CREATES]
@@ -587,9 +541,8 @@ class FairConsumer:
         return opened
 
     async def _open_existing(self) -> None:
-        """Open a lane for every tenant consumer of the kind active within ``idle_s`` (at a
-        restart; the tenants other workers serve, every few seconds): each gets its standing
-        request, so the tenant's next task is delivered to whichever worker has room."""
+        """A lane (a standing request) for every tenant consumer active within ``idle_s``: the
+        tenants other workers serve, so their next task goes to whichever worker has room."""
         try:
             existing = await tenant_consumers(self._nc.jetstream(), self._kind, active_s=self._idle_s)
         except Exception as exc:  # discovery finds the backlogged ones anyway
@@ -626,10 +579,8 @@ class FairConsumer:
         self._settle(lane)
 
     async def _discover_forever(self) -> None:
-        rounds = 0
-        while True:
+        for rounds in itertools.count(1):
             await asyncio.sleep(self._discover_s)
-            rounds += 1
             if not self.fetching:
                 continue
             with contextlib.suppress(Exception):
