@@ -89,3 +89,28 @@ def test_the_pending_count_is_the_ack_subjects_last_token() -> None:
     assert _pending_of("$JS.ACK.TASKS.t-echo-0011223344556677.1.2.2.1796586522751753056.17") == 17
     assert _pending_of("$JS.ACK.TASKS.x.1.2.2.17965.-3") == 0
     assert _pending_of("$JS.ACK.TASKS.x.1.2.2.17965." + "9" * 40) == 0
+
+
+def test_discovery_sorts_backlogged_subjects_into_open_new_and_unnameable() -> None:
+    """Open lanes are nudged, new tenants opened up to the room, a tenant with invalid UTF-8
+    (listed as U+FFFD) reported for the DLQ, another kind's or a malformed subject ignored."""
+    from bus._lanes import Lane, sort_backlogged
+
+    open_lane = Lane("acme", "tasks.acme.echo", "next", "inbox.1", 1)
+    gone = Lane("old", "tasks.old.echo", "next", "inbox.2", 1)
+    gone.gone = True
+    subjects = [
+        "tasks.acme.echo",
+        "tasks.old.echo",
+        "tasks.\ufffd\ufffd.echo",
+        "tasks.globex.other",
+        "tasks.a.b.echo",
+        "tasks.globex.echo",
+        "tasks.initech.echo",
+    ]
+    lanes = {open_lane.subject: open_lane, gone.subject: gone}
+    known, new, invalid = sort_backlogged(subjects, lanes, "echo", room=2)
+    assert known == [open_lane]
+    assert new == [("old", "tasks.old.echo"), ("globex", "tasks.globex.echo")]  # room for two
+    assert invalid
+    assert sort_backlogged(subjects, lanes, "echo", room=0)[1] == []
