@@ -8,6 +8,7 @@
       <name>.env         its settings: AGENTBUS_NATS_NKEY_SEED, AGENTBUS_NATS_INBOX_PREFIX, ...
       cluster.key        32 random bytes as 64 hex digits: the gossip and snapshot MAC key
       nats-server.pid    written by the server that ``agentbus up --auth DIR`` runs
+      nats-server_<pid>.ports  its addresses: the reload waits on its monitoring port
 
 Every file is created with mode 0600, written whole to a temporary name and renamed, so a
 server reloading ``auth.conf`` never reads half of it. :meth:`AuthDir.add_tenant` adds one
@@ -26,6 +27,8 @@ import os
 import secrets
 import shlex
 import signal
+import time
+import urllib.request
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -60,6 +63,26 @@ class _Record(msgspec.Struct, forbid_unknown_fields=True):
 class _Manifest(msgspec.Struct, forbid_unknown_fields=True):
     version: int
     identities: list[_Record]
+
+
+class _Ports(msgspec.Struct):
+    """What nats-server writes to ``ports_file_dir``: the URLs it listens on."""
+
+    monitoring: list[str] = []
+
+
+class _Varz(msgspec.Struct):
+    config_load_time: str = ""
+
+
+def _config_load_time(url: str) -> str | None:
+    """When the server at ``url`` (its ``/varz``) last loaded its configuration; None if it
+    does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return msgspec.json.decode(resp.read(), type=_Varz).config_load_time or None
+    except (OSError, msgspec.DecodeError):
+        return None
 
 
 class AuthDir:
@@ -172,9 +195,17 @@ class AuthDir:
             env["AGENTBUS_CLUSTER_KEY_FILE"] = str(self.cluster_key_file)
         return env
 
-    def reload_server(self) -> int | None:
+    def reload_server(self, *, timeout_s: float = 10.0) -> int | None:
         """Ask the nats-server running on this directory (``nats-server.pid``) to reload its
-        configuration; its pid, or None when none runs."""
+        configuration and wait until it has; its pid, or None when none runs.
+
+        A reload happens some time after the signal: until then the old keys still work. The
+        server ``up --auth`` runs writes its monitoring address beside the pid
+        (``nats-server_<pid>.ports``), and its ``/varz`` ``config_load_time`` changes once the
+        new configuration applies. A server that keeps the old time (it refused the new
+        configuration, and logs why) raises :class:`ConfigError`; one without a ports file is
+        signalled and not waited for.
+        """
         try:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
@@ -185,11 +216,31 @@ class AuthDir:
             return None
         if b"nats-server" not in cmdline:
             return None
+        varz = self._varz_url(pid)
+        before = _config_load_time(varz) if varz else None
         try:
             os.kill(pid, signal.SIGHUP)
         except ProcessLookupError:
             return None
+        if varz is None or before is None:
+            return pid
+        deadline = time.monotonic() + timeout_s
+        while _config_load_time(varz) in (before, None):
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"nats-server (pid {pid}) did not reload {self.config_file} within {timeout_s:.0f}s: "
+                    "its log says why (it keeps the previous configuration)"
+                )
+            time.sleep(0.05)
         return pid
+
+    def _varz_url(self, pid: int) -> str | None:
+        """The ``/varz`` address of server ``pid``, from the ports file it wrote here."""
+        try:
+            ports = msgspec.json.decode((self.path / f"nats-server_{pid}.ports").read_bytes(), type=_Ports)
+        except (OSError, msgspec.DecodeError):
+            return None
+        return f"{ports.monitoring[0].rstrip('/')}/varz" if ports.monitoring else None
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -249,7 +300,10 @@ def server_auth_config(auth: AuthDir, config_dir: str | os.PathLike[str]) -> str
     and write its pid where :meth:`AuthDir.reload_server` finds it (nats-server resolves an
     ``include`` relative to the including file, even an absolute path)."""
     include = os.path.relpath(auth.config_file, Path(config_dir).absolute())
-    return f"include {_quote(include)}\npid_file: {_quote(str(auth.pid_file))}\n"
+    return (
+        f"include {_quote(include)}\npid_file: {_quote(str(auth.pid_file))}\n"
+        f"ports_file_dir: {_quote(str(auth.path))}\n"
+    )
 
 
 def _quote(text: str) -> str:

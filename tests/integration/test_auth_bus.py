@@ -51,7 +51,7 @@ from nats.aio.msg import Msg
 
 from agentbus.cli import main
 from agentbus.cli.status import query_state
-from agentbus.errors import RecordNotFoundError
+from agentbus.errors import ConfigError, RecordNotFoundError
 from agents.config import nats_auth_from_env
 from bus.authdir import AuthDir
 from bus.messages import HDR_MSG_ID, HDR_REPLY, Task, encode, msg_id, now
@@ -622,3 +622,17 @@ async def test_rotate_refuses_the_old_key_and_the_new_one_works(
     assert cluster.auth.seed_file("globex").read_bytes() != old_seed
     await _refused(cluster.url, nkeys_seed_str=old_seed.decode().strip())
     assert await _echo_as(cluster, "globex", "rotated") == "rotated"  # the settings file, new key
+
+
+async def test_a_configuration_the_server_refuses_to_reload_is_an_error_and_the_old_one_stays(
+    cluster: Cluster,
+) -> None:
+    good = cluster.auth.config_file.read_bytes()
+    cluster.auth.config_file.write_bytes(good + b"\nauthorization { users = [ { nkey: UNCLOSED\n")
+    try:
+        with pytest.raises(ConfigError, match="did not reload"):
+            cluster.auth.reload_server(timeout_s=2)
+    finally:
+        cluster.auth.config_file.write_bytes(good)
+    assert cluster.auth.reload_server() is not None  # the good one reloads again
+    assert await _echo_as(cluster, "acme", "kept") == "kept"

@@ -72,7 +72,11 @@ def site(hub: NatsCluster, tmp_path: Path) -> Iterator[Site]:
     try:
         hops = [uplink.add(i, port) for i, port in enumerate(hub.leaf_ports)]
         edge = start_edge_server([f"nats-leaf://127.0.0.1:{p}" for p in hops], store_dir=tmp_path / "edge")
-        yield Site(hub, uplink, edge)
+        site = Site(hub, uplink, edge)
+        # A source set up while the leaf is still connecting fails, and the server retries it
+        # with a growing backoff (tens of seconds): the tests start from a connected uplink.
+        wait_until(lambda: site.leafs() == 1, 60, "the edge's leaf connection")
+        yield site
     finally:
         if edge is not None:
             edge.stop()
@@ -82,6 +86,12 @@ def site(hub: NatsCluster, tmp_path: Path) -> Iterator[Site]:
 async def delivered(cloud: Client) -> int:
     """Deliveries the cloud's echo consumers (one per tenant) have made so far."""
     return (await consumer_totals(cloud, "echo")).delivered
+
+
+async def sourcing(cloud: Client) -> bool:
+    """The cloud's TASKS has an active source of the edge stream, without an error."""
+    sources = (await cloud.jetstream().stream_info(TASKS_STREAM)).sources or []
+    return any(s.name == EDGE_STREAM and s.active is not None and s.error is None for s in sources)
 
 
 async def test_tasks_published_at_a_cut_off_edge_complete_in_the_cloud_after_the_uplink_returns(
@@ -97,6 +107,7 @@ async def test_tasks_published_at_a_cut_off_edge_complete_in_the_cloud_after_the
         await ensure_edge_stream(at_edge.jetstream())
         await source_edge(cloud.jetstream(), "edge")
         await asyncio.to_thread(worker.wait_ready)
+        await poll(lambda: sourcing(cloud), timeout_s=60, what="the cloud's TASKS sourcing EDGE_TASKS")
         # The worker provisioned TASKS again at start: the edge's source is still there.
         sources = (await cloud.jetstream().stream_info(TASKS_STREAM)).config.sources or []
         assert [s.name for s in sources] == [EDGE_STREAM]

@@ -111,7 +111,11 @@ async def test_a_killed_embedded_server_is_restarted_and_every_acked_task_comple
             assert reaped(first_pid), "the killed server was left <defunct>"
             server = cluster.server
             assert server is not None
-            assert server.restarts == 1
+
+            async def counted() -> bool:  # the new process listens before keep_alive counts it ready
+                return server.restarts == 1
+
+            await eventually(counted, "keep_alive to count the restart", timeout_s=60)
             assert server.store_dir.exists()  # the same store: the backlog below is the one published
 
             async def all_done() -> bool:
