@@ -215,6 +215,37 @@ class NatsCluster:
         """Start node ``i`` again on its ports with its store (after :meth:`kill` or :meth:`stop`)."""
         self.nodes[i].start(timeout_s)
 
+    def stream_group(self, i: int, stream: str, account: str = "$G") -> str:
+        """The name of ``stream``'s Raft group as node ``i`` reports it ("" if unknown)."""
+        status, body = self.monitor(i, "/jsz?accounts=true&streams=true&raft=true")
+        if status != 200 or not isinstance(body, dict):
+            return ""
+        for acc in body.get("account_details") or []:
+            if isinstance(acc, dict) and acc.get("name") == account:
+                for info in acc.get("stream_detail") or []:
+                    if isinstance(info, dict) and info.get("name") == stream:
+                        return str(info.get("stream_raft_group") or "")
+        return ""
+
+    def reseed_replica(self, i: int, stream: str, account: str = "$G", timeout_s: float = 60.0) -> None:
+        """Replace node ``i``'s replica of ``stream`` with a fresh one: kill the node, delete its
+        copy of the stream and of the stream's Raft group, start it again. The node rejoins
+        the group empty and the leader sends it a snapshot.
+
+        The repair for a replica that stays behind because its catch-up keeps failing
+        (nats-server 2.15 logs ``Expected first catchup entry to be a snapshot and peerstate,
+        will retry``; a restart with the same files does not help). Only safe while the other
+        replicas are a current quorum: the caller checks (docs/cluster.md, "Runbook").
+        """
+        group = self.stream_group(i, stream, account)
+        if not group:
+            raise ConfigError(f"node {self.server_name(i)} reports no Raft group for stream {stream}")
+        self.kill(i)
+        js = self.nodes[i].store_dir / "js" / "jetstream"
+        shutil.rmtree(js / account / "streams" / stream, ignore_errors=True)
+        shutil.rmtree(js / "$SYS" / "_js_" / group, ignore_errors=True)
+        self.restart(i, timeout_s)
+
     def stop(self) -> None:
         """Stop every node (SIGTERM, then SIGKILL); stores are kept."""
         for node in self.nodes:

@@ -62,6 +62,7 @@ class ChaosConfig:
     worker_kill_every: int = 2  # every 2nd cycle through the faults also kill -9s a worker (1: every)
     burst: int = 2000  # tasks per R3 / R1 throughput burst (0: skip the comparison)
     sync_always: bool = True  # the chart's sync_interval: always (fsync before every ack)
+    reseed: bool = True  # a replica that does not catch up after a heal gets a fresh copy (the runbook's)
 
 
 @dataclass(slots=True)
@@ -75,6 +76,8 @@ class _Round:
     recovery_s: float | None = None
     lagging: list[str] = field(default_factory=list)
     """Replicas of TASKS not current when the next round began (a fault did not heal cleanly)."""
+    reseeded: list[str] = field(default_factory=list)
+    """Replicas that stayed behind after the heal and were given a fresh copy (``reseed``)."""
 
 
 @dataclass(slots=True)
@@ -112,11 +115,18 @@ async def run(cfg: ChaosConfig, workdir: Path) -> dict[str, Any]:
                 end = time.monotonic()
                 history.faults.append(Fault(name, start, end))
                 lagging = await fleet.settle(cfg.settle_timeout_s, cfg.lag_timeout_s)
+                reseeded: list[str] = []
                 if lagging:
                     log.warning("round %d: TASKS replicas not current after the heal: %s", n + 1, lagging)
+                    if cfg.reseed and "(no quorum)" not in lagging:
+                        began = time.monotonic()  # a node restarts: the checker allows redeliveries
+                        reseeded, lagging = lagging, await fleet.reseed(lagging, cfg.settle_timeout_s)
+                        history.faults.append(Fault("reseed", began, time.monotonic()))
                 if victim is not None:
                     await fleet.restart_worker(victim)
-                summary.rounds.append(_Round(name, worker_kill, start, end, lagging=lagging))
+                summary.rounds.append(
+                    _Round(name, worker_kill, start, end, lagging=lagging, reseeded=reseeded)
+                )
         finally:
             publishing.cancel()
             await asyncio.gather(publishing, return_exceptions=True)
@@ -138,6 +148,7 @@ async def run(cfg: ChaosConfig, workdir: Path) -> dict[str, Any]:
         "acked": verdict.acked,
         "completed": verdict.completed,
         "dead_lettered": verdict.dead_lettered,
+        "dead_lettered_not_poison": verdict.dead_lettered_not_poison,
         "lost": len(verdict.lost),
         "duplicates": verdict.duplicates,
         "indeterminate": verdict.indeterminate,
@@ -150,6 +161,11 @@ async def run(cfg: ChaosConfig, workdir: Path) -> dict[str, Any]:
             {"round": i + 1, "fault": r.fault, "replicas": r.lagging}
             for i, r in enumerate(summary.rounds)
             if r.lagging
+        ],
+        "reseeded": [
+            {"round": i + 1, "fault": r.fault, "replicas": r.reseeded}
+            for i, r in enumerate(summary.rounds)
+            if r.reseeded
         ],
         "r3_tasks_per_s": round(summary.r3_per_s, 1),
         "r1_tasks_per_s": round(summary.r1_per_s, 1),
@@ -213,6 +229,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--no-sync-always", action="store_true", help="nats-server's default fsync (every 2 min) instead"
     )
+    p.add_argument(
+        "--no-reseed",
+        action="store_true",
+        help="leave a TASKS replica that does not catch up after a heal as it is (reported, not repaired)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
@@ -225,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate_per_s=args.rate,
         burst=args.burst,
         sync_always=not args.no_sync_always,
+        reseed=not args.no_reseed,
     )
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="agentbus-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)

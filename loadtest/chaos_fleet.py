@@ -21,9 +21,10 @@ from types import TracebackType
 
 import msgspec
 from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import ClusterInfo
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from agentbus.cli.up import wait_ready
 from agentbus.errors import AgentbusError
@@ -121,6 +122,14 @@ class Fleet:
         return self._conns[0].jetstream()
 
     async def __aenter__(self) -> Fleet:
+        try:
+            await self._start()
+        except BaseException:  # no __aexit__ after a failed __aenter__: stop what started
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def _start(self) -> None:
         self.net.start()
         await asyncio.to_thread(self.cluster.start)
         # One publisher per node, as clients spread over a cluster; each fails over to the
@@ -130,11 +139,24 @@ class Fleet:
                 await connect(url, name=f"chaos-publisher-{i + 1}", first_connect_timeout_s=30)
             )
         self._pubs = [Publisher(nc, ack_timeout_s=10.0) for nc in self._conns]
-        await ensure_streams(self.js, StreamLimits(replicas=3))
+        await self._provision(timeout_s=60.0)
         self.workers = list(
             await asyncio.gather(*(self._start_worker(f"cw{i + 1}") for i in range(self._size)))
         )
-        return self
+
+    async def _provision(self, *, timeout_s: float) -> None:
+        """Create the streams, retrying while the new cluster's meta group still settles (a
+        request to a cluster that has just formed can time out on a busy machine)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                await ensure_streams(self.js, StreamLimits(replicas=3))
+                return
+            except (NatsTimeoutError, ServiceUnavailableError) as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("provisioning the streams: %r; retrying", exc)
+                await asyncio.sleep(1.0)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -255,6 +277,16 @@ class Fleet:
                     deadline = min(deadline, time.monotonic() + lag_timeout_s)
             await asyncio.sleep(0.2)
         return lagging
+
+    async def reseed(self, replicas: list[str], settle_timeout_s: float) -> list[str]:
+        """Give each of ``replicas`` (TASKS replicas that stayed behind while a quorum is
+        current) a fresh copy of the stream (:meth:`NatsCluster.reseed_replica`); the ones still
+        not current after that."""
+        for name in replicas:
+            i = self.cluster.index_of(name)
+            log.warning("reseeding TASKS on %s (its replica did not catch up)", name)
+            await asyncio.to_thread(self.cluster.reseed_replica, i, TASKS_STREAM)
+        return await self.settle(settle_timeout_s)
 
     async def _stream_cluster(self) -> ClusterInfo | None:
         """TASKS's cluster info when the live nodes agree on a meta leader and TASKS has a leader."""

@@ -79,6 +79,9 @@ class Verdict:
     indeterminate: int = 0
     completed: int = 0
     dead_lettered: int = 0
+    dead_lettered_not_poison: int = 0
+    """Dead letters of tasks that were not poison: delivered ``max_deliver`` times across faults
+    without finishing (allowed: the task is accounted for; reported)."""
     lost: list[str] = field(default_factory=list)
     duplicates: int = 0
     """Executions beyond the first of a task: redeliveries after faults (allowed, reported)."""
@@ -144,6 +147,7 @@ def check(history: History, *, grace_s: float = 30.0) -> Verdict:
         completed=len(runs),
         dead_lettered=len(letters),
     )
+    v.dead_lettered_not_poison = sum(1 for t in letters if t not in history.expected_dead)
     v.lost = [t for t in history.acked if t not in runs and t not in letters]
     v.dlq_copies = [t for t, n in letters.items() if n > 1]
     v.completed_and_dead = [t for t in runs if t in letters]

@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from agents.builtin.basic import EchoIn, EchoOut
 from bus.cluster import NatsCluster
 from bus.connection import connect
-from bus.publisher import Publisher
+from bus.publisher import Publisher, TaskSpec
 from bus.topology import TASKS_STREAM, StreamLimits, ensure_streams
 from loadtest.chaos_net import RouteNet
 
@@ -155,3 +155,44 @@ def test_up_refuses_a_cluster_and_a_nats_url_together(capsys: pytest.CaptureFixt
 
     assert main(["up", "--cluster", "3", "--nats-url", "nats://127.0.0.1:1"]) == EXIT_USAGE
     assert "--cluster" in capsys.readouterr().err
+
+
+def _stream_messages(cluster: NatsCluster, i: int) -> int:
+    """Messages of TASKS in node ``i``'s own copy (its /jsz), -1 if it has none."""
+    body = cluster.monitor(i, "/jsz?accounts=true&streams=true")[1] or {}
+    for acc in body.get("account_details") or []:
+        for info in acc.get("stream_detail") or []:
+            if info.get("name") == TASKS_STREAM:
+                return int(info["state"]["messages"])
+    return -1
+
+
+async def test_a_reseeded_replica_rejoins_empty_and_catches_up_from_the_leader(
+    nats_cluster: NatsCluster,
+) -> None:
+    cluster = nats_cluster
+    nc = await connect(cluster.url, name="reseed")
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, StreamLimits(replicas=3))
+        await Publisher(nc).submit_many(
+            [TaskSpec("acme", "echo", EchoIn(text=str(n)), task_id=f"r{n}") for n in range(50)]
+        )
+        info = await js.stream_info(TASKS_STREAM)
+        assert info.cluster is not None
+        assert info.cluster.replicas
+        follower = cluster.index_of(info.cluster.replicas[0].name or "")
+        group = cluster.stream_group(follower, TASKS_STREAM)
+        assert group.startswith("S-R3F-")
+        raft_dir = cluster.nodes[follower].store_dir / "js" / "jetstream" / "$SYS" / "_js_" / group
+        marker = raft_dir / "marker"
+        marker.write_text("the old group")
+
+        await asyncio.to_thread(cluster.reseed_replica, follower, TASKS_STREAM)
+
+        await async_wait_until(lambda: _stream_messages(cluster, follower) == 50, 60, "the copy caught up")
+        assert raft_dir.is_dir()
+        assert not marker.exists()  # a new group directory: the old one was deleted
+        assert (await js.stream_info(TASKS_STREAM)).state.messages == 50
+    finally:
+        await nc.close()

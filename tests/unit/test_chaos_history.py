@@ -33,6 +33,16 @@ def test_a_clean_history_passes_and_counts_the_redelivery() -> None:
     assert v.lost == []
 
 
+def test_a_dead_letter_of_a_task_that_was_not_poison_is_accounted_for_and_counted() -> None:
+    h = clean()
+    h.acked["tired"] = 3.0
+    h.dead_letters.append("tired")  # delivered max_deliver times across faults, never finished
+    v = check(h)
+    assert v.ok, v.violations()
+    assert (v.dead_lettered, v.dead_lettered_not_poison) == (2, 1)
+    assert check(clean()).dead_lettered_not_poison == 0
+
+
 def test_an_acknowledged_task_that_never_completed_is_lost() -> None:
     h = clean()
     h.acked["gone"] = 3.0
