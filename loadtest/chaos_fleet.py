@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import ClusterInfo
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from agentbus.cli.up import wait_ready
 from agentbus.errors import AgentbusError
@@ -41,6 +41,9 @@ from loadtest.chaos_net import RouteNet
 __all__ = ["Fleet"]
 
 log = logging.getLogger("agentbus.chaos")
+
+_NO_PEERS_FOR_PLACEMENT = 10005
+"""JetStream's error code while the meta leader has not yet heard from every node of a new cluster."""
 
 ROOT = Path(__file__).resolve().parent.parent
 _line = msgspec.json.Decoder(JournalLine)
@@ -152,8 +155,9 @@ class Fleet:
             try:
                 await ensure_streams(self.js, StreamLimits(replicas=3))
                 return
-            except (NatsTimeoutError, ServiceUnavailableError) as exc:
-                if time.monotonic() > deadline:
+            except (NatsTimeoutError, ServiceUnavailableError, BadRequestError) as exc:
+                unplaced = isinstance(exc, BadRequestError) and exc.err_code == _NO_PEERS_FOR_PLACEMENT
+                if time.monotonic() > deadline or (isinstance(exc, BadRequestError) and not unplaced):
                     raise
                 log.warning("provisioning the streams: %r; retrying", exc)
                 await asyncio.sleep(1.0)
