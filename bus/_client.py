@@ -17,6 +17,8 @@ forever), a failing handler is logged, each is counted in
 one control line at a time (:class:`_LineParser`): its regular expressions would read a
 header block starting with digits and CRLF as the line's sizes, and cut the stream where
 the publisher chose (a protocol error, or a message smuggled into another subscription).
+``flush()`` is a barrier again: nats-py writes its PING ahead of the commands still pending
+(a ``SUB`` just made), so the server could answer it before it had the subscription.
 
 **The fast path** (:class:`FastClient`, ``connect(fast_path=True)``), for the
 worker's hot path, with the same guard:
@@ -50,6 +52,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.client import __version__ as _nats_version
@@ -108,6 +111,20 @@ class GuardedClient(Client):
         self.bad_frames: dict[str, int] = dict.fromkeys(BAD_FRAME_REASONS, 0)
         """Frames counted by reason (see :data:`BAD_FRAME_REASONS`), for /metrics."""
         self._ps = _LineParser(self)
+
+    async def _send_ping(self, future: asyncio.Future[Any] | None = None) -> None:
+        """nats-py's, behind every command already queued: nats-py 2.16 writes the PING straight
+        to the socket while a ``SUB`` or ``PUB`` just queued waits for the flusher task, so the
+        server could answer ``flush()``'s PING before it had the subscription, and a message
+        another client published once ``flush()`` returned could miss it. The pending commands
+        go out first here, as the flusher would write them (not while disconnected: they wait
+        for the reconnect, as in nats-py)."""
+        transport = self._transport
+        if self._pending and transport is not None and self.is_connected:
+            transport.writelines(self._pending)
+            self._pending = []
+            self._pending_data_size = 0
+        await super()._send_ping(future)
 
     def _bad_frame(self, reason: str, subject: bytes, exc: BaseException | None) -> None:
         n = self.bad_frames[reason] = self.bad_frames[reason] + 1
