@@ -47,7 +47,7 @@ from nats.aio.msg import Msg
 from nats.errors import MaxPayloadError
 
 from agentbus.backoff import Backoff
-from agentbus.errors import Reject, Retry
+from agentbus.errors import BusError, RecordNotFoundError, Reject, Retry
 from agentbus.logs import task_fields
 from agents._admission import Admission, Refusal, Slot
 from agents._eager import start_eager, step_eager
@@ -70,7 +70,7 @@ from bus.messages import (
     now,
 )
 from bus.publisher import Publisher
-from bus.records import audit_subject
+from bus.records import audit_subject, fetch_result
 from bus.subjects import INVALID_TOKEN, is_task_id, result_subject, split_task_subject
 
 __all__ = ["KindRunner"]
@@ -307,6 +307,7 @@ class KindRunner:
             streaming=task.stream,
             headers=slot.msg.headers,
             records=self.records,
+            ack_subject=slot.msg.reply,
         )
 
     def _handler_ended(self, slot: Slot) -> None:
@@ -350,9 +351,30 @@ class KindRunner:
 
     async def _refuse(self, slot: Slot, refusal: Refusal) -> None:
         reason, task_id, detail = refusal
+        if reason is DlqReason.MAX_DELIVERIES and await self._fate_stored(slot.tenant, task_id):
+            extra = task_fields(slot.tenant, slot.kind, task_id, slot.attempt, slot.msg.headers)
+            log.warning(
+                "task %r has a stored result: an earlier delivery finished and its ack was lost; "
+                "acked, not dead-lettered", task_id, extra=extra,
+            )  # fmt: skip
+            self.stats.acks_lost += 1
+            return await self._ack(self._nc, slot.msg, AckKind.ACK)
         # a tenant not on the allowlist gets no DLQ subject, metric label or state of its own
         tenant = INVALID_TOKEN if reason is DlqReason.UNKNOWN_TENANT else slot.tenant
         await self._dead_letter(slot.msg, tenant, task_id, reason, detail, slot.attempt, kind=slot.kind)
+
+    async def _fate_stored(self, tenant: str, task_id: str) -> bool:
+        """Whether stream RESULTS holds a result of ``task_id`` (its fate, success or dead letter,
+        was decided by an earlier delivery). Only asked for a delivery past ``max_deliver``: a
+        task whose acks were lost in a fault (or whose worker died right after the result) is
+        not dead-lettered after it completed. No answer counts as no result."""
+        if not (task_id and is_task_id(task_id) and tenant != INVALID_TOKEN):
+            return False
+        try:
+            await fetch_result(self._nc, tenant, task_id)
+        except (RecordNotFoundError, BusError):
+            return False
+        return True
 
     async def _settle(self, slot: Slot, output: Any, error: BaseException | None) -> None:
         """The fate of an admitted task whose handler returned ``output`` or raised ``error``."""

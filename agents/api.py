@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from agentbus.errors import ConfigError, StateError
 from agentbus.logs import TaskLog, trace_id
+from bus.consumer import delivery_id
 from bus.ledger import Ledger, OnceKey, TenantKV, check_key
 from bus.messages import AuditEvent, AuditRecord, encode, now
 from bus.publisher import TaskRef
@@ -86,6 +87,7 @@ class Context:
     """What a handler knows about its task; the tenant is fixed by the subject."""
 
     __slots__ = (
+        "_ack_subject",
         "_emit",
         "_headers",
         "_log",
@@ -116,7 +118,9 @@ class Context:
         streaming: bool = False,
         headers: Mapping[str, str] | None = None,
         records: Records | None = None,
+        ack_subject: str = "",
     ) -> None:
+        self._ack_subject = ack_subject
         self.tenant = tenant
         self.kind = kind
         self.task_id = task_id
@@ -138,6 +142,13 @@ class Context:
     def log(self) -> TaskLog:
         """A logger whose lines carry this task's tenant, kind, task id, attempt and trace id."""
         return TaskLog(self._log, self)
+
+    @property
+    def delivery(self) -> str:
+        """This delivery of the task, unique among all its deliveries (``<consumer>:<sequence>``;
+        "" outside a worker). Two runs with the same value are one delivery run twice; a
+        redelivery after a consumer leader change may repeat :attr:`attempt`, never this."""
+        return delivery_id(self._ack_subject)
 
     @property
     def trace_id(self) -> str:

@@ -103,6 +103,7 @@ class KindStats:
 
     __slots__ = (
         "ack_pending",
+        "acks_lost",
         "buckets",
         "dead_letters",
         "fetched",
@@ -119,6 +120,7 @@ class KindStats:
         self.dead_letters: defaultdict[tuple[str, str], int] = defaultdict(int)  # (tenant, reason)
         self.fetched = 0
         self.redelivered = 0
+        self.acks_lost = 0  # deliveries past max_deliver of a task whose result was stored
         self.buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)
         self.latency_sum = 0.0
         self.pending = -1  # from consumer info; -1 until first read
@@ -175,6 +177,12 @@ class StatsCollector(Collector):
         redelivered = CounterMetricFamily(
             "agentbus_redeliveries", "Deliveries that were not the first for their message", labels=["kind"]
         )
+        acks_lost = CounterMetricFamily(
+            "agentbus_lost_acks",
+            "Deliveries past max_deliver of tasks with a stored result: acked, not dead-lettered "
+            "(an earlier delivery finished and its ack was lost)",
+            labels=["kind"],
+        )
         inflight = GaugeMetricFamily(
             "agentbus_inflight", "Messages being processed by this worker (in its slots)", labels=["kind"]
         )
@@ -201,6 +209,7 @@ class StatsCollector(Collector):
                 dlq.add_metric([tenant, kind, reason], n)
             fetched.add_metric([kind], k.fetched)
             redelivered.add_metric([kind], k.redelivered)
+            acks_lost.add_metric([kind], k.acks_lost)
             inflight.add_metric([kind], k.inflight())
             prefetched.add_metric([kind], k.prefetched())
             if k.pending >= 0:
@@ -230,6 +239,7 @@ class StatsCollector(Collector):
             dlq,
             fetched,
             redelivered,
+            acks_lost,
             inflight,
             prefetched,
             pending,

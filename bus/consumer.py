@@ -51,7 +51,7 @@ from nats.aio.subscription import Subscription
 
 from bus._client import check_names, publish_now, route, unsubscribe, withdraw
 
-__all__ = ["AckKind", "PullConsumer", "TaskConsumer", "ack", "delivery_count", "stream_seq"]
+__all__ = ["AckKind", "PullConsumer", "TaskConsumer", "ack", "delivery_count", "delivery_id", "stream_seq"]
 
 log = logging.getLogger("agentbus.bus")
 
@@ -87,6 +87,16 @@ def delivery_count(msg: Msg) -> int:
     # v1: $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
     # v2: $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>... (11 or 12 tokens)
     return int(tokens[4] if len(tokens) == 9 else tokens[6])
+
+
+def delivery_id(ack_subject: str) -> str:
+    """One delivery among all of a message's: ``<consumer>:<consumer sequence>`` from its ack
+    subject ("" if it is not one). A redelivery after a consumer leader change may repeat the
+    delivery count, never this."""
+    tokens = ack_subject.split(".")
+    if len(tokens) == 9:
+        return f"{tokens[3]}:{tokens[6]}"
+    return f"{tokens[5]}:{tokens[8]}" if len(tokens) >= 11 else ""
 
 
 def stream_seq(msg: Msg) -> int:

@@ -36,13 +36,15 @@ class ChaosOut(msgspec.Struct):
 
 
 class JournalLine(msgspec.Struct, array_like=True):
-    """One completed run: task id, worker pid, delivery count, monotonic start and end."""
+    """One completed run: task id, worker pid, delivery count, monotonic start and end, and
+    which delivery it was (``Context.delivery``)."""
 
     task_id: str
     pid: int
     attempt: int
     start: float
     end: float
+    delivery: str = ""
 
 
 _encode = msgspec.json.Encoder().encode
@@ -65,6 +67,6 @@ async def chaos(ctx: Context, task: ChaosIn) -> ChaosOut:
         raise RuntimeError("poison: fails on every delivery")
     if task.work_s > 0:
         await asyncio.sleep(task.work_s)
-    line = JournalLine(ctx.task_id, os.getpid(), ctx.attempt, start, time.monotonic())
+    line = JournalLine(ctx.task_id, os.getpid(), ctx.attempt, start, time.monotonic(), ctx.delivery)
     os.write(_journal(), _encode(line) + b"\n")
     return ChaosOut(attempt=ctx.attempt)

@@ -307,7 +307,7 @@ class Fleet:
     async def collect(self, history: History) -> None:
         """Read every journal and every dead letter into ``history`` (replacing what was read before)."""
         history.executions = [
-            Execution(line.task_id, str(line.pid), line.attempt, line.start, line.end)
+            Execution(line.task_id, str(line.pid), line.attempt, line.start, line.end, line.delivery)
             for line in self._journal_lines()
         ]
         history.dead_letters = await self._dead_letter_ids()

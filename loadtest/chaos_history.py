@@ -9,9 +9,11 @@ workload:
 
 * **lost**: every acknowledged task completed or was dead-lettered;
 * **unexpected duplicates**: a task that ran more than once did so only as a
-  redelivery (a higher delivery count) that began inside a fault window (plus a grace
-  for ack_wait): a second first-delivery, or a redelivery with no fault to explain it,
-  is a violation;
+  redelivery that began inside a fault window (plus a grace for ack_wait): one delivery
+  run twice, or a redelivery with no fault to explain it, is a violation. A delivery is
+  known by its consumer sequence (``Context.delivery``); a consumer whose Raft leader
+  changed may deliver again with a delivery count it already used, so the count alone
+  (the rule when deliveries are not recorded) would call that one delivery run twice;
 * **concurrent**: two executions of one task overlapping in time by two workers, beyond
   redeliveries explained by a fault;
 * **DLQ copies unique**: one dead letter per task at most, and no task both completed and
@@ -42,6 +44,8 @@ class Execution:
     start: float
     end: float
     """Monotonic seconds (one machine: CLOCK_MONOTONIC is shared by every process)."""
+    delivery: str = ""
+    """Which delivery ran (``Context.delivery``: consumer and its sequence); "" if not known."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +132,16 @@ def _unexplained_overlap(a: Execution, b: Execution, faults: list[Fault], grace_
     """``a`` (started first) and ``b`` ran at once on two workers, ``b`` no redelivery after a fault."""
     if not (b.start < a.end and a.worker != b.worker):
         return False
-    return not (b.attempt > a.attempt and _explained(b.start, faults, grace_s))
+    return not (_redelivery(a, b) and _explained(b.start, faults, grace_s))
+
+
+def _redelivery(a: Execution, b: Execution) -> bool:
+    """``b`` ran from a later delivery than ``a``: a higher delivery count, or (when both
+    deliveries are known) another delivery. A consumer whose leader changed may deliver again
+    with the count it had already used; a delivery run twice is never a redelivery."""
+    if a.delivery and b.delivery:
+        return a.delivery != b.delivery
+    return b.attempt > a.attempt
 
 
 def check(history: History, *, grace_s: float = 30.0) -> Verdict:
@@ -156,8 +169,9 @@ def check(history: History, *, grace_s: float = 30.0) -> Verdict:
     for task_id, done in runs.items():
         done.sort(key=lambda e: (e.start, e.attempt))
         v.duplicates += len(done) - 1
-        attempts = [e.attempt for e in done]
-        twice_as_one_delivery = len(set(attempts)) != len(attempts)
+        known = all(e.delivery for e in done)
+        ids = [e.delivery for e in done] if known else [str(e.attempt) for e in done]
+        twice_as_one_delivery = len(set(ids)) != len(ids)
         unexplained = any(not _explained(e.start, history.faults, grace_s) for e in done[1:])
         if twice_as_one_delivery or unexplained:
             v.unexpected_duplicates.append(task_id)

@@ -20,11 +20,13 @@ __all__ = ["AckDropProxy"]
 
 
 class AckDropProxy(TcpProxy):
-    """Forwards to ``127.0.0.1:<upstream_port>``, dropping ``share`` of the acks (seeded)."""
+    """Forwards to ``127.0.0.1:<upstream_port>``, dropping ``share`` of the acks (seeded), at
+    most ``budget`` of them (None: no limit)."""
 
-    def __init__(self, upstream_port: int, *, share: float, seed: int = 21) -> None:
+    def __init__(self, upstream_port: int, *, share: float, seed: int = 21, budget: int | None = None) -> None:
         super().__init__(upstream_port)
         self._share = share
+        self._budget = budget
         self._random = random.Random(seed)
         self.acks = 0
         self.dropped = 0
@@ -47,7 +49,8 @@ class AckDropProxy(TcpProxy):
             subject = args[1]
             if op.startswith(b"PUB ") and subject.startswith(b"$JS.ACK."):
                 self.acks += 1
-                if self._random.random() < self._share:
+                within = self._budget is None or self.dropped < self._budget
+                if within and self._random.random() < self._share:
                     self.dropped += 1
                     line, body = self._without_ack(args, body)
             writer.write(line + body)

@@ -68,6 +68,22 @@ def test_a_second_first_delivery_is_an_unexpected_duplicate() -> None:
     assert not v.ok
 
 
+def test_one_delivery_run_twice_is_flagged_and_a_repeated_count_of_another_delivery_is_not() -> None:
+    h = clean()
+    h.executions = [
+        Execution("a", "w1", 1, 2.0, 2.1, "t-chaos-1:7"),
+        Execution("b", "w1", 2, 11.0, 11.1, "t-chaos-1:20"),  # a new leader: count 2 again
+        Execution("b", "w2", 2, 14.0, 14.1, "t-chaos-1:31"),
+    ]
+    v = check(h)
+    assert v.ok, v.violations()
+    assert v.duplicates == 1
+    h.executions.append(Execution("b", "w2", 3, 14.5, 14.6, "t-chaos-1:31"))  # delivery 31 again
+    v = check(h)
+    assert v.unexpected_duplicates == ["b"]
+    assert not v.ok
+
+
 def test_a_redelivery_no_fault_explains_is_an_unexpected_duplicate() -> None:
     h = clean()
     h.executions.append(Execution("a", "w2", 2, 100.0, 100.1))  # long after the fault healed
