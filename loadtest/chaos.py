@@ -107,6 +107,9 @@ async def run(cfg: ChaosConfig, workdir: Path) -> dict[str, Any]:
                 name = cfg.faults[n % len(cfg.faults)]
                 every = cfg.worker_kill_every  # 2: the second cycle through the faults, the fourth...
                 worker_kill = every > 0 and (n // len(cfg.faults)) % every == every - 1
+                # the last fault's backlog worked off first: healthy is the offered load, not a catch-up
+                if not await fleet.wait_steady(int(cfg.rate_per_s), cfg.settle_timeout_s):
+                    log.warning("round %d: the backlog did not drain in %gs", n + 1, cfg.settle_timeout_s)
                 await asyncio.sleep(cfg.healthy_s)
                 start = time.monotonic()
                 log.warning("round %d: %s%s", n + 1, name, " + worker kill -9" if worker_kill else "")

@@ -332,6 +332,18 @@ class Fleet:
                 out.append(_letter.decode(raw.data or b"").task_id)
         return out
 
+    async def wait_steady(self, max_backlog: int, timeout_s: float) -> bool:
+        """Wait until stream TASKS holds at most ``max_backlog`` tasks (queued or unacked): the
+        backlog a fault left has been worked off, so the next healthy window measures the
+        offered load, not a catch-up. False if ``timeout_s`` passed first."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):  # no leader for a moment: ask again
+                if (await self.js.stream_info(TASKS_STREAM)).state.messages <= max_backlog:
+                    return True
+            await asyncio.sleep(0.2)
+        return False
+
     async def drain(self, history: History, timeout_s: float) -> None:
         """Wait until every acknowledged task ran or was dead-lettered, or ``timeout_s`` passed."""
         deadline = time.monotonic() + timeout_s
@@ -354,12 +366,21 @@ class Fleet:
             return
         self.ack_wait_s = ack_wait_s
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self.workers))
-        with contextlib.suppress(NotFoundError):
-            await self.js.delete_consumer(TASKS_STREAM, consumer_name("chaos"))
+        for name in await self._chaos_consumers():  # the kind's and every tenant's
+            with contextlib.suppress(NotFoundError):
+                await self.js.delete_consumer(TASKS_STREAM, name)
         await ensure_streams(self.js, StreamLimits(replicas=replicas))
         self.replicas = replicas
         await self.settle(60)
         self.workers = list(await asyncio.gather(*(self._start_worker(w.name) for w in self.workers)))
+
+    async def _chaos_consumers(self) -> list[str]:
+        """Names of the consumers of kind ``chaos`` on TASKS: ``agents-chaos`` and the tenants'."""
+        return [
+            c.name
+            for c in await self.js.consumers_info(TASKS_STREAM)
+            if c.name == consumer_name("chaos") or (c.config.filter_subject or "").endswith(".chaos")
+        ]
 
     async def burst(self, history: History, n: int, *, replicas: int, tag: str = "") -> float:
         """Publish ``n`` tasks at once to TASKS with ``replicas``; tasks per second until the last ran.

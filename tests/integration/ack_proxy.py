@@ -23,7 +23,9 @@ class AckDropProxy(TcpProxy):
     """Forwards to ``127.0.0.1:<upstream_port>``, dropping ``share`` of the acks (seeded), at
     most ``budget`` of them (None: no limit)."""
 
-    def __init__(self, upstream_port: int, *, share: float, seed: int = 21, budget: int | None = None) -> None:
+    def __init__(
+        self, upstream_port: int, *, share: float, seed: int = 21, budget: int | None = None
+    ) -> None:
         super().__init__(upstream_port)
         self._share = share
         self._budget = budget
