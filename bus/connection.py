@@ -36,6 +36,7 @@ from nats.aio.client import Client
 
 from agentbus.errors import BusError, ConfigError
 from bus._client import client_class
+from bus.msgid import key_from_file, remember_key
 
 __all__ = ["NatsAuth", "connect", "redact_url"]
 
@@ -103,6 +104,12 @@ class NatsAuth:
             raise ConfigError("give NATS a creds file or an NKEY seed, not both")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError("a NATS client certificate needs its key, and a key its certificate")
+
+    def msg_id_key(self) -> bytes | None:
+        """The key that signs this identity's ``Nats-Msg-Id`` values (:mod:`bus.msgid`): derived
+        from the NKEY seed or the ``.creds`` file; None without either."""
+        secret = self.nkey_seed_file or self.creds_file
+        return key_from_file(secret) if secret else None
 
     @property
     def tls(self) -> bool:
@@ -189,6 +196,7 @@ async def connect(
         if on_closed is not None:
             await on_closed()
 
+    id_key = auth.msg_id_key() if auth is not None else None
     nc = client_class(fast_path=fast_path)()
     first = nc.connect(
         _seeds(url),
@@ -213,4 +221,6 @@ async def connect(
         raise BusError(
             f"cannot connect to NATS at {redact_url(url)} within {first_connect_timeout_s:g}s"
         ) from None
+    if id_key is not None:
+        remember_key(nc, id_key)
     return nc
