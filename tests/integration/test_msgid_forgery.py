@@ -4,7 +4,8 @@ running ``agentbus up --auth`` with one worker.
 JetStream de-duplicates ``Nats-Msg-Id`` across every subject of ``TASKS`` and permissions cannot
 look at headers: a tenant that publishes, on its own subject, the id another tenant's next task
 carries had that task answered ``duplicate`` and dropped. A tenant's publisher now signs its ids
-with a key of its own seed, and the operator signs the ids of its DLQ replays.
+with a key of its own seed, a worker's follow-ups carry the worker's MAC, and the operator signs
+the ids of its DLQ replays.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from conftest import ROOT, stop_process, wait_until
 from helpers_a import dead_letters, poll
 from nats.aio.client import Client
 
+from agents.builtin.pipeline import JoinOut, SplitIn, join_id
 from agents.config import nats_auth_from_env
 from bus.authdir import AuthDir
 from bus.connection import connect
@@ -67,7 +69,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     with open(root / "up.log", "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "agentbus", "up", "--workers", "1", "--auth", str(auth.path),
-             "--agents", "agents.builtin"],
+             "--agents", "agents.builtin,agents.builtin.pipeline"],
             cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
     u = Up(root, auth)
@@ -196,3 +198,21 @@ async def test_a_tenant_cannot_preempt_the_operators_replay_of_a_dead_letter(
     assert result.output is not None
     assert result.output["text"] == "again"
     await operator.jetstream().delete_msg(TASKS_STREAM, ack.seq)
+
+
+async def test_a_tenant_cannot_drop_a_follow_up_the_worker_queues_for_another_tenant(
+    up: Up, conns: dict[str, Client]
+) -> None:
+    acme, globex = conns["acme"], conns["globex"]
+    join = join_id("split-job-1")  # follow-up ids are derived from the parent's: anyone can compute them
+    scoped = f"acme:doc_join:{join}"
+    globex_key = key_of(globex)
+    assert globex_key is not None
+    for value in (scoped, signed(globex_key, scoped)):
+        ack = await globex.jetstream().publish("tasks.globex.unserved", b"{}", headers={HDR_MSG_ID: value})
+        assert not ack.duplicate
+    pub = Publisher(acme)
+    await pub.submit("acme", "doc_split", SplitIn(text="a bb ccc dddd", chunk_words=2), task_id="split-job-1")
+    joined = await pub.result(join, tenant="acme", timeout_s=30, output_type=JoinOut)
+    assert joined.ok, joined.error
+    assert joined.output == JoinOut(job="split-job-1", parts=2, words=4, longest="dddd")
