@@ -10,7 +10,8 @@ file (a user JWT and its NKEY seed, decentralized auth as ``nsc`` issues it), an
 NKEY seed file, and TLS (a CA to verify the server, and a client certificate for
 mutual TLS), and the inbox prefix of a tenant's connection (``_INBOX_<tenant>``: the
 only inboxes its credential may subscribe to, bus/permissions.py). Log lines and errors
-show a URL only through :func:`redact_url`.
+show a URL only through :func:`redact_url`. A client connected with a seed or ``.creds`` file
+carries the key its publishers sign ``Nats-Msg-Id`` values with (:mod:`bus.msgid`).
 
 The client is the one :func:`bus._client.client_class` picks: nats-py's ``Client`` with a
 frame guard (no single message can end its read loop), and with ``fast_path`` the
