@@ -7,7 +7,8 @@ subject (``results.<tenant>.<id>``) and the reply subject are known to be valid.
 
 * subject tokens: ``bus.subjects`` (``invalid_subject``);
 * ``Nats-Msg-Id``: printable, at most :data:`MAX_MSG_ID_CHARS`; in the scoped form
-  ``<tenant>:<kind>:<id>`` it must name the subject's tenant and kind;
+  ``<tenant>:<kind>:<id>`` or ``<tenant>:<kind>:<id>:<mac>`` (:mod:`bus.msgid`) it must name
+  the subject's tenant and kind;
 * ``Agentbus-Reply``: a plain subject of at most :data:`MAX_REPLY_CHARS` under an allowed
   prefix (``WorkerConfig.reply_prefixes``, default ``_INBOX.``); a prefix may hold
   ``{tenant}``, which stands for the tenant of the task's subject (``_INBOX_{tenant}.``
@@ -28,6 +29,7 @@ import re
 from itertools import accumulate
 
 from bus.messages import HDR_MSG_ID, HDR_REPLY
+from bus.msgid import is_mac, split_task_msg_id
 from bus.subjects import is_task_id, is_token, shown
 
 __all__ = [
@@ -47,7 +49,8 @@ __all__ = [
 
 MAX_NESTING = 64
 """Deepest JSON nesting accepted (the envelope object is level 1, its payload level 2)."""
-MAX_MSG_ID_CHARS = 256
+MAX_MSG_ID_CHARS = 320
+"""Longest ``Nats-Msg-Id``: a signed scoped id is at most 64+64+128+22 characters and 3 colons."""
 MAX_REPLY_CHARS = 255
 EPOCH_MAX_S = 4_102_444_800.0
 """2100-01-01 in epoch seconds: a later deadline or creation time is a unit mistake, not a date."""
@@ -82,24 +85,30 @@ def too_deep(data: bytes, limit: int = MAX_NESTING) -> bool:
 def msg_id_problem(value: str, tenant: str, kind: str) -> str:
     """Why a task's ``Nats-Msg-Id`` is refused ("" if it is fine).
 
-    Any printable value up to 256 characters is accepted (a publisher's own ids keep
-    working), except the scoped form ``<tenant>:<kind>:<id>`` naming another tenant or kind.
+    Any printable value up to :data:`MAX_MSG_ID_CHARS` characters is accepted (a publisher's
+    own ids keep working), except the scoped form ``<tenant>:<kind>:<id>[:<mac>]`` naming
+    another tenant or kind.
     """
     if len(value) > MAX_MSG_ID_CHARS or not value.isprintable():  # (fast path: KindRunner)
         return f"{HDR_MSG_ID} {shown(value)} is not 1-{MAX_MSG_ID_CHARS} printable characters"
-    if _is_own(value, tenant, kind) or value.count(":") != 2:
+    if _is_own(value, tenant, kind) or (scoped := split_task_msg_id(value)) is None:
         return ""
-    other_tenant, other_kind, task_id = value.split(":")
+    other_tenant, other_kind, task_id, _ = scoped
     if is_token(other_tenant) and is_token(other_kind) and is_task_id(task_id):
         return f"{HDR_MSG_ID} {shown(value)} names another tenant or kind than the subject"
     return ""
 
 
 def task_id_of(value: str | None, tenant: str, kind: str) -> str:
-    """The task id a ``Nats-Msg-Id`` names (for a dead letter of bytes that did not decode)."""
+    """The task id a ``Nats-Msg-Id`` names (for a dead letter of bytes that did not decode):
+    the ``<id>`` of this tenant's and kind's scoped form (signed or not), else the whole value."""
     if not value or msg_id_problem(value, tenant, kind):
         return ""
-    return value[len(tenant) + len(kind) + 2 :] if _is_own(value, tenant, kind) else value
+    if not _is_own(value, tenant, kind):
+        return value
+    rest = value[len(tenant) + len(kind) + 2 :]
+    task_id, _, mac = rest.partition(":")
+    return task_id if is_mac(mac) else rest
 
 
 def _is_own(value: str, tenant: str, kind: str) -> bool:

@@ -10,7 +10,8 @@ file (a user JWT and its NKEY seed, decentralized auth as ``nsc`` issues it), an
 NKEY seed file, and TLS (a CA to verify the server, and a client certificate for
 mutual TLS), and the inbox prefix of a tenant's connection (``_INBOX_<tenant>``: the
 only inboxes its credential may subscribe to, bus/permissions.py). Log lines and errors
-show a URL only through :func:`redact_url`.
+show a URL only through :func:`redact_url`. A client connected with a seed or ``.creds`` file
+carries the key its publishers sign ``Nats-Msg-Id`` values with (:mod:`bus.msgid`).
 
 The client is the one :func:`bus._client.client_class` picks: nats-py's ``Client`` with a
 frame guard (no single message can end its read loop), and with ``fast_path`` the
@@ -36,6 +37,7 @@ from nats.aio.client import Client
 
 from agentbus.errors import BusError, ConfigError
 from bus._client import client_class
+from bus.msgid import key_from_file, remember_key
 
 __all__ = ["NatsAuth", "connect", "redact_url"]
 
@@ -103,6 +105,12 @@ class NatsAuth:
             raise ConfigError("give NATS a creds file or an NKEY seed, not both")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError("a NATS client certificate needs its key, and a key its certificate")
+
+    def msg_id_key(self) -> bytes | None:
+        """The key that signs this identity's ``Nats-Msg-Id`` values (:mod:`bus.msgid`): derived
+        from the NKEY seed or the ``.creds`` file; None without either."""
+        secret = self.nkey_seed_file or self.creds_file
+        return key_from_file(secret) if secret else None
 
     @property
     def tls(self) -> bool:
@@ -189,6 +197,7 @@ async def connect(
         if on_closed is not None:
             await on_closed()
 
+    id_key = auth.msg_id_key() if auth is not None else None
     nc = client_class(fast_path=fast_path)()
     first = nc.connect(
         _seeds(url),
@@ -213,4 +222,6 @@ async def connect(
         raise BusError(
             f"cannot connect to NATS at {redact_url(url)} within {first_connect_timeout_s:g}s"
         ) from None
+    if id_key is not None:
+        remember_key(nc, id_key)
     return nc

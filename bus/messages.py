@@ -5,7 +5,8 @@ appending fields with defaults (msgspec decodes old and new messages alike).
 
 * :class:`Task` travels on ``tasks.<tenant>.<kind>`` (stream ``TASKS``). Its
   ``Nats-Msg-Id`` header is ``<tenant>:<kind>:<id>`` (:func:`msg_id`), so JetStream drops
-  a duplicate publish inside the stream's duplicate window, per tenant and kind.
+  a duplicate publish inside the stream's duplicate window, per tenant and kind; with a
+  credential, ``:<mac>`` follows, so no other identity can publish it first (:mod:`bus.msgid`).
   ``tenant``/``kind`` in the body are optional and informational: the worker takes both
   from the subject and dead-letters a task whose body claims another tenant.
 * :class:`Result` travels on ``results.<tenant>.<task_id>`` and to the publisher's
@@ -73,7 +74,8 @@ HDR_UNREADABLE = "Agentbus-Unreadable-Headers"
 
 def msg_id(tenant: str, kind: str, task_id: str) -> str:
     """A task's ``Nats-Msg-Id``: ``<tenant>:<kind>:<id>``, so one tenant's ids never drop
-    another tenant's tasks as duplicates (JetStream de-duplicates per stream)."""
+    another tenant's tasks as duplicates (JetStream de-duplicates per stream); a publisher
+    with a credential signs it (:func:`bus.msgid.signed`), so no tenant can forge it either."""
     return f"{tenant}:{kind}:{task_id}"
 
 

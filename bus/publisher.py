@@ -4,7 +4,9 @@
 soon as the task is on the wire and a slot in the ack window was free: the window
 (``max_pending_acks``) bounds memory and applies backpressure to a fast producer.
 Each task's ``Nats-Msg-Id`` is ``<tenant>:<kind>:<id>``, so JetStream drops a duplicate of
-one tenant's task without touching another tenant's task of the same id.
+one tenant's task without touching another tenant's task of the same id; on a connection
+with an NKEY seed or ``.creds`` it ends with ``:<mac>`` of that identity's key
+(:mod:`bus.msgid`), so no other identity can publish it first and have the task dropped.
 A full stream, an oversized task or a missing stream surface as typed
 :mod:`agentbus.errors`, never as a silent drop; an ack that never comes (the server
 went away mid-publish) fails the publish after ``ack_timeout_s`` instead of hanging.
@@ -16,8 +18,9 @@ process, whether or not it was listening when the task completed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +44,7 @@ from agentbus.errors import (
 from bus import tracing
 from bus.connection import NatsAuth
 from bus.messages import HDR_MSG_ID, HDR_REPLY, Result, Task, encode, msg_id, now
+from bus.msgid import key_of, signed
 from bus.records import fetch_result
 from bus.subjects import check_task_id, task_subject
 
@@ -79,6 +83,11 @@ class TaskSpec:
     task_id: str | None = None
     deadline: float | None = None
     stream: bool = False
+
+
+def _signed_msg_id(key: bytes, tenant: str, kind: str, task_id: str) -> str:
+    """``<tenant>:<kind>:<id>:<mac>`` (:mod:`bus.msgid`)."""
+    return signed(key, msg_id(tenant, kind, task_id))
 
 
 class _JetStream(JetStreamContext):
@@ -125,6 +134,10 @@ class Publisher:
         self._inbox_sub: Subscription | None = None
         self._waiters: dict[str, asyncio.Future[Result[Any]]] = {}
         self._traced = tracing.enabled()  # decided once: no tracer provider, no cost
+        key = key_of(nc)  # the identity's own: ids another identity cannot publish first
+        self._msg_id: Callable[[str, str, str], str] = (
+            msg_id if key is None else functools.partial(_signed_msg_id, key)
+        )
 
     def _prepare(
         self,
@@ -144,7 +157,7 @@ class Publisher:
         limit = min(self._max_msg_bytes, self._nc.max_payload or self._max_msg_bytes)
         if len(data) > limit:
             raise PayloadTooLargeError(len(data), limit, task_id=task_id, subject=subject)
-        headers = {HDR_MSG_ID: msg_id(tenant, kind, task_id)}  # dedupe per tenant and kind
+        headers = {HDR_MSG_ID: self._msg_id(tenant, kind, task_id)}  # dedupe per tenant and kind
         if wait:
             assert self._inbox is not None
             headers[HDR_REPLY] = self._inbox + task_id

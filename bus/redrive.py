@@ -4,7 +4,10 @@ Dead letters live in stream ``DLQ`` on ``dlq.<tenant>.<kind>`` (:mod:`bus.dlq`).
 :class:`DlqFilter` narrows by tenant and kind (the subject) and by reason and age (read
 from each letter). :meth:`Redrive.replay` republishes a letter's original bytes to
 ``tasks.<tenant>.<kind>`` as a new attempt lineage (deliveries count from 1 again) with
-header ``Agentbus-Replay-Of: DLQ:<seq>`` and ``Nats-Msg-Id: replay-DLQ-<seq>``. Before it
+header ``Agentbus-Replay-Of: DLQ:<seq>`` and ``Nats-Msg-Id: replay-DLQ-<seq>`` (with
+``:<mac>`` of the operator's key on a connection with a seed, :mod:`bus.msgid`: a tenant may
+publish any id on its own subject, and one publishing ``replay-DLQ-<seq>`` first would have
+the replay answered as a duplicate and not stored). Before it
 publishes, it creates the KV marker ``dlq-<seq>`` in bucket ``agentbus_redrive``
 (compare-and-set on revision 0): a second replay of the same letter finds the marker and is
 refused with :class:`~agentbus.errors.AlreadyReplayedError`, so the task does not run twice.
@@ -26,6 +29,7 @@ from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
 from agentbus.errors import AlreadyReplayedError, PublishError, RecordNotFoundError
 from bus.messages import HDR_MSG_ID, HDR_REPLAY_OF, DeadLetter, now
+from bus.msgid import key_of, signed
 from bus.publisher import TaskRef, map_publish_error
 from bus.records import REDRIVE_BUCKET, bucket
 from bus.subjects import DLQ_PREFIX, INVALID_TOKEN, check_token, task_subject
@@ -140,7 +144,10 @@ class Redrive:
             revision = await markers.create(marker, msgspec.json.encode({"at": now(), "state": "publishing"}))
         except KeyWrongLastSequenceError:
             raise AlreadyReplayedError(seq) from None
-        headers = {HDR_MSG_ID: f"replay-{DLQ_STREAM}-{seq}", HDR_REPLAY_OF: f"{DLQ_STREAM}:{seq}"}
+        replay_id = f"replay-{DLQ_STREAM}-{seq}"
+        if (key := key_of(self._nc)) is not None:  # unguessable by a tenant (see above)
+            replay_id = signed(key, replay_id)
+        headers = {HDR_MSG_ID: replay_id, HDR_REPLAY_OF: f"{DLQ_STREAM}:{seq}"}
         try:
             ack = await self._js.publish(subject, letter.data, headers=headers, stream=TASKS_STREAM)
         except Exception as exc:

@@ -181,7 +181,7 @@ HOSTILE = [
         envelope("msg-id-too-long"),
         DlqReason.INVALID_ENVELOPE,
         "printable",
-        headers={HDR_MSG_ID: "m" * 300},
+        headers={HDR_MSG_ID: "m" * 400},
     ),
     Hostile(
         "msg-id-control",

@@ -11,6 +11,7 @@ from agentbus.errors import ConfigError
 from agents.config import WorkerConfig
 from bus.admission import (
     EPOCH_MAX_S,
+    MAX_MSG_ID_CHARS,
     MAX_NESTING,
     check_reply_prefix,
     msg_id_problem,
@@ -69,7 +70,19 @@ def test_scoped_msg_ids_of_this_tenant_and_kind_pass() -> None:
     assert task_id_of("acme:echo:t-1", "acme", "echo") == "t-1"
 
 
-@pytest.mark.parametrize("value", ["order-42", "a b c", "urn:x", "x" * 256, "dlq-TASKS-7", "ünï", "a:b:c:d"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "order-42",
+        "a b c",
+        "urn:x",
+        "x" * MAX_MSG_ID_CHARS,
+        "dlq-TASKS-7",
+        "replay-DLQ-7:" + "M" * 22,
+        "ünï",
+        "a:b:c:d",
+    ],
+)
 def test_a_publishers_own_msg_id_keeps_working(value: str) -> None:
     assert msg_id_problem(value, "acme", "echo") == ""
     assert task_id_of(value, "acme", "echo") == value
@@ -80,7 +93,8 @@ def test_a_publishers_own_msg_id_keeps_working(value: str) -> None:
     [
         ("globex:echo:order-42", "another tenant or kind"),
         ("acme:summarize:order-42", "another tenant or kind"),
-        ("x" * 257, "printable"),
+        ("x" * (MAX_MSG_ID_CHARS + 1), "printable"),
+        ("globex:echo:order-42:" + "M" * 22, "another tenant or kind"),  # signed (bus.msgid)
         ("a\x00b", "printable"),
         ("a\x1b[2Jb", "printable"),
     ],
