@@ -281,6 +281,7 @@ async def test_agentbus_edge_makes_the_cloud_resume_the_source_once_the_uplink_r
         await at_edge.jetstream().publish(SUBJECT, b"after")
         assert await probe.until("after", timeout_s=90) == ["after"]
         took = time.monotonic() - healed
+        print(f"the first edge task reached TASKS {took:.1f}s after the heal")  # shown with -s
         # The server's own next retry waits for the lost request's reply (30 s) plus a backoff.
         assert took < 25, f"the cloud resumed the source {took:.0f}s after the uplink returned"
         assert b"restarting its sources" in log_path.read_bytes()
