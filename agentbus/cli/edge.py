@@ -5,7 +5,9 @@ port(s) (``--hub``), stores every task published to it in ``EDGE_TASKS`` and ask
 cloud's ``TASKS`` stream to source that stream (:mod:`bus.edge`). The cloud's JetStream
 API is reached through the leaf connection (``--hub-domain``, the cloud servers'
 JetStream domain) or directly (``--cloud-url``); while the uplink is down at start, the
-request is retried until it gets through. Edge publishers use the printed URL, for
+request is retried until it gets through. After an uplink outage it makes the cloud resume
+the source at once (``--resume-grace-s``, :func:`bus.edge.resume_on_reconnect`) instead
+of after nats-server's retry backoff. Edge publishers use the printed URL, for
 example ``agentbus publish --nats-url <url> echo '{"text": "hi"}' --wait``: the result
 comes back from a cloud worker over the leaf connection.
 """
@@ -23,7 +25,7 @@ from nats.aio.client import Client
 
 from agents.config import nats_auth_from_env
 from bus.connection import connect
-from bus.edge import ensure_edge_stream, source_edge, start_edge_server
+from bus.edge import cloud_api, ensure_edge_stream, resume_on_reconnect, source_edge, start_edge_server
 from bus.embedded import keep_alive
 
 __all__ = ["register"]
@@ -57,6 +59,14 @@ def register(sub: Any) -> None:
         default=168.0,
         help="hours the edge keeps a task: longer than any uplink outage (default %(default)s)",
     )
+    p.add_argument(
+        "--resume-grace-s",
+        type=float,
+        default=5.0,
+        help="seconds after the uplink returns before a source the cloud has not resumed is "
+        "restarted (a TASKS leader stepdown); 0: leave it to the server's retry backoff "
+        "(default %(default)s)",
+    )
     p.set_defaults(run=run)
 
 
@@ -76,7 +86,7 @@ async def _edge(args: argparse.Namespace) -> int:
         nc = await connect(server.url, name="agentbus-edge", first_connect_timeout_s=30)
         try:
             await ensure_edge_stream(nc.jetstream(), max_age_s=args.max_age_h * 3600)
-            sourcing = asyncio.create_task(_source(args, nc), name="agentbus-edge-source")
+            sourcing = asyncio.create_task(_source(args, nc, server.http_port), name="agentbus-edge-source")
             print(
                 f"agentbus edge: NATS {server.url} (JetStream domain {args.domain}), uplink to "
                 f"{', '.join(hubs)}; tasks published here run in the cloud; Ctrl-C to stop",
@@ -101,8 +111,9 @@ async def _edge(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _source(args: argparse.Namespace, edge_nc: Client) -> None:
-    """Ask the cloud's TASKS to source this site's stream; retried until it gets through."""
+async def _source(args: argparse.Namespace, edge_nc: Client, http_port: int) -> None:
+    """Ask the cloud's TASKS to source this site's stream, retried until it gets through; then
+    keep the source going across uplink outages (:func:`bus.edge.resume_on_reconnect`)."""
     cloud = None
     try:
         while True:
@@ -119,7 +130,10 @@ async def _source(args: argparse.Namespace, edge_nc: Client) -> None:
                 await asyncio.sleep(_RETRY_S)
                 continue
             print(f"agentbus edge: the cloud's TASKS sources EDGE_TASKS of domain {args.domain}", flush=True)
-            return
+            break
+        if args.resume_grace_s > 0:
+            nc, api = (cloud, cloud_api()) if cloud is not None else (edge_nc, cloud_api(args.hub_domain))
+            await resume_on_reconnect(nc, args.domain, http_port, api=api, grace_s=args.resume_grace_s)
     finally:
         if cloud is not None:
             await cloud.close()

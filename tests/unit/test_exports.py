@@ -77,7 +77,19 @@ EXPECTED: dict[types.ModuleType, list[str]] = {
         "publish_sync",
     ],
     bus.cluster: ["CLUSTER_NAME", "NatsCluster"],
-    bus.edge: ["EDGE_STREAM", "ensure_edge_stream", "leaf_config", "source_edge", "start_edge_server"],
+    bus.edge: [
+        "EDGE_STREAM",
+        "SourceStatus",
+        "cloud_api",
+        "ensure_edge_stream",
+        "leaf_config",
+        "restart_sources",
+        "resume_on_reconnect",
+        "source_edge",
+        "source_stalled",
+        "source_status",
+        "start_edge_server",
+    ],
 }
 
 
