@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from collections.abc import Iterable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -18,7 +19,15 @@ from nats.js import JetStreamContext
 from bus.subjects import TASKS_PREFIX
 from bus.topology import tasks_consumers, tenant_consumer_name
 
-__all__ = ["Lane", "backlogged", "pending_of", "shared_batch", "sort_backlogged", "tenant_consumers"]
+__all__ = [
+    "Lane",
+    "backlogged",
+    "pending_of",
+    "shared_batch",
+    "silent_lanes",
+    "sort_backlogged",
+    "tenant_consumers",
+]
 
 _TIMEOUT_S = 2.0
 
@@ -32,12 +41,15 @@ class Lane:
         "credit",
         "deficit",
         "gone",
+        "heard_at",
+        "heard_before",
         "held",
         "idle_queued",
         "inbox",
         "next_subject",
         "pending",
         "queued",
+        "silent_ticks",
         "standing",
         "subject",
         "tenant",
@@ -61,7 +73,8 @@ class Lane:
         self.wanting = False  # in the wanting ring (the server has more than asked for)
         self.idle_queued = False  # waiting for a standing request
         self.gone = False
-        self.active_at = time.monotonic()
+        self.active_at = self.heard_at = self.heard_before = time.monotonic()
+        self.silent_ticks = 0  # heartbeat periods with a request out and no word on its inbox
 
 
 def pending_of(reply: str) -> int:
@@ -138,3 +151,21 @@ def shared_batch(lane: Lane, free: int, share: int, max_batch: int) -> int:
         return room
     busy = max(1, min(threshold, share // 32))
     return room if room >= busy and lane.credit <= share // 4 else 0
+
+
+def silent_lanes(lanes: Iterable[Lane], periods: int = 3) -> list[Lane]:
+    """The lanes that had a request out and heard nothing on their inbox (no delivery, heartbeat
+    or status) for ``periods`` heartbeat periods in a row; called once a period. A live request
+    brings a heartbeat every period, so that silence is a lost request: a consumer whose
+    leader was lost (a node killed, paused or cut off) may never answer or expire it."""
+    silent = []
+    for lane in lanes:
+        if (lane.credit or lane.standing) and lane.heard_at == lane.heard_before:
+            lane.silent_ticks += 1
+            if lane.silent_ticks >= periods:
+                lane.silent_ticks = 0
+                silent.append(lane)
+        else:
+            lane.silent_ticks = 0
+        lane.heard_before = lane.heard_at
+    return silent

@@ -7,32 +7,36 @@ its weighted share; a lone lane gets the per-kind consumer's batching), and whic
 message takes a freed slot (deficit round robin, ``weight`` per turn, no tenant above
 ``tenant_cap`` while others are known). Every known lane without credit keeps one *standing*
 one-message request, so a quiet tenant's task is in hand when a slot frees; lanes are found
-from the stream's backlogged subjects every ``discover_s`` (:mod:`bus._lanes`). The bound::
+from the stream's backlogged subjects every ``discover_s`` (:mod:`bus._discovery`). The bound::
 
     held <= slots
     held + prefetched + credit <= slots + prefetch + standing lanes (<= max_standing)
 
-Credit is returned by 408/409 statuses and reset after a reconnect or when heartbeats stop,
-as in :mod:`bus.consumer`; a lane whose consumer is gone is dropped and rediscovered.
-The design, its costs and its figures: docs/fairness.md.
+Credit is returned by 408/409 statuses and reset after a reconnect or when heartbeats stop
+(a lane's alone when only its requests went silent); a lane whose consumer is gone is
+dropped and rediscovered. The design, its costs and its figures: docs/fairness.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from bus._client import check_names, publish_now, route, unsubscribe, withdraw
-from bus._lanes import Lane, backlogged, pending_of, shared_batch, sort_backlogged, tenant_consumers
+from bus._discovery import _Discovery
+from bus._lanes import (
+    Lane,
+    pending_of,
+    shared_batch,
+    silent_lanes,
+)
 from bus.consumer import AckKind, ack
 from bus.subjects import TASKS_PREFIX
 
@@ -42,13 +46,10 @@ log = logging.getLogger("agentbus.bus")
 
 _STATUS = "Status"
 _PENDING_MSGS = "Nats-Pending-Messages"
-_MAX_NEW_LANES = 256  # consumers created per discovery round: a flood of new tenants is paced
-_CONCURRENT_CREATES = 32
 _MAX_SCAN = 32  # wanting lanes looked at per pull request
-_REFRESH_ROUNDS = 25  # discovery rounds between two readings of the tenant consumers (5 s)
 
 
-class FairConsumer:
+class FairConsumer(_Discovery):
     """Pulls one kind's tasks from per-tenant consumers into at most ``slots`` held messages."""
 
     def __init__(
@@ -161,14 +162,17 @@ class FairConsumer:
             await unsubscribe(self._nc, self._sub)
             self._sub = None
 
-    def reset_credit(self) -> None:
-        """Forget outstanding pull requests (after a reconnect) and ask again."""
-        self.credit = self._standing_n = 0
-        self._last_seen = time.monotonic()
-        for lane in self._lanes.values():
+    def reset_credit(self, lanes: Iterable[Lane] | None = None) -> None:
+        """Forget outstanding pull requests (all after a reconnect, or ``lanes``') and ask again."""
+        for lane in self._lanes.values() if lanes is None else lanes:
+            self.credit -= lane.credit
+            self._standing_n -= lane.standing
             lane.credit = 0
             lane.standing = False
             self._settle(lane)
+        if lanes is None:
+            self.credit = self._standing_n = 0
+            self._last_seen = time.monotonic()
         if self.fetching:
             self._schedule_pull()
 
@@ -425,7 +429,7 @@ class FairConsumer:
             lane = self._by_token.get(msg.subject[len(self._prefix) + 1 :])
         if lane is None:
             return  # a lane forgotten (its requests expired) or a stray message: not ours
-        self._last_seen = now = time.monotonic()
+        self._last_seen = lane.heard_at = now = time.monotonic()
         if msg.reply:
             lane.active_at = now
             if lane.standing:
@@ -503,98 +507,17 @@ class FairConsumer:
             self._alone = len(self._lanes) == 1
             self._by_token.pop(lane.inbox.rsplit(".", 1)[1], None)
 
-    # -- discovery --------------------------------------------------------------------------
-
-    async def discover(self) -> int:
-        """Read the subjects of this kind that hold messages; open a lane for each new tenant.
-        Returns how many lanes were opened."""
-        try:
-            subjects = await backlogged(self._nc, self._stream, self._filter)
-        except Exception as exc:  # the next round tries again
-            log.debug("discovering tenants of %s failed: %s", self._kind, exc)
-            return 0
-        room = min(_MAX_NEW_LANES, self._max_lanes - len(self._lanes))
-        known, new, invalid = sort_backlogged(subjects, self._lanes, self._kind, room)
-        for lane in known:
-            if not (lane.credit or lane.standing or lane.pending):
-                lane.pending = 1  # one message tells the lane its backlog
-                self._settle(lane)
-        opened = 0
-        for start in range(0, len(new), _CONCURRENT_CREATES):  # a round trip each: in parallel
-            batch = new[start : start + _CONCURRENT_CREATES]
-            names = await asyncio.gather(*(self._provision(t) for t, _ in batch), return_exceptions=True)
-            for (tenant, subject), name in zip(batch, names, strict=True):
-                if isinstance(name, BaseException):
-                    log.warning("cannot create the consumer of %s: %s", ascii(subject[:200]), name)
-                elif subject not in self._lanes or self._lanes[subject].gone:
-                    self._open(tenant, subject, name)
-                    opened += 1
-            if self.fetching:
-                self._schedule_pull()
-        if invalid and self._on_invalid is not None:
-            try:
-                await self._on_invalid()
-            except Exception as exc:  # the next round tries again
-                log.warning("dead-lettering invalid subjects of %s failed: %s", self._kind, exc)
-        if self.fetching:
-            self._schedule_pull()
-        return opened
-
-    async def _open_existing(self) -> None:
-        """A lane (a standing request) for every tenant consumer active within ``idle_s``: the
-        tenants other workers serve, so their next task goes to whichever worker has room."""
-        try:
-            existing = await tenant_consumers(self._nc.jetstream(), self._kind, active_s=self._idle_s)
-        except Exception as exc:  # discovery finds the backlogged ones anyway
-            log.debug("listing the consumers of %s failed: %s", self._kind, exc)
-            return
-        for tenant, subject, name in existing[: max(0, self._max_lanes - len(self._lanes))]:
-            if subject not in self._lanes:
-                self._open(tenant, subject, name, pending=0)  # a standing request finds out
-
-    def _open(self, tenant: str, subject: str, consumer: str, *, pending: int = 1) -> None:
-        old = self._lanes.get(subject)
-        if old is not None:  # gone, with messages still running: let them finish under it
-            self._by_token.pop(old.inbox.rsplit(".", 1)[1], None)
-        token = str(self._next_token)
-        self._next_token += 1
-        lane = Lane(
-            tenant,
-            subject,
-            f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{consumer}",
-            f"{self._prefix}.{token}",
-            max(1, self._weights.get(tenant, 1)),
-        )
-        if old is not None:
-            lane.held = old.held
-        lane.pending = pending  # 1: one message tells the lane its backlog
-        self._lanes[subject] = lane
-        if self._alone:  # no longer: the first lane asks by what the server says it has
-            for first in self._lanes.values():
-                if first is not lane:
-                    first.pending = max(first.pending, first.credit + 1)
-                    self._settle(first)
-        self._alone = len(self._lanes) == 1
-        self._by_token[token] = lane
-        self._settle(lane)
-
-    async def _discover_forever(self) -> None:
-        for rounds in itertools.count(1):
-            await asyncio.sleep(self._discover_s)
-            if not self.fetching:
-                continue
-            with contextlib.suppress(Exception):
-                if rounds % _REFRESH_ROUNDS == 0:  # tenants other workers served: a standing request here too
-                    await self._open_existing()
-                await self.discover()
-
     async def _watch(self) -> None:
-        """Reset credit when the server went silent for three heartbeats (lost requests)."""
+        """Reset credit when the server went silent for three heartbeats (lost requests), or a
+        lane's alone when its requests went silent while others' deliveries go on."""
         while True:
             await asyncio.sleep(self._heartbeat_s)
             silent_s = time.monotonic() - self._last_seen
             if (self.credit > 0 or self._standing_n > 0) and silent_s > 3 * self._heartbeat_s:
                 log.warning("no heartbeat for %.1fs: re-issuing pull requests", silent_s)
                 self.reset_credit()
+            elif lost := silent_lanes(self._lanes.values()):
+                log.warning("no word on %d tenants' pull requests for 3 heartbeats: asking again", len(lost))
+                self.reset_credit(lost)
             elif self.fetching:
                 self._schedule_pull()

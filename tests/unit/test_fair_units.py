@@ -114,3 +114,17 @@ def test_discovery_sorts_backlogged_subjects_into_open_new_and_unnameable() -> N
     assert new == [("old", "tasks.old.echo"), ("globex", "tasks.globex.echo")]  # room for two
     assert invalid
     assert sort_backlogged(subjects, lanes, "echo", room=0)[1] == []
+
+
+def test_a_lane_is_silent_after_three_periods_with_a_request_out_and_no_word() -> None:
+    from bus._lanes import Lane, silent_lanes
+
+    quiet, talking, idle = (Lane(t, f"tasks.{t}.k", "next", f"in.{t}", 1) for t in ("q", "t", "i"))
+    quiet.credit = talking.credit = 4
+    lanes = [quiet, talking, idle]
+    assert silent_lanes(lanes) == []
+    talking.heard_at += 1.0  # a delivery or heartbeat each period
+    assert silent_lanes(lanes) == []
+    talking.heard_at += 1.0
+    assert silent_lanes(lanes) == [quiet]  # its third silent period; idle has nothing out
+    assert silent_lanes(lanes) == []  # counted again from zero
