@@ -282,3 +282,13 @@ def test_fairness_defaults_are_the_workers(default: Rendered, clean_env: pytest.
     assert (config.fairness, dict(config.tenant_weights)) == (plain.fairness, {})
     assert config.tenant_max_inflight is None
     assert config.stream_limits.tenant_max_queued == plain.stream_limits.tenant_max_queued
+
+
+def test_the_nats_lost_exit_reaches_the_config(
+    render: Callable[..., Rendered], clean_env: pytest.MonkeyPatch
+) -> None:
+    rendered = render({"agents": {"natsLostExitSeconds": 42}})
+    _, c = component_containers(rendered, "agent")[0]
+    for var, value in container_env(rendered, c, "pod-0").items():
+        clean_env.setenv(var, value)
+    assert worker_cli.config_from_args(build_parser().parse_args(c["args"])).nats_lost_exit_s == 42
