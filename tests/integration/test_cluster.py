@@ -9,12 +9,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, async_wait_until, stop_process
 from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import StreamInfo
+from nats.js.errors import ServiceUnavailableError
 
 from agents.builtin.basic import EchoIn, EchoOut
 from bus.cluster import NatsCluster
@@ -131,6 +135,19 @@ def up_cluster(tmp_path: Path) -> Iterator[Path]:
     assert proc.returncode == 0, (tmp_path / "up.log").read_text()
 
 
+async def _stream_info(nc: Client, timeout_s: float = 60.0) -> StreamInfo:
+    """TASKS's info, asked again while the new cluster still elects (a request to a cluster
+    that has just formed can go unanswered for a few seconds on a busy machine)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await nc.jetstream().stream_info(TASKS_STREAM)
+        except (NatsTimeoutError, ServiceUnavailableError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def test_up_cluster_runs_three_nodes_and_workers_complete_tasks(up_cluster: Path) -> None:
     state = up_cluster / ".agentbus" / "up.json"
     await async_wait_until(state.exists, 60, "up.json")
@@ -138,7 +155,7 @@ async def test_up_cluster_runs_three_nodes_and_workers_complete_tasks(up_cluster
     assert len(seeds) == 3
     nc = await connect(",".join(seeds), name="test")
     try:
-        info = await nc.jetstream().stream_info(TASKS_STREAM)
+        info = await _stream_info(nc)
         assert info.config.num_replicas == 3  # up created R3, and the worker kept it
         result = await Publisher(nc).call(
             "acme", "echo", EchoIn(text="hi"), timeout_s=30, output_type=EchoOut
