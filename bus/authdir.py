@@ -28,7 +28,6 @@ import secrets
 import shlex
 import signal
 import time
-import urllib.request
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import msgspec
 import nkeys
 
 from agentbus.errors import ConfigError
+from bus.embedded import monitor
 from bus.permissions import (
     TENANT_REPLY_PREFIX,
     Identity,
@@ -71,18 +71,12 @@ class _Ports(msgspec.Struct):
     monitoring: list[str] = []
 
 
-class _Varz(msgspec.Struct):
-    config_load_time: str = ""
-
-
-def _config_load_time(url: str) -> str | None:
-    """When the server at ``url`` (its ``/varz``) last loaded its configuration; None if it
-    does not answer."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return msgspec.json.decode(resp.read(), type=_Varz).config_load_time or None
-    except (OSError, msgspec.DecodeError):
-        return None
+def _config_load_time(base_url: str) -> str | None:
+    """When the server monitored at ``base_url`` last loaded its configuration (``/varz``);
+    None if it does not answer."""
+    body = monitor(base_url, "/varz")[1]
+    when = body.get("config_load_time") if isinstance(body, dict) else None
+    return when if isinstance(when, str) and when else None
 
 
 class AuthDir:
@@ -216,16 +210,16 @@ class AuthDir:
             return None
         if b"nats-server" not in cmdline:
             return None
-        varz = self._varz_url(pid)
-        before = _config_load_time(varz) if varz else None
+        base = self._monitor_url(pid)
+        before = _config_load_time(base) if base else None
         try:
             os.kill(pid, signal.SIGHUP)
         except ProcessLookupError:
             return None
-        if varz is None or before is None:
+        if base is None or before is None:
             return pid
         deadline = time.monotonic() + timeout_s
-        while _config_load_time(varz) in (before, None):
+        while _config_load_time(base) in (before, None):
             if time.monotonic() > deadline:
                 raise ConfigError(
                     f"nats-server (pid {pid}) did not reload {self.config_file} within {timeout_s:.0f}s: "
@@ -234,13 +228,13 @@ class AuthDir:
             time.sleep(0.05)
         return pid
 
-    def _varz_url(self, pid: int) -> str | None:
-        """The ``/varz`` address of server ``pid``, from the ports file it wrote here."""
+    def _monitor_url(self, pid: int) -> str | None:
+        """The monitoring address of server ``pid``, from the ports file it wrote here."""
         try:
             ports = msgspec.json.decode((self.path / f"nats-server_{pid}.ports").read_bytes(), type=_Ports)
         except (OSError, msgspec.DecodeError):
             return None
-        return f"{ports.monitoring[0].rstrip('/')}/varz" if ports.monitoring else None
+        return ports.monitoring[0] if ports.monitoring else None
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

@@ -20,14 +20,11 @@ each node, and ``domain`` names the cluster's JetStream domain, for an edge site
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,7 +32,7 @@ from types import TracebackType
 from typing import Any
 
 from agentbus.errors import ConfigError
-from bus.embedded import EmbeddedNats, free_port
+from bus.embedded import EmbeddedNats, free_port, monitor
 
 __all__ = ["CLUSTER_NAME", "NatsCluster"]
 
@@ -163,14 +160,7 @@ class NatsCluster:
 
     def monitor(self, i: int, path: str) -> tuple[int, Any]:
         """``(status, JSON body)`` of node ``i``'s monitoring endpoint ``path``; ``(0, None)`` if down."""
-        url = f"http://127.0.0.1:{self.nodes[i].http_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            return exc.code, None
-        except (OSError, ValueError):
-            return 0, None
+        return monitor(f"http://127.0.0.1:{self.nodes[i].http_port}", path)
 
     def _healthy(self, i: int) -> bool:
         return self.monitor(i, "/healthz")[0] == 200

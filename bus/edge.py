@@ -37,11 +37,9 @@ leader: a new leader sets up every source at once from the recorded sequence.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
-import urllib.request
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -59,7 +57,7 @@ from nats.js.api import (
 
 from agentbus.errors import BusError, ConfigError
 from bus._streams import ensure_stream
-from bus.embedded import EmbeddedNats
+from bus.embedded import EmbeddedNats, monitor
 from bus.subjects import TASKS_PREFIX, check_token
 from bus.topology import TASKS_STREAM, StreamLimits
 
@@ -255,10 +253,11 @@ async def restart_sources(nc: Client, *, api: str = "$JS.API", timeout_s: float 
         raise BusError(f"leader stepdown of {TASKS_STREAM} was not done")
 
 
-def _leaf_ids(http_port: int, *, timeout_s: float = 2.0) -> frozenset[int]:
+def _leaf_ids(http_port: int) -> frozenset[int]:
     """Connection ids of the leaf connections of the server monitored at ``http_port`` (``/leafz``)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/leafz", timeout=timeout_s) as resp:
-        body = json.loads(resp.read())
+    status, body = monitor(f"http://127.0.0.1:{http_port}", "/leafz")
+    if status != 200:
+        raise OSError(f"/leafz answered {status or 'nothing'}")
     leafs = body.get("leafs") if isinstance(body, dict) else None
     return frozenset(
         leaf["id"] for leaf in leafs or [] if isinstance(leaf, dict) and isinstance(leaf.get("id"), int)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -21,16 +22,31 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from agentbus.backoff import Backoff
 from agentbus.errors import ConfigError
 
-__all__ = ["EmbeddedNats", "find_nats_server", "free_port", "keep_alive"]
+__all__ = ["EmbeddedNats", "find_nats_server", "free_port", "keep_alive", "monitor"]
 
 log = logging.getLogger("agentbus.nats")
+
+
+def monitor(base_url: str, path: str, *, timeout_s: float = 2.0) -> tuple[int, Any]:
+    """``(status, JSON body)`` of a nats-server's monitoring endpoint ``path`` at ``base_url``
+    (``http://127.0.0.1:<http port>``); ``(0, None)`` if it does not answer or the body is not
+    JSON, ``(status, None)`` for an HTTP error."""
+    try:
+        with urllib.request.urlopen(f"{base_url.rstrip('/')}{path}", timeout=timeout_s) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+    except (OSError, ValueError):
+        return 0, None
 
 
 def find_nats_server() -> str:
