@@ -16,10 +16,32 @@ import random
 
 from loadtest.chaos_net import TcpProxy
 
-__all__ = ["AckDropProxy"]
+__all__ = ["AckDropProxy", "PubFilterProxy"]
 
 
-class AckDropProxy(TcpProxy):
+class PubFilterProxy(TcpProxy):
+    """Forwards a client's protocol to ``127.0.0.1:<upstream_port>``; each ``PUB``/``HPUB`` frame
+    goes through :meth:`_pub` (which may drop or rewrite it), every other line passes as is."""
+
+    async def _client_to_server(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, OSError):  # the client went away
+            while True:
+                line = await reader.readuntil(b"\r\n")
+                op = line[:5].upper()
+                if op.startswith(b"PUB ") or op.startswith(b"HPUB "):
+                    args = line[:-2].split(b" ")
+                    body = await reader.readexactly(int(args[-1]) + 2)
+                    line = self._pub(op.startswith(b"HPUB "), args, line, body)
+                writer.write(line)
+                await writer.drain()
+
+    def _pub(self, headers: bool, args: list[bytes], line: bytes, body: bytes) -> bytes:
+        """The bytes to forward for one frame (``args``: its control line split; ``body`` with
+        its CRLF): by default the frame unchanged."""
+        return line + body
+
+
+class AckDropProxy(PubFilterProxy):
     """Forwards to ``127.0.0.1:<upstream_port>``, dropping ``share`` of the acks (seeded), at
     most ``budget`` of them (None: no limit)."""
 
@@ -33,30 +55,15 @@ class AckDropProxy(TcpProxy):
         self.acks = 0
         self.dropped = 0
 
-    async def _client_to_server(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, OSError):  # the client went away
-            await self._filter(reader, writer)
-
-    async def _filter(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            line = await reader.readuntil(b"\r\n")
-            op = line[:5].upper()
-            if not (op.startswith(b"PUB ") or op.startswith(b"HPUB ")):
-                writer.write(line)
-                await writer.drain()
-                continue
-            args = line[:-2].split(b" ")
-            size = int(args[-1])
-            body = await reader.readexactly(size + 2)
-            subject = args[1]
-            if op.startswith(b"PUB ") and subject.startswith(b"$JS.ACK."):
-                self.acks += 1
-                within = self._budget is None or self.dropped < self._budget
-                if within and self._random.random() < self._share:
-                    self.dropped += 1
-                    line, body = self._without_ack(args, body)
-            writer.write(line + body)
-            await writer.drain()
+    def _pub(self, headers: bool, args: list[bytes], line: bytes, body: bytes) -> bytes:
+        if headers or not args[1].startswith(b"$JS.ACK."):
+            return line + body
+        self.acks += 1
+        within = self._budget is None or self.dropped < self._budget
+        if within and self._random.random() < self._share:
+            self.dropped += 1
+            line, body = self._without_ack(args, body)
+        return line + body
 
     @staticmethod
     def _without_ack(args: list[bytes], body: bytes) -> tuple[bytes, bytes]:

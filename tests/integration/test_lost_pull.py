@@ -11,12 +11,12 @@ consumer for a while, which leaves that lane's credit out with no answer ever co
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
+from ack_proxy import PubFilterProxy
 from helpers_a import poll
 from nats.aio.client import Client
 
@@ -27,7 +27,6 @@ from bus.embedded import EmbeddedNats
 from bus.fair import FairConsumer
 from bus.publisher import Publisher, TaskSpec
 from bus.topology import TASKS_STREAM, tenant_consumer_name
-from loadtest.chaos_net import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -36,8 +35,8 @@ class Job(msgspec.Struct):
     sleep_s: float = 0.0
 
 
-class PullDropProxy(TcpProxy):
-    """Forwards the client's protocol, leaving out its publishes to ``subject`` while ``dropping``."""
+class PullDropProxy(PubFilterProxy):
+    """Leaves out the client's publishes to ``subject`` while ``dropping``."""
 
     def __init__(self, upstream_port: int, subject: bytes) -> None:
         super().__init__(upstream_port)
@@ -45,19 +44,11 @@ class PullDropProxy(TcpProxy):
         self.dropping = True
         self.dropped = 0
 
-    async def _client_to_server(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, OSError):
-            while True:
-                line = await reader.readuntil(b"\r\n")
-                if line[:4].upper() in (b"PUB ", b"HPUB"):
-                    args = line[:-2].split(b" ")
-                    body = await reader.readexactly(int(args[-1]) + 2)
-                    if self.dropping and args[1] == self.subject:
-                        self.dropped += 1
-                        continue
-                    line += body
-                writer.write(line)
-                await writer.drain()
+    def _pub(self, headers: bool, args: list[bytes], line: bytes, body: bytes) -> bytes:
+        if self.dropping and args[1] == self.subject:
+            self.dropped += 1
+            return b""
+        return line + body
 
 
 @pytest.fixture
