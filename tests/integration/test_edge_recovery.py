@@ -16,8 +16,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -112,18 +113,52 @@ async def new_leader(js: JetStreamContext, old: str) -> str:
     return found
 
 
-async def test_processed_edge_tasks_never_cross_again(site: Site) -> None:  # noqa: F811
-    """A late first source brings the edge's older tasks; then a leader stepdown, a killed
-    leader, a restart of every cloud node, ``source_edge`` and ``ensure_streams`` again each
-    let exactly the next edge task cross, none of the processed (deleted) ones."""
-    cloud = await connect(site.hub.url, name="cloud")
-    at_edge = await connect(site.edge.url, name="edge-publisher")
-    resuming: asyncio.Task[None] | None = None
+@dataclass
+class Sides:
+    """Both ends of a site: the cloud's and the edge's connections, streams and a probe of TASKS."""
+
+    cloud: Client
+    at_edge: Client
+    js: JetStreamContext
+    edge_js: JetStreamContext
+    probe: Probe
+
+
+@contextlib.asynccontextmanager
+async def sides(at: Site) -> AsyncIterator[Sides]:
+    """Connections to the cloud and the edge, ``TASKS`` (R3) and ``EDGE_TASKS`` provisioned."""
+    cloud = await connect(at.hub.url, name="cloud")
+    at_edge = await connect(at.edge.url, name="edge-publisher")
     try:
         js, edge_js = cloud.jetstream(), at_edge.jetstream()
         await ensure_streams(js, StreamLimits(replicas=3))
         await ensure_edge_stream(edge_js)
-        probe = await Probe(js).start()
+        yield Sides(cloud, at_edge, js, edge_js, await Probe(js).start())
+    finally:
+        await cloud.close()
+        await at_edge.close()
+
+
+@contextlib.asynccontextmanager
+async def resuming(at: Site, at_edge: Client) -> AsyncIterator[None]:
+    """What ``agentbus edge`` runs: a source stalled by a moved leaf connection resumes at once."""
+    task = asyncio.create_task(
+        resume_on_reconnect(at_edge, "edge", at.edge.http_port, api=cloud_api("hub"), grace_s=2.0)
+    )
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_processed_edge_tasks_never_cross_again(site: Site) -> None:  # noqa: F811
+    """A late first source brings the edge's older tasks; then a leader stepdown, a killed
+    leader, a restart of every cloud node, ``source_edge`` and ``ensure_streams`` again each
+    let exactly the next edge task cross, none of the processed (deleted) ones."""
+    async with sides(site) as x:
+        js, edge_js, probe = x.js, x.edge_js, x.probe
         for i in range(N):
             await edge_js.publish(SUBJECT, f"edge-{i}".encode())
         # The cloud runs a task of its own after the edge stored those: TASKS' latest message
@@ -134,10 +169,6 @@ async def test_processed_edge_tasks_never_cross_again(site: Site) -> None:  # no
         await source_edge(js, "edge")
         await edge_js.publish(SUBJECT, b"first")
         assert await probe.until("first") == [*(f"edge-{i}" for i in range(N)), "first"]
-        # What agentbus edge runs: a source stalled by a moved leaf connection resumes at once.
-        resuming = asyncio.create_task(
-            resume_on_reconnect(at_edge, "edge", site.edge.http_port, api=cloud_api("hub"), grace_s=2.0)
-        )
 
         async def kill_the_leader() -> None:
             i = site.hub.index_of(await leader(js))
@@ -153,7 +184,7 @@ async def test_processed_edge_tasks_never_cross_again(site: Site) -> None:  # no
 
         async def step_down() -> None:
             old = await leader(js)
-            await stepdown(cloud)
+            await stepdown(x.cloud)
             await new_leader(js, old)
 
         steps: dict[str, Callable[[], Awaitable[None]]] = {
@@ -163,25 +194,19 @@ async def test_processed_edge_tasks_never_cross_again(site: Site) -> None:  # no
             "source-edge-again": lambda: source_edge(js, "edge"),
             "ensure-streams-again": lambda: ensure_streams(js, StreamLimits(replicas=3)),
         }
-        for name, step in steps.items():
-            # Every task processed: the work queue keeps none of them.
-            await poll(lambda: empty(js), timeout_s=30, what="the acked tasks gone from TASKS")
-            before = (await js.stream_info(TASKS_STREAM)).state
-            await step()
-            await edge_js.publish(SUBJECT, f"after-{name}".encode())
-            assert await probe.until(f"after-{name}") == [f"after-{name}"], name
-            after = (await js.stream_info(TASKS_STREAM)).state
-            assert after.last_seq == before.last_seq + 1, name  # TASKS stored that task only
-        status = await source_status(cloud, "edge")
+        async with resuming(site, x.at_edge):
+            for name, step in steps.items():
+                # Every task processed: the work queue keeps none of them.
+                await poll(lambda: empty(js), timeout_s=30, what="the acked tasks gone from TASKS")
+                before = (await js.stream_info(TASKS_STREAM)).state
+                await step()
+                await edge_js.publish(SUBJECT, f"after-{name}".encode())
+                assert await probe.until(f"after-{name}") == [f"after-{name}"], name
+                after = (await js.stream_info(TASKS_STREAM)).state
+                assert after.last_seq == before.last_seq + 1, name  # TASKS stored that task only
+        status = await source_status(x.cloud, "edge")
         assert status is not None
         assert status.seq == (await edge_js.stream_info(EDGE_STREAM)).state.last_seq
-    finally:
-        if resuming is not None:
-            resuming.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await resuming
-        await cloud.close()
-        await at_edge.close()
 
 
 async def test_an_edge_backlog_survives_a_leader_change_during_the_outage(
@@ -189,41 +214,25 @@ async def test_an_edge_backlog_survives_a_leader_change_during_the_outage(
 ) -> None:
     """Edge tasks stored in a cut, a newer cloud task processed, a TASKS leader change while
     cut: the backlog still crosses after the uplink returns, once."""
-    cloud = await connect(site.hub.url, name="cloud")
-    at_edge = await connect(site.edge.url, name="edge-publisher")
-    resuming: asyncio.Task[None] | None = None
-    try:
-        js, edge_js = cloud.jetstream(), at_edge.jetstream()
-        await ensure_streams(js, StreamLimits(replicas=3))
-        await ensure_edge_stream(edge_js)
-        probe = await Probe(js).start()
+    async with sides(site) as x:
+        js, edge_js, probe = x.js, x.edge_js, x.probe
         await source_edge(js, "edge")
         await edge_js.publish(SUBJECT, b"before")
         assert await probe.until("before") == ["before"]
-        resuming = asyncio.create_task(
-            resume_on_reconnect(at_edge, "edge", site.edge.http_port, api=cloud_api("hub"), grace_s=2.0)
-        )
+        async with resuming(site, x.at_edge):
+            site.cut()
+            wait_until(lambda: site.leafs() == 0, 30, "the edge cut off")
+            for i in range(3):
+                await edge_js.publish(SUBJECT, f"cut-{i}".encode())
+            await js.publish(SUBJECT, b"cloud")
+            assert await probe.until("cloud") == ["cloud"]
+            old = await leader(js)
+            await stepdown(x.cloud)
+            await new_leader(js, old)
+            site.uplink.heal()
 
-        site.cut()
-        wait_until(lambda: site.leafs() == 0, 30, "the edge cut off")
-        for i in range(3):
-            await edge_js.publish(SUBJECT, f"cut-{i}".encode())
-        await js.publish(SUBJECT, b"cloud")
-        assert await probe.until("cloud") == ["cloud"]
-        old = await leader(js)
-        await stepdown(cloud)
-        await new_leader(js, old)
-        site.uplink.heal()
-
-        await edge_js.publish(SUBJECT, b"after")
-        assert await probe.until("after", timeout_s=90) == ["cut-0", "cut-1", "cut-2", "after"]
-    finally:
-        if resuming is not None:
-            resuming.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await resuming
-        await cloud.close()
-        await at_edge.close()
+            await edge_js.publish(SUBJECT, b"after")
+            assert await probe.until("after", timeout_s=90) == ["cut-0", "cut-1", "cut-2", "after"]
 
 
 def _start(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
